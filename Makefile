@@ -1,0 +1,29 @@
+# Set-up and everyday commands. `make demo` and `make test` create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, so that nothing else pulls a torch of its own choosing. With an NVIDIA
+# driver: pip's default torch, a CUDA build. Without: 2.13.0, which resolves to a small
+# CPU build on machines that keep one in their local wheel store.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+
+.PHONY: demo test bench clean
+
+$(VENV)/installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(VENV)/installed
+	$(BIN)/gpufocus demo gpufocus-demo
+
+test: $(VENV)/installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/installed
+	$(BIN)/python bench/bench_fusion.py core
+	$(BIN)/python bench/bench_fusion.py e2e
+
+clean:
+	rm -rf $(VENV) gpufocus-demo bench/out *.egg-info

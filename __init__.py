@@ -1,0 +1,1 @@
+"""Checkout root: installed, cli.py becomes gpufocus.app.cli (see pyproject.toml)."""

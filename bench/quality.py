@@ -1,0 +1,66 @@
+"""Quality of every method on the shared stacks, scored by ../shared/tools/score.py.
+
+    python bench/quality.py [--shared ../shared] [--methods max-energy wang-chang max-log]
+
+Fuses every stack of <shared>/data/synthetic (the frame_* files) and
+<shared>/data/real (every image in the folder) at default settings, writes the
+results to bench/out/quality/METHOD/STACK.png with the wall time beside them, and
+prints score.py's table: PSNR/SSIM against ground truth where there is one,
+Q^AB/F and average gradient everywhere. score.py needs scipy and scikit-image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gpufocus import GpufocusError, fuse, write_image
+from gpufocus.load import FRAME_SUFFIXES, natural_key
+
+HERE = Path(__file__).resolve().parent
+NOT_FRAMES = {"ground_truth.png", "depth.png", "focus_index.png"}
+
+
+def frames_of(stack: Path) -> list[Path]:
+    files = [p for p in stack.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.name not in NOT_FRAMES]
+    return sorted(files, key=natural_key)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
+    parser.add_argument("--methods", nargs="+", default=["max-energy", "wang-chang", "max-log"])
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    out = HERE / "out" / "quality"
+    stacks = sorted((args.shared / "data" / "synthetic").iterdir()) + sorted((args.shared / "data" / "real").iterdir())
+    failures = 0
+    for method in args.methods:
+        (out / method).mkdir(parents=True, exist_ok=True)
+        for stack in filter(Path.is_dir, stacks):
+            start = time.perf_counter()
+            try:
+                image = fuse(frames_of(stack), method=method, device=args.device)
+            except GpufocusError as error:
+                failures += 1
+                print(f"FAILED {method} {stack.name}: {error}", file=sys.stderr)
+                continue
+            seconds = time.perf_counter() - start
+            write_image(out / method / f"{stack.name}.png", image, overwrite=True)
+            (out / method / f"{stack.name}.time").write_text(f"{seconds:.3f}\n")
+    print(f"torch {torch.__version__}; {failures} stacks failed\n")
+    score = args.shared / "tools" / "score.py"
+    command = [sys.executable, str(score), "--table", str(out)]
+    for kind in ("synthetic", "real"):
+        command += ["--data-root", str(args.shared / "data" / kind)]
+    subprocess.run(command, check=True)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Finding the frames of a stack and reading them as RGB arrays.
+
+Formats are recognised by content, not by file name (real stacks contain PNG files
+named ``.jpg``). Every frame becomes RGB: grey, palette, alpha, CMYK and 16-bit grey
+modes are converted, alpha is dropped, the EXIF orientation is applied. 16-bit files
+stay 16-bit (``uint16``), 8-bit files are ``uint8``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import GpufocusError
+
+__all__ = [
+    "FRAME_SUFFIXES",
+    "ImageInfo",
+    "list_frames",
+    "probe_image",
+    "read_image",
+    "natural_key",
+    "FrameStack",
+]
+
+#: File names a directory listing takes as frames (case-insensitive). Files given
+#: one by one are read whatever their name.
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+_FORMATS = {"JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP"}
+_EXIF_ORIENTATION = 0x0112
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that orders ``f2`` before ``f10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name.lower())]
+
+
+def list_frames(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The frame files named by ``inputs``: directories (natural order) and files.
+
+    Raises:
+        GpufocusError: a path that does not exist, a directory without frames, or
+            fewer than two frames in all.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    frames: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(
+                (p for p in item.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES),
+                key=natural_key,
+            )
+            if not found:
+                raise GpufocusError(f"{item}: no image files in this directory ({', '.join(FRAME_SUFFIXES)})")
+            frames.extend(found)
+        elif item.is_file():
+            frames.append(item)
+        elif item.exists():
+            raise GpufocusError(f"{item}: not a regular file or directory")
+        else:
+            raise GpufocusError(f"{item}: no such file or directory")
+    if len(frames) < 2:
+        raise GpufocusError(f"{frames[0] if frames else 'input'}: a stack needs at least 2 frames, got {len(frames)}")
+    return frames
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of an image file says.
+
+    ``width`` and ``height`` are after the EXIF orientation is applied; ``exif`` is
+    the file's EXIF block with the orientation reset to 1 (the pixels are turned
+    already), ready to be written to an output.
+    """
+
+    path: Path
+    width: int
+    height: int
+    bits: int
+    orientation: int
+    exif: bytes | None
+    icc: bytes | None
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise GpufocusError(f"{path}: too many pixels, refused as a possible decompression bomb ({error})") from None
+    except UnidentifiedImageError:
+        raise GpufocusError(f"{path}: not an image, or a format that cannot be read") from None
+    except OSError as error:
+        raise GpufocusError(f"{path}: cannot read ({error.strerror or error})") from None
+    if image.format not in _FORMATS:
+        image.close()
+        raise GpufocusError(f"{path}: {image.format} is not a supported format (JPEG, PNG, TIFF, BMP, WebP)")
+    return image
+
+
+def _is_16bit_colour(image: Image.Image) -> bool:
+    # Pillow has no 16-bit RGB mode: it opens such PNG/TIFF files as 8-bit RGB and
+    # tells the true depth only in the decoder's raw mode.
+    if image.mode not in ("RGB", "RGBA"):
+        return False
+    for tile in image.tile:
+        raw = tile[3] if isinstance(tile[3], str) else tile[3][0]
+        if ";16" in raw:
+            return True
+    return False
+
+
+def probe_image(path: str | os.PathLike) -> ImageInfo:
+    """Read an image's header: size, bit depth, orientation, EXIF and ICC profile.
+
+    Raises:
+        GpufocusError: not an image, an unsupported format, or too many pixels.
+    """
+    path = Path(path)
+    with _open(path) as image, _corrupt_data_is_named(path):
+        # Before getexif(): for PNG it may read the whole file, which clears the tiles.
+        bits = 16 if image.mode.startswith("I;16") or _is_16bit_colour(image) else 8
+        exif = image.getexif()
+        orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+        if orientation not in range(1, 9):
+            orientation = 1
+        if _EXIF_ORIENTATION in exif:
+            exif[_EXIF_ORIENTATION] = 1
+        width, height = image.size
+        if orientation >= 5:  # a quarter turn swaps the sides
+            width, height = height, width
+        return ImageInfo(
+            path=path,
+            width=width,
+            height=height,
+            bits=bits,
+            orientation=orientation,
+            exif=exif.tobytes() if len(exif) else None,
+            icc=image.info.get("icc_profile") or None,
+        )
+
+
+@contextmanager
+def _corrupt_data_is_named(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise GpufocusError(f"{path}: truncated or corrupt image data ({error})") from None
+
+
+def _decode(path: Path) -> np.ndarray:
+    with _open(path) as image, _corrupt_data_is_named(path):
+        if _is_16bit_colour(image):
+            return _decode_16bit_colour(path)
+        if image.mode.startswith("I;16"):
+            grey = np.asarray(image).astype(np.uint16)
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        if image.mode in ("I", "F"):
+            raise GpufocusError(f"{path}: {image.mode} images (32-bit) are not supported")
+        return np.asarray(image.convert("RGB"))
+
+
+def _decode_16bit_colour(path: Path) -> np.ndarray:
+    import cv2  # Pillow cannot hold 16 bits per colour channel
+
+    data = np.fromfile(path, dtype=np.uint8)
+    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pixels is None or pixels.dtype != np.uint16 or pixels.ndim != 3:
+        raise GpufocusError(f"{path}: truncated or corrupt 16-bit image data")
+    return np.ascontiguousarray(pixels[:, :, 2::-1])  # BGR(A) -> RGB
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an (H, W, C) array."""
+    if orientation in (2, 4, 5, 7):  # mirrored ones: flip first
+        pixels = pixels[:, ::-1]
+    turns = {3: 2, 4: 2, 5: 1, 6: 3, 7: 3, 8: 1}.get(orientation, 0)  # quarter turns counter-clockwise
+    return np.ascontiguousarray(np.rot90(pixels, turns))
+
+
+def read_image(path: str | os.PathLike, info: ImageInfo | None = None) -> np.ndarray:
+    """Decode an image as an ``(H, W, 3)`` RGB array, ``uint8`` or ``uint16``.
+
+    Args:
+        path: the file; its format is recognised by content.
+        info: its ``probe_image`` result, if already known.
+
+    Raises:
+        GpufocusError: unreadable, truncated or unsupported file.
+    """
+    path = Path(path)
+    info = info or probe_image(path)
+    return _orient(_decode(path), info.orientation)
+
+
+class FrameStack:
+    """The frames of one stack on disk, checked and read in chunks.
+
+    Every header is read up front, so a bad file or a frame of another size is
+    reported before any work starts.
+
+    Args:
+        inputs: directories and/or files, as for ``list_frames``.
+    """
+
+    def __init__(self, inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> None:
+        self.paths = list_frames(inputs)
+        self.infos = [probe_image(path) for path in self.paths]
+        first = self.infos[0]
+        for info in self.infos[1:]:
+            if (info.width, info.height) != (first.width, first.height):
+                raise GpufocusError(
+                    f"{info.path}: {info.width}x{info.height} differs from the first frame's "
+                    f"{first.width}x{first.height} ({first.path.name}); frames must be aligned to the same size"
+                )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of every frame."""
+        return self.infos[0].height, self.infos[0].width
+
+    @property
+    def bits(self) -> int:
+        """16 if any frame has 16 bits per channel, else 8."""
+        return max(info.bits for info in self.infos)
+
+    def chunks(self, chunk: int, workers: int = 2) -> Iterator[np.ndarray]:
+        """Frames as ``(B, H, W, 3)`` arrays of ``B <= chunk`` frames, in order.
+
+        Decoding runs ahead in a thread pool (the decoders release the GIL), so the
+        next chunk is read while the caller works on this one.
+        """
+        dtype = np.uint16 if self.bits == 16 else np.uint8
+        scale = 257 if self.bits == 16 else 1  # an 8-bit frame in a 16-bit stack
+
+        def load(index: int) -> np.ndarray:
+            pixels = read_image(self.paths[index], self.infos[index])
+            return pixels if pixels.dtype == dtype else pixels.astype(dtype) * dtype(scale)
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpufocus-decode") as pool:
+            pending = [pool.submit(load, i) for i in range(min(len(self), 2 * chunk))]
+            next_index = len(pending)
+            for start in range(0, len(self), chunk):
+                batch = [pending[i].result() for i in range(start, min(start + chunk, len(self)))]
+                for _ in batch:
+                    if next_index < len(self):
+                        pending.append(pool.submit(load, next_index))
+                        next_index += 1
+                for i in range(start, min(start + chunk, len(self))):
+                    pending[i] = None  # let finished frames go
+                yield np.stack(batch)

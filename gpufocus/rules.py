@@ -1,0 +1,260 @@
+"""Selection rules: which frame supplies each coefficient of the fused pyramid.
+
+Every rule is streaming: ``fold`` takes the next chunk of frames, ``result`` returns
+the fused image. State is one running winner per coefficient, so memory does not
+grow with the number of frames. All rules work on ``(B, C, H, W)`` batches with no
+loop over pixels, and the winner of a tie is the frame with the lowest index.
+
+- ``max-energy``: per detail coefficient, the frame with the largest local energy of
+  the luminance coefficient wins, and gives all colour channels.
+- ``wang-chang``: Wang & Chang (2011) as the seed program applied it: region energy
+  (generating kernel a = 0.4) on the detail levels, local deviation and entropy on the
+  coarsest detail level.
+- ``max-log``: per pixel, the frame with the largest absolute Laplacian of Gaussian
+  (no pyramid).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from gpufocus.kernels import RunningMax, fold_max
+
+from .pyramid import build_laplacian_pyramid, collapse_laplacian_pyramid, correlate1d
+
+__all__ = ["METHODS", "DEFAULT_KERNEL_SIZE", "SelectionRule", "MaxEnergy", "WangChang", "MaxLoG", "make_rule"]
+
+
+# ITU-R BT.601 luma weights, as OpenCV's and kornia's RGB-to-grey conversions use.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class SelectionRule(ABC):
+    """Folds chunks of frames into a running selection; ``result`` gives the fused image.
+
+    Args:
+        kernel_size: side of the local window the rule measures over (odd).
+        per_channel: decide for every colour channel on its own (the seed program's
+            behaviour) instead of once per pixel from the luminance.
+    """
+
+    def __init__(self, kernel_size: int, per_channel: bool = False) -> None:
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel size must be odd and positive, got {kernel_size}")
+        self.kernel_size = kernel_size
+        self.per_channel = per_channel
+        self.count = 0
+
+    def fold(self, frames: Tensor) -> None:
+        """Take the next ``B`` frames, ``(B, C, H, W)`` floating point."""
+        self._fold(frames)
+        self.count += frames.shape[0]
+
+    @abstractmethod
+    def _fold(self, frames: Tensor) -> None: ...
+
+    @abstractmethod
+    def result(self) -> Tensor:
+        """The fused image, ``(1, C, H, W)``."""
+
+    def _measured(self, x: Tensor) -> Tensor:
+        """The channels a decision is made on: luminance, or every channel."""
+        if self.per_channel or x.shape[1] == 1:
+            return x
+        red, green, blue = x.unbind(1)
+        return (red * _LUMA[0] + green * _LUMA[1] + blue * _LUMA[2]).unsqueeze(1)
+
+
+class _PyramidRule(SelectionRule):
+    """Shared by the pyramid rules: per-level running winners, a mean of the base."""
+
+    def __init__(self, levels: int, kernel_size: int, per_channel: bool = False) -> None:
+        super().__init__(kernel_size, per_channel)
+        if levels < 1:
+            raise ValueError(f"a pyramid rule needs at least one level, got {levels}")
+        self.levels = levels
+        self._base_sum: Tensor | None = None
+
+    def _fold(self, frames: Tensor) -> None:
+        pyramid = build_laplacian_pyramid(frames, self.levels)
+        for level, coefficients in enumerate(pyramid[:-1]):
+            self._fold_level(level, coefficients)
+        self._fold_base(pyramid[-1])
+
+    @abstractmethod
+    def _fold_level(self, level: int, coefficients: Tensor) -> None: ...
+
+    @abstractmethod
+    def _fused_level(self, level: int) -> Tensor: ...
+
+    def _fold_base(self, base: Tensor) -> None:
+        # The base is blur of blur: nearly the same in every frame. Averaging it keeps
+        # the overall brightness free of seams.
+        self._base_sum = _accumulate(self._base_sum, base)
+
+    def result(self) -> Tensor:
+        base = (self._base_sum / self.count).unsqueeze(0)
+        pyramid = [self._fused_level(level) for level in range(self.levels)]
+        pyramid.append(base.to(pyramid[0].dtype))
+        return collapse_laplacian_pyramid(pyramid)
+
+
+def _accumulate(total: Tensor | None, frames: Tensor) -> Tensor:
+    """Add frames to a running sum one at a time, in at least float32.
+
+    Frame by frame, so that the order of additions, and so the rounding, does not
+    depend on how the stack is chunked; float32 so that half-precision runs do not
+    lose the sum.
+    """
+    for frame in frames.to(torch.promote_types(frames.dtype, torch.float32)):
+        if total is None:
+            total = frame.clone()
+        else:
+            total += frame
+    return total
+
+
+def _binomial(size: int) -> tuple[float, ...]:
+    row = [math.comb(size - 1, k) for k in range(size)]
+    return tuple(w / sum(row) for w in row)
+
+
+def _filter2d(x: Tensor, taps: tuple[float, ...]) -> Tensor:
+    """Separable symmetric filter over the last two dimensions, reflect borders."""
+    return correlate1d(correlate1d(x, taps, dim=-2), taps, dim=-1)
+
+
+class MaxEnergy(_PyramidRule):
+    """Per detail coefficient, the frame with the largest local energy wins.
+
+    Energy is the square of the luminance coefficient (or of each channel with
+    ``per_channel``) averaged over a ``kernel_size`` window with binomial weights.
+    The winner's coefficients are taken for all channels together, so colours never
+    mix between frames. The base level is the mean of the frames' bases.
+    """
+
+    def __init__(self, levels: int, kernel_size: int = 9, per_channel: bool = False) -> None:
+        super().__init__(levels, kernel_size, per_channel)
+        self._window = _binomial(kernel_size)
+        self._best: list[RunningMax | None] = [None] * levels
+
+    def _fold_level(self, level: int, coefficients: Tensor) -> None:
+        measured = self._measured(coefficients)
+        energy = _filter2d(measured * measured, self._window)
+        self._best[level] = fold_max(self._best[level], energy, coefficients, self.count)
+
+    def _fused_level(self, level: int) -> Tensor:
+        return self._best[level].value
+
+
+# Wang & Chang's region energy: the 5-tap generating kernel with a = 0.4.
+_GENERATING_KERNEL = (0.25 - 0.4 / 2, 0.25, 0.4, 0.25, 0.25 - 0.4 / 2)
+
+
+class WangChang(_PyramidRule):
+    """Wang & Chang (2011), as the seed program applied it.
+
+    - Detail levels below the coarsest: the frame with the largest region energy (the
+      squared coefficient filtered with the 5x5 generating kernel, a = 0.4) wins.
+    - The coarsest detail level: with D the local deviation (variance over a
+      ``kernel_size`` window) and E the local entropy, take the frame that maximizes
+      both D and E; else the frame that minimizes both; else the mean of all frames.
+      E follows the seed program: coefficients quantized to 256 levels (in units of
+      1/255, wrapped like its ``uint8`` cast), p the level's histogram over the whole
+      frame, ``E = -sum over the window of q * log p(q)``.
+    - Base: the mean of the frames' bases (the seed program took the last frame's).
+    - ``per_channel=True`` decides per colour channel, as the seed program did;
+      otherwise decisions are made on the luminance and taken for all channels.
+    """
+
+    def __init__(self, levels: int, kernel_size: int = 5, per_channel: bool = False) -> None:
+        super().__init__(levels, kernel_size, per_channel)
+        self._box = (1.0 / kernel_size,) * kernel_size
+        self._best: list[RunningMax | None] = [None] * (levels - 1)
+        self._top_sum: Tensor | None = None
+        self._top: dict[str, RunningMax | None] = dict.fromkeys(("max_d", "max_e", "min_d", "min_e"))
+
+    def _fold_level(self, level: int, coefficients: Tensor) -> None:
+        if level < self.levels - 1:
+            measured = self._measured(coefficients)
+            energy = _filter2d(measured * measured, _GENERATING_KERNEL)
+            self._best[level] = fold_max(self._best[level], energy, coefficients, self.count)
+            return
+        measured = self._measured(coefficients).double()
+        deviation = self._deviation(measured)
+        entropy = self._entropy(measured)
+        top = self._top
+        top["max_d"] = fold_max(top["max_d"], deviation, coefficients, self.count, track_index=True)
+        top["max_e"] = fold_max(top["max_e"], entropy, None, self.count, track_index=True)
+        top["min_d"] = fold_max(top["min_d"], -deviation, coefficients, self.count, track_index=True)
+        top["min_e"] = fold_max(top["min_e"], -entropy, None, self.count, track_index=True)
+        self._top_sum = _accumulate(self._top_sum, coefficients)
+
+    def _deviation(self, x: Tensor) -> Tensor:
+        mean = _filter2d(x, self._box)
+        return _filter2d(x * x, self._box) - mean * mean
+
+    def _entropy(self, x: Tensor) -> Tensor:
+        levels = torch.round(x * 255).long().remainder_(256)
+        batch, channels = levels.shape[:2]
+        # One histogram per frame and channel: offset each one's bins, count once.
+        offsets = torch.arange(batch * channels, device=x.device).view(batch, channels, 1, 1) * 256
+        counts = torch.bincount((levels + offsets).flatten(), minlength=batch * channels * 256)
+        probability = counts.view(batch, channels, 256).double() / levels[0, 0].numel()
+        log_p = probability.clamp_min(1e-300).log().flatten()
+        per_sample = -levels.double() * log_p[levels + offsets]
+        return _filter2d(per_sample, (1.0,) * self.kernel_size)
+
+    def _fused_level(self, level: int) -> Tensor:
+        if level < self.levels - 1:
+            return self._best[level].value
+        top = self._top
+        mean = (self._top_sum / self.count).unsqueeze(0).to(top["max_d"].value.dtype)
+        both_min = torch.where(top["min_d"].index == top["min_e"].index, top["min_d"].value, mean)
+        return torch.where(top["max_d"].index == top["max_e"].index, top["max_d"].value, both_min)
+
+
+class MaxLoG(SelectionRule):
+    """Per pixel, the frame with the largest absolute Laplacian of Gaussian (no pyramid).
+
+    The seed program's ``--naive`` mode: luminance, Gaussian blur (``kernel_size``
+    window, sigma 3), the 3x3 Laplacian ``[[2, 0, 2], [0, -8, 0], [2, 0, 2]]`` (OpenCV's
+    ``Laplacian`` with ``ksize=3``), and the whole pixel, all channels, from the winner.
+    """
+
+    def __init__(self, kernel_size: int = 3, per_channel: bool = False) -> None:
+        super().__init__(kernel_size, per_channel)
+        import kornia  # only here: importing it costs half a second of every start
+
+        gauss = kornia.filters.get_gaussian_kernel1d(kernel_size, 3.0, dtype=torch.float64)
+        self._gauss = tuple(gauss.flatten().tolist())
+        self._best: RunningMax | None = None
+
+    def _fold(self, frames: Tensor) -> None:
+        blurred = _filter2d(self._measured(frames), self._gauss)
+        d2y = correlate1d(correlate1d(blurred, (1.0, -2.0, 1.0), dim=-2), (1.0, 2.0, 1.0), dim=-1)
+        d2x = correlate1d(correlate1d(blurred, (1.0, 2.0, 1.0), dim=-2), (1.0, -2.0, 1.0), dim=-1)
+        self._best = fold_max(self._best, (d2x + d2y).abs_(), frames, self.count)
+
+    def result(self) -> Tensor:
+        return self._best.value
+
+
+METHODS = ("max-energy", "wang-chang", "max-log")
+DEFAULT_KERNEL_SIZE = {"max-energy": 9, "wang-chang": 5, "max-log": 3}
+
+
+def make_rule(method: str, levels: int, kernel_size: int | None = None, per_channel: bool = False) -> SelectionRule:
+    """The rule called ``method`` (one of ``METHODS``)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    size = DEFAULT_KERNEL_SIZE[method] if kernel_size is None else kernel_size
+    if method == "max-energy":
+        return MaxEnergy(levels, size, per_channel)
+    if method == "wang-chang":
+        return WangChang(levels, size, per_channel)
+    return MaxLoG(size, per_channel)

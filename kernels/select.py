@@ -1,0 +1,73 @@
+"""Fold a chunk of candidates into a running per-element maximum.
+
+This is the innermost step of every selection rule, run once per pyramid level and
+chunk of frames. The torch code here is the reference; a fused device kernel must
+give the same result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["RunningMax", "fold_max"]
+
+
+@dataclass
+class RunningMax:
+    """Per element: the best score so far, the value that came with it and its frame.
+
+    Shape:
+        - score: ``(1, S, H, W)``, ``S`` is 1 (one decision for all channels) or ``C``.
+        - value: ``(1, C, H, W)``, or ``None`` where only the winner's index is wanted.
+        - index: ``(1, S, H, W)``, int32, the winning frame's index in the stack, or
+          ``None`` where it is not wanted.
+    """
+
+    score: Tensor
+    value: Tensor | None
+    index: Tensor | None
+
+
+def fold_max(
+    state: RunningMax | None, score: Tensor, value: Tensor | None, first_index: int, track_index: bool = False
+) -> RunningMax:
+    """Keep, per element, the value whose score is the largest seen so far.
+
+    The chunk's frames are compared with each other, then with the running state.
+    Ties go to the lowest frame index: ``max`` returns the first maximum within a
+    chunk and the state gives way only to a strictly larger score, so the result does
+    not depend on how the stack is cut into chunks.
+
+    Args:
+        state: the running state, ``None`` before the first chunk. Updated in place.
+        score: the chunk's scores, ``(B, S, H, W)``.
+        value: the chunk's values, ``(B, C, H, W)`` with ``S`` in ``(1, C)``, or ``None``.
+        first_index: the stack index of the chunk's first frame.
+        track_index: keep the winning frame's index too (it costs one more pass).
+
+    Returns:
+        The updated state.
+    """
+    chunk_index = None
+    if score.shape[0] == 1:
+        chunk_score, chunk_value = score, value
+        if track_index:
+            chunk_index = torch.full_like(score, first_index, dtype=torch.int32)
+    else:
+        chunk_score, where_max = score.max(dim=0, keepdim=True)
+        chunk_value = None if value is None else value.gather(0, where_max.expand(1, *value.shape[1:]))
+        if track_index:
+            chunk_index = where_max.to(torch.int32).add_(first_index)
+    if state is None:
+        # Own the memory: the chunk's tensors may be views into a larger batch.
+        return RunningMax(chunk_score.clone(), None if value is None else chunk_value.clone(), chunk_index)
+    wins = chunk_score > state.score
+    if value is not None:
+        torch.where(wins, chunk_value, state.value, out=state.value)
+    if track_index:
+        torch.where(wins, chunk_index, state.index, out=state.index)
+    torch.where(wins, chunk_score, state.score, out=state.score)
+    return state

@@ -1,0 +1,184 @@
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import write_stack
+from gpufocus.app.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def digest(paths) -> dict:
+    return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+
+
+def test_fuse_a_directory(small_stack, tmp_path):
+    out = tmp_path / "fused.jpg"
+    result = run("fuse", small_stack[0].parent, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "wrote" in result.stderr and "3 frames" in result.stderr
+    with Image.open(out) as image:
+        assert image.size == (56, 40) and image.format == "JPEG"
+
+
+def test_original_spellings_are_aliases(small_stack, tmp_path):
+    pairs = [(["--naive"], ["--method", "max-log"]), (["-d", "2"], ["--levels", "2"]), (["-k", "3"], ["--kernel-size", "3"])]
+    for i, (short, long) in enumerate(pairs):
+        a, b = tmp_path / f"a{i}.png", tmp_path / f"b{i}.png"
+        assert run("fuse", *small_stack, "-o", a, *short).exit_code == 0
+        assert run("fuse", *small_stack, "-o", b, *long).exit_code == 0
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_options_reach_the_engine(small_stack, tmp_path):
+    base = tmp_path / "base.png"
+    assert run("fuse", *small_stack, "-o", base, "--chunk", "1").exit_code == 0
+    same = tmp_path / "chunked.png"
+    assert run("fuse", *small_stack, "-o", same, "--chunk", "3", "--device", "cpu").exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(base)), np.asarray(Image.open(same)))
+    other = tmp_path / "wang.png"
+    assert run("fuse", *small_stack, "-o", other, "--method", "wang-chang", "--per-channel").exit_code == 0
+    assert not np.array_equal(np.asarray(Image.open(base)), np.asarray(Image.open(other)))
+
+
+def test_bits_and_quiet(small_stack, tmp_path):
+    out = tmp_path / "fused.tif"
+    result = run("fuse", *small_stack, "-o", out, "--bits", "16", "--quiet")
+    assert result.exit_code == 0 and result.stderr == ""
+    with Image.open(out) as image:
+        assert image.tile[0][3][0].startswith("RGB;16")
+
+
+def _corrupt(stack, tmp_path):
+    bad = tmp_path / "stack" / "frame_9.png"
+    bad.write_bytes(stack[0].read_bytes()[:200])
+    return [*stack, bad], "frame_9.png"
+
+
+def _odd_size(stack, tmp_path):
+    odd = tmp_path / "stack" / "frame_odd.png"
+    Image.new("RGB", (50, 40)).save(odd)
+    return [*stack, odd], "frame_odd.png"
+
+
+def _not_image(stack, tmp_path):
+    text = tmp_path / "stack" / "readme.png"
+    text.write_text("hello")
+    return [*stack, text], "readme.png: not an image"
+
+
+BAD_INPUTS = {
+    "one frame": (lambda s, t: ([s[0]], "at least 2 frames"), "out.jpg"),
+    "missing dir": (lambda s, t: ([t / "nowhere"], "nowhere: no such file"), "out.jpg"),
+    "empty dir": (lambda s, t: ([t / "empty"], "empty: no image files"), "out.jpg"),
+    "not an image": (_not_image, "out.jpg"),
+    "truncated": (_corrupt, "out.jpg"),
+    "odd size": (_odd_size, "out.jpg"),
+    "bad extension": (lambda s, t: (s, "unsupported output extension"), "out.gif"),
+    "missing folder": (lambda s, t: (s, "does not exist"), "no/such/dir/out.jpg"),
+    "jpeg 16 bits": (lambda s, t: ([*s, "--bits", "16"], "JPEG holds 8 bits"), "out.jpg"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gives_one_line_and_no_output(case, small_stack, tmp_path):
+    (tmp_path / "empty").mkdir()
+    make, out_name = BAD_INPUTS[case]
+    inputs, message = make(small_stack, tmp_path)
+    before = digest(p for p in (tmp_path / "stack").iterdir())
+    out = tmp_path / out_name
+    result = run("fuse", *inputs, "-o", out)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    assert digest(p for p in (tmp_path / "stack").iterdir()) == before
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*"))
+
+
+def test_existing_output_is_kept(small_stack, tmp_path):
+    out = tmp_path / "fused.png"
+    out.write_bytes(b"previous result")
+    result = run("fuse", *small_stack, "-o", out)
+    assert result.exit_code == 1 and "already exists" in result.stderr
+    assert out.read_bytes() == b"previous result"
+    assert run("fuse", *small_stack, "-o", out, "--overwrite").exit_code == 0
+    assert Image.open(out).size == (56, 40)
+
+
+def test_unwritable_output_folder(small_stack, tmp_path):
+    from test_write import _unwritable_folder
+
+    folder = _unwritable_folder(tmp_path)
+    if folder is None:
+        pytest.skip("found no folder that this user cannot write")
+    try:
+        result = run("fuse", *small_stack, "-o", folder / "gpufocus-out.jpg")
+        assert result.exit_code == 1 and "not writable" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_without_cuda(small_stack, tmp_path):
+    result = run("fuse", *small_stack, "-o", tmp_path / "out.jpg", "--device", "cuda")
+    assert result.exit_code == 1 and result.stderr.startswith("error: --device cuda: CUDA is not available")
+    assert not (tmp_path / "out.jpg").exists()
+
+
+def test_decompression_bomb(small_stack, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    result = run("fuse", *small_stack, "-o", tmp_path / "out.jpg")
+    assert result.exit_code == 1 and "frame_0.png: too many pixels" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.jpg").exists()
+
+
+def test_demo_writes_frames_result_and_comparison(tmp_path):
+    result = run("demo", tmp_path / "demo", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    demo = tmp_path / "demo"
+    assert len(list((demo / "frames").glob("frame_*.png"))) == 6
+    for name in ("fused.png", "ground_truth.png", "comparison.png"):
+        assert (demo / name).is_file()
+    fused_db, frame_db = [float(x.split(" dB")[0]) for x in result.stderr.split("fused ")[2].split("frame ")]
+    assert fused_db > frame_db + 3
+
+
+def test_info():
+    result = run("info")
+    assert result.exit_code == 0 and "torch" in result.stdout and "gpufocus" in result.stdout
+
+
+def test_script_in_a_checkout_reports_errors_without_traceback(small_stack, tmp_path):
+    bad = tmp_path / "stack" / "frame_9.png"
+    bad.write_bytes(small_stack[0].read_bytes()[:300])
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "fuse", *map(str, small_stack), str(bad), "-o", str(tmp_path / "o.jpg")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "frame_9.png" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_console_command_is_installed():
+    command = Path(sys.executable).parent / "gpufocus"
+    if not command.exists():
+        pytest.skip("gpufocus is not installed in this environment")
+    done = subprocess.run([str(command), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "fuse" in done.stdout and "demo" in done.stdout

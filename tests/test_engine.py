@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+
+from gpufocus import GpufocusError, StackFuser, fuse
+from gpufocus.demo import psnr
+from gpufocus.synth import make_stack
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_stack(height=96, width=128, frames=5, max_blur=6.0, seed=2)
+
+
+@pytest.mark.parametrize("method", ["max-energy", "wang-chang", "max-log"])
+def test_result_does_not_depend_on_chunk_size(method, synthetic):
+    results = [fuse(synthetic.frames, method=method, device="cpu", chunk=chunk) for chunk in (1, 2, 3, 5)]
+    for other in results[1:]:
+        assert torch.equal(results[0], other)  # bit for bit on the CPU
+
+
+def test_chunk_invariance_on_the_device(synthetic, device):
+    a = fuse(synthetic.frames, device=device, chunk=1)
+    b = fuse(synthetic.frames, device=device, chunk=4)
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_quality_on_a_stack_with_known_ground_truth(synthetic, device):
+    fused = fuse(synthetic.frames, device=device)
+    best_frame = max(psnr(frame, synthetic.ground_truth) for frame in synthetic.frames)
+    mean = psnr(synthetic.frames.mean(0), synthetic.ground_truth)
+    score = psnr(fused, synthetic.ground_truth)
+    assert score >= 30.0
+    assert score > best_frame + 4 and score > mean + 4
+
+
+def test_streaming_api_equals_fuse(synthetic):
+    fuser = StackFuser(device="cpu")
+    for frame in synthetic.frames:  # one (C, H, W) frame at a time
+        fuser.add(frame)
+    assert fuser.count == 5
+    assert torch.equal(fuser.result().cpu(), fuse(synthetic.frames, device="cpu"))
+
+
+def test_integer_frames_are_scaled(synthetic):
+    as_float = (synthetic.frames * 255).round() / 255
+    as_uint8 = (synthetic.frames * 255).round().to(torch.uint8)
+    as_uint16 = as_uint8.to(torch.int32).mul(257).to(torch.uint16)
+    reference = fuse(as_float, device="cpu")
+    assert torch.allclose(fuse(as_uint8, device="cpu"), reference, atol=1e-6)
+    assert torch.allclose(fuse(as_uint16, device="cpu"), reference, atol=1e-6)
+
+
+def test_numpy_frames_as_decoded(synthetic):
+    frames = (synthetic.frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    fuser = StackFuser(device="cpu")
+    fuser.add(frames)
+    expected = fuse(torch.from_numpy(frames).permute(0, 3, 1, 2), device="cpu")
+    assert torch.equal(fuser.result().cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_stays_close(dtype, synthetic):
+    full = fuse(synthetic.frames, device="cpu")
+    half = fuse(synthetic.frames, device="cpu", dtype=dtype)
+    assert half.dtype == torch.float32
+    assert psnr(half, full) > 30
+
+
+def test_result_is_in_range_and_shaped(synthetic):
+    fused = fuse(synthetic.frames, device="cpu", levels=2, kernel_size=3)
+    assert fused.shape == (3, 96, 128) and fused.min() >= 0 and fused.max() <= 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "median"}, "--method"),
+        ({"kernel_size": 4}, "--kernel-size"),
+        ({"levels": 0}, "--levels"),
+        ({"levels": 9}, "too deep"),
+        ({"chunk": 0}, "--chunk"),
+        ({"dtype": "float64"}, "--dtype"),
+        ({"device": "tpu"}, "--device"),
+    ],
+)
+def test_bad_settings(kwargs, message, synthetic):
+    with pytest.raises(GpufocusError, match=message):
+        fuse(synthetic.frames, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_requested_without_cuda(synthetic):
+    with pytest.raises(GpufocusError, match="CUDA is not available"):
+        fuse(synthetic.frames, device="cuda")
+
+
+def test_stack_errors():
+    fuser = StackFuser(device="cpu")
+    fuser.add(torch.rand(1, 3, 16, 16))
+    with pytest.raises(GpufocusError, match="at least 2 frames"):
+        fuser.result()
+    with pytest.raises(GpufocusError, match="differs from the first frame"):
+        fuser.add(torch.rand(1, 3, 16, 17))
+    with pytest.raises(GpufocusError, match="too small"):
+        fuse(torch.rand(2, 3, 6, 6))

@@ -1,0 +1,141 @@
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import exif_of, write_stack
+from gpufocus import FrameStack, GpufocusError, list_frames, probe_image, read_image
+
+
+@pytest.fixture
+def rgb(rng) -> np.ndarray:
+    return rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+
+
+def test_directories_sort_naturally_and_skip_other_files(tmp_path, rgb):
+    for name in ["f10.png", "f2.png", "f1.png", "notes.txt", ".hidden.xmp"]:
+        if name.endswith(".png"):
+            Image.fromarray(rgb).save(tmp_path / name)
+        else:
+            (tmp_path / name).write_text("x")
+    assert [p.name for p in list_frames([tmp_path])] == ["f1.png", "f2.png", "f10.png"]
+
+
+def test_explicit_files_keep_their_order(tmp_path, rgb):
+    paths = write_stack(tmp_path, np.stack([rgb] * 3))
+    assert list_frames([paths[2], paths[0]]) == [paths[2], paths[0]]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: [d / "missing"], "no such file or directory"),
+        (lambda d: [d], "no image files"),
+        (lambda d: [d / "one.png"], "at least 2 frames, got 1"),
+    ],
+)
+def test_listing_errors(tmp_path, rgb, make, message):
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "one.png")
+    inputs = make(tmp_path / "sub") if "no image" in message else make(tmp_path)
+    with pytest.raises(GpufocusError, match=message):
+        list_frames(inputs)
+
+
+def test_format_is_found_by_content(tmp_path, rgb):
+    path = tmp_path / "really_a_png.jpg"
+    Image.fromarray(rgb).save(path, format="PNG")
+    assert np.array_equal(read_image(path), rgb)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA", "CMYK"])
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "JPEG", "BMP", "WEBP"])
+def test_modes_become_rgb(tmp_path, rgb, mode, fmt):
+    image = Image.fromarray(rgb).convert(mode)
+    path = tmp_path / f"frame.{fmt.lower()}"
+    try:
+        image.save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    except (OSError, KeyError, ValueError):
+        pytest.skip(f"Pillow cannot write {mode} as {fmt}")
+    pixels = read_image(path)
+    assert pixels.shape == (12, 20, 3) and pixels.dtype == np.uint8
+    with Image.open(path) as reopened:
+        assert np.array_equal(pixels, np.asarray(reopened.convert("RGB")))
+
+
+def test_16bit_grey_keeps_its_precision(tmp_path):
+    grey = (np.arange(12 * 20, dtype=np.uint16) * 271).reshape(12, 20)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(grey).save(path)
+    pixels = read_image(path)
+    assert pixels.dtype == np.uint16 and probe_image(path).bits == 16
+    assert np.array_equal(pixels, np.repeat(grey[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_colour_keeps_its_precision(tmp_path, rng, suffix):
+    colour = rng.integers(0, 65536, (12, 20, 3), dtype=np.uint16)
+    path = tmp_path / f"colour16{suffix}"
+    cv2.imwrite(str(path), colour[:, :, ::-1])  # OpenCV writes BGR
+    pixels = read_image(path)
+    assert probe_image(path).bits == 16
+    assert np.array_equal(pixels, colour)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path, rgb, orientation):
+    image = Image.fromarray(rgb)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "oriented.png"
+    image.save(path, exif=exif)
+    with Image.open(path) as reopened:
+        expected = np.asarray(ImageOps.exif_transpose(reopened).convert("RGB"))
+    info = probe_image(path)
+    assert (info.height, info.width) == expected.shape[:2]
+    assert np.array_equal(read_image(path), expected)
+    assert exif_of(info)[0x0112] == 1  # written outputs are upright
+
+
+def test_broken_files_are_named(tmp_path, rgb):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(GpufocusError, match="notes.jpg: not an image"):
+        probe_image(text)
+    truncated = tmp_path / "cut.jpg"
+    Image.fromarray(np.repeat(np.repeat(rgb, 8, 0), 8, 1)).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:800])
+    with pytest.raises(GpufocusError, match="cut.jpg: truncated or corrupt"):
+        read_image(truncated)
+
+
+def test_decompression_bomb_is_refused(tmp_path, rgb, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(rgb).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    with pytest.raises(GpufocusError, match="big.png: too many pixels"):
+        probe_image(path)
+
+
+def test_stack_checks_sizes_and_reads_in_chunks(tmp_path, rng):
+    frames = rng.integers(0, 256, (5, 12, 20, 3), dtype=np.uint8)
+    paths = write_stack(tmp_path / "ok", frames)
+    stack = FrameStack(paths)
+    chunks = list(stack.chunks(2))
+    assert [c.shape[0] for c in chunks] == [2, 2, 1]
+    assert np.array_equal(np.concatenate(chunks), frames)
+    odd = tmp_path / "odd.png"
+    Image.fromarray(frames[0][:11]).save(odd)
+    with pytest.raises(GpufocusError, match="odd.png: 20x11 differs .* aligned"):
+        FrameStack(paths + [odd])
+
+
+def test_mixed_depths_become_16bit(tmp_path, rgb):
+    low = tmp_path / "a.png"
+    Image.fromarray(rgb).save(low)
+    high = tmp_path / "b.png"
+    cv2.imwrite(str(high), rgb[:, :, ::-1].astype(np.uint16) * 257)
+    stack = FrameStack([low, high])
+    assert stack.bits == 16
+    (chunk,) = stack.chunks(2)
+    assert chunk.dtype == np.uint16 and np.array_equal(chunk[0], chunk[1])
