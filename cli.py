@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import gpufocus
-from gpufocus import FrameStack, GpufocusError, fuse, write_image
+from gpufocus import METHODS, FrameStack, GpufocusError, fuse, write_image
+from gpufocus.device import DTYPES
 from gpufocus.write import check_output
 
 app = typer.Typer(
@@ -38,16 +39,9 @@ def _say(text: str) -> None:
     _stderr.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-class Method(str, Enum):
-    max_energy = "max-energy"
-    wang_chang = "wang-chang"
-    max_log = "max-log"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
+# Choices for Typer, made from the library's own lists.
+Method = Enum("Method", {name.replace("-", "_"): name for name in METHODS}, type=str)
+DType = Enum("DType", {name: name for name in DTYPES}, type=str)
 
 
 @contextmanager
@@ -132,16 +126,16 @@ def fuse_command(
     method: Method = typer.Option(Method.max_energy, "-m", "--method", help="Selection rule."),
     naive: bool = typer.Option(False, "--naive", help="Same as --method max-log (the seed program's spelling)."),
     levels: int | None = typer.Option(
-        None, "--levels", "-d", "--depth", min=1, help="Pyramid detail levels [default: from the frame size]."
+        None, "--levels", "-d", "--depth", min=1, help="Pyramid detail levels. Default: from the frame size."
     ),
     kernel_size: int | None = typer.Option(
-        None, "-k", "--kernel-size", help="Window of the local measure, odd [default: 9 max-energy, 5 wang-chang, 3 max-log]."
+        None, "-k", "--kernel-size", help="Window of the local measure, odd. Default: 9 max-energy, 5 wang-chang, 3 max-log."
     ),
     per_channel: bool = typer.Option(False, "--per-channel", help="Decide per colour channel (the seed program's way)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: DType = typer.Option(DType.float32, "--dtype", help="Arithmetic precision."),
-    chunk: int | None = typer.Option(None, "--chunk", min=1, help="Frames per step [default: from free memory]."),
-    bits: int | None = typer.Option(None, "--bits", help="8 or 16 bits per channel [default: the input's]."),
+    chunk: int | None = typer.Option(None, "--chunk", min=1, help="Frames per step. Default: from free memory."),
+    bits: int | None = typer.Option(None, "--bits", help="8 or 16 bits per channel. Default: the input's."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or summary."),

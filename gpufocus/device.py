@@ -14,9 +14,9 @@ __all__ = ["DTYPES", "resolve_device", "resolve_dtype", "free_memory", "default_
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-# Bytes of working memory per pixel and colour channel of one frame in flight: the
-# float frame, its pyramid (4/3 of it) and the temporaries of building and selecting,
-# measured with bench/bench_fusion.py's memory mode, rounded up.
+# Working memory of one frame in flight, in units of its float samples: the frame,
+# its pyramid (4/3 of it) and the temporaries of building and selecting. A generous
+# estimate: bench/RESULTS.md's memory run (chunk 2, 6 MP) peaked at about 6 units.
 _WORK_BYTES_PER_SAMPLE_AND_BYTE = 8
 # Use at most this share of the free memory for frames in flight.
 _MEMORY_SHARE = 0.25

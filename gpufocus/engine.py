@@ -96,8 +96,8 @@ class StackFuser:
 
     def _start(self, channels: int, height: int, width: int) -> None:
         deepest = max_levels(height, width)
-        if deepest < 1 and self.method != "max-log":
-            raise GpufocusError(f"{width}x{height} frames are too small for a pyramid (at least 8x8)")
+        if deepest < 1:
+            raise GpufocusError(f"{width}x{height} frames are too small (at least 8x8)")
         if self.levels is None:
             self.levels = auto_levels(height, width)
         elif self.levels > deepest and self.method != "max-log":
