@@ -22,7 +22,8 @@ test: $(VENV)/installed
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/installed
-	$(BIN)/python bench/bench_fusion.py core
+	mkdir -p bench/out
+	$(BIN)/gpufocus bench --markdown bench/out/bench.md --json bench/out/bench.json --chart bench/out/bench.png
 	$(BIN)/python bench/bench_fusion.py e2e
 
 clean:

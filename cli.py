@@ -7,6 +7,8 @@ Run it as ``gpufocus ...`` once installed, or ``python cli.py ...`` in a checkou
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import sys
@@ -16,13 +18,16 @@ from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 import gpufocus
-from gpufocus import METHODS, FrameStack, GpufocusError, fuse, write_image
+from gpufocus import METHODS, FrameStack, GpufocusError, benchmark, fuse, metrics, read_image, write_image
 from gpufocus.device import DTYPES
+from gpufocus.synth import FAMILIES, make_stack, write_stack
 from gpufocus.write import check_output
 
 app = typer.Typer(
@@ -32,6 +37,7 @@ app = typer.Typer(
     help="Focus stacking by Laplacian-pyramid fusion, on CUDA or the CPU.",
 )
 _stderr = Console(stderr=True)
+_stdout = Console()
 
 
 def _say(text: str) -> None:
@@ -42,6 +48,8 @@ def _say(text: str) -> None:
 # Choices for Typer, made from the library's own lists.
 Method = Enum("Method", {name.replace("-", "_"): name for name in METHODS}, type=str)
 DType = Enum("DType", {name: name for name in DTYPES}, type=str)
+DepthFamily = Enum("DepthFamily", {name: name for name in FAMILIES}, type=str)
+BenchKind = Enum("BenchKind", {"core": "core", "e2e": "e2e"}, type=str)
 
 
 @contextmanager
@@ -87,6 +95,7 @@ def fuse_files(
     quality: int,
     overwrite: bool,
     quiet: bool,
+    evaluate: bool = False,
 ) -> None:
     """Fuse a stack of files into ``output``, checking everything before the work starts."""
     fmt = check_output(output, bits or 8, overwrite)
@@ -117,6 +126,8 @@ def fuse_files(
             f"wrote {output} ({width}x{height}, {bits}-bit) from {len(stack)} frames, "
             f"{method}, {time.perf_counter() - started:.2f} s"
         )
+    if evaluate:
+        _print_scores(metrics.evaluate(stack, output))
 
 
 @app.command("fuse")
@@ -139,6 +150,7 @@ def fuse_command(
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or summary."),
+    evaluate: bool = typer.Option(False, "--eval", help="Then print the sharpness table of the result (as gpufocus eval)."),
 ) -> None:
     """Fuse a focus stack into one image that is sharp throughout."""
     with _user_errors():
@@ -156,7 +168,158 @@ def fuse_command(
             quality=quality,
             overwrite=overwrite,
             quiet=quiet,
+            evaluate=evaluate,
         )
+
+
+def _print_scores(scores: dict) -> None:
+    """The seed program's sharpness table, then the fusion metrics."""
+    table = Table(title=f"{scores['frames']} frames, compared on {scores['width']}x{scores['height']}")
+    table.add_column("")
+    table.add_column("average gradient", justify="right")
+    table.add_row("average of source images", f"{scores['avg_gradient_sources']:.2f}")
+    table.add_row("final result", f"{scores['avg_gradient_fused']:.2f}")
+    table.add_row("result / sources", f"{scores['sharpness_gain']:.3f}")
+    _stdout.print(table)
+    extra = [f"Q^AB/F {scores['qabf']:.4f}"]
+    if "psnr" in scores:
+        extra += [f"PSNR {scores['psnr']:.2f} dB", f"SSIM {scores['ssim']:.4f}"]
+    _stdout.print(", ".join(extra), highlight=False)
+
+
+@app.command("eval")
+def eval_command(
+    inputs: list[Path] = typer.Argument(..., help="The stack: a directory of frames, or the frame files."),
+    result: Path = typer.Option(..., "-r", "--result", help="The fused image to score."),
+    ground_truth: Path | None = typer.Option(
+        None, "--gt", help="Ground truth image. Default: ground_truth.png in a stack directory, if there is one."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Score a fused image: sharpness against its sources, Q^AB/F, and PSNR/SSIM against a ground truth."""
+    with _user_errors():
+        if ground_truth is None and len(inputs) == 1 and (inputs[0] / "ground_truth.png").is_file():
+            ground_truth = inputs[0] / "ground_truth.png"
+        scores = metrics.evaluate(inputs, result, ground_truth)
+    if as_json:
+        # JSON has no infinity: identical images have no finite PSNR.
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in scores.items()}
+        typer.echo(json.dumps(clean, indent=1))
+    else:
+        _print_scores(scores)
+
+
+@app.command("synth")
+def synth_command(
+    outdir: Path = typer.Argument(..., help="Folder for the frames, ground_truth.png, depth.png and params.json."),
+    image: Path | None = typer.Option(None, "--image", help="Scene to use. Default: a procedural scene."),
+    size: str = typer.Option("640x480", "--size", help="WIDTHxHEIGHT of the procedural scene."),
+    frames: int = typer.Option(8, "--frames", min=2, help="Number of frames."),
+    family: DepthFamily = typer.Option(DepthFamily.objects, "--family", help="Depth map."),
+    max_blur: float = typer.Option(8.0, "--max-blur", min=0, help="Blur radius (pixels) across the depth range."),
+    noise: float = typer.Option(0.0, "--noise", min=0, help="Gaussian noise, standard deviation in 0-255 units."),
+    breathing: float = typer.Option(0.0, "--breathing", help="Magnification step per frame (0.002 = 0.2 %)."),
+    shift: float = typer.Option(0.0, "--shift", min=0, help="Largest random shift of a frame, pixels."),
+    exposure_jitter: float = typer.Option(0.0, "--exposure-jitter", min=0, help="Largest relative gain change."),
+    fmt: str = typer.Option("png", "--format", help="png or jpg frames."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality of jpg frames."),
+    seed: int = typer.Option(0, "--seed", help="The same seed gives the same stack."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+) -> None:
+    """Generate a focus stack with known ground truth (thin-lens defocus model)."""
+    with _user_errors():
+        scene = None
+        if image is not None:
+            pixels = read_image(image)
+            scene = torch.from_numpy(pixels.astype("float32") / (65535 if pixels.dtype.itemsize == 2 else 255))
+            scene = scene.permute(2, 0, 1)
+        width, height = _size(size)
+        stack = make_stack(
+            height, width, frames, family=family.value, max_blur=max_blur, noise=noise, breathing=breathing,
+            shift=shift, exposure_jitter=exposure_jitter, seed=seed, scene=scene,
+        )
+        paths = write_stack(stack, outdir, fmt=fmt, quality=quality, overwrite=overwrite)
+        _say(f"wrote {len(paths)} frames, ground_truth.png, depth.png, focus_index.png, params.json to {outdir}")
+
+
+@app.command("bench")
+def bench_command(
+    quick: bool = typer.Option(False, "--quick", help="A small matrix that finishes in seconds (a smoke test)."),
+    devices: list[str] | None = typer.Option(None, "--device", help="Repeatable. Default: cpu, and cuda if available."),
+    sizes: list[str] | None = typer.Option(None, "--size", help="WIDTHxHEIGHT, repeatable. Default: 2000x1500."),
+    frames: list[int] | None = typer.Option(None, "--frames", help="Frame count, repeatable. Default: 10 and 30."),
+    dtypes: list[DType] | None = typer.Option(None, "--dtype", help="Repeatable. Default: float32."),
+    chunks: list[int] | None = typer.Option(None, "--chunk", help="Repeatable. Default: the engine's choice."),
+    methods: list[Method] | None = typer.Option(None, "--method", help="Repeatable. Default: max-energy."),
+    kinds: list[BenchKind] | None = typer.Option(None, "--kind", help="core, e2e; repeatable. Default: both."),
+    repeat: int = typer.Option(3, "--repeat", min=1, help="Timed runs per case (the median is reported)."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed runs first."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON."),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Write the tables as markdown."),
+    chart: Path = typer.Option(Path("gpufocus-bench.png"), "--chart", help="PNG chart of throughput."),
+    cache: Path = typer.Option(benchmark.DEFAULT_CACHE, "--cache", help="Folder for the e2e JPEG stacks."),
+) -> None:
+    """Time the fusion on CPU and CUDA: per stage, median of repeats, peak memory."""
+    with _user_errors():
+        if not devices:
+            devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        if quick:
+            sizes, frames = sizes or ["320x240"], frames or [4, 8]
+            repeat = min(repeat, 2)
+        cases = [
+            benchmark.Case(kind.value, device, *_size(size), count, dtype.value, chunk, method.value)
+            for kind in (kinds or list(BenchKind))
+            for device in devices
+            for size in (sizes or ["2000x1500"])
+            for count in (frames or [10, 30])
+            for dtype in (dtypes or [DType.float32])
+            for chunk in (chunks or [None])
+            for method in (methods or [Method.max_energy])
+        ]
+        _say(f"{len(cases)} cases, each in a process of its own; machine: {benchmark.machine_description()}")
+        report = benchmark.run_matrix(
+            cases,
+            repeat=repeat,
+            warmup=warmup,
+            cache=cache,
+            on_result=lambda r: _say(
+                f"  {r['kind']} {r['device']} {r['width']}x{r['height']} x{r['frames']}: "
+                + (f"error: {r['error']}" if "error" in r else f"{r['seconds']:.3f} s")
+            ),
+        )
+    header, rows = benchmark.table_rows(report, compact=True)
+    table = Table(title=report["machine"], header_style="bold", pad_edge=False)
+    for name in header:
+        table.add_column(name, justify="left" if name in ("kind", "device", "dtype", "size") else "right")
+    for row in rows:
+        table.add_row(*row)
+    # Logs and pipes get the whole table rather than columns cut to 80 characters.
+    Console(width=None if _stdout.is_terminal else 240).print(table)
+    for pair in report["cuda_vs_cpu"]:
+        _stdout.print(
+            f"CUDA over CPU, {pair['kind']} {pair['width']}x{pair['height']} x{pair['frames']} {pair['dtype']}: "
+            f"{pair['speedup']:.1f}x",
+            highlight=False,
+        )
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+    if markdown:
+        markdown.write_text(benchmark.to_markdown(report))
+    benchmark.draw_chart(report, chart)
+    _say(f"chart: {chart}" + (f", json: {json_out}" if json_out else "") + (f", markdown: {markdown}" if markdown else ""))
+    if any("error" in r for r in report["results"]):
+        raise typer.Exit(1)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` as ``(width, height)``."""
+    try:
+        width, height = map(int, text.lower().split("x"))
+    except ValueError:
+        raise GpufocusError(f"--size {text}: use WIDTHxHEIGHT, e.g. 640x480") from None
+    if width < 8 or height < 8:
+        raise GpufocusError(f"--size {text}: at least 8x8")
+    return width, height
 
 
 @app.command("demo")
@@ -184,7 +347,6 @@ def info_command() -> None:
     import kornia
     import numpy
     import PIL
-    import torch
 
     lines = [
         f"gpufocus {gpufocus.__version__}",

@@ -1,12 +1,12 @@
-"""Speed and memory of gpufocus on this machine: fusion core, end to end, peak memory.
+"""Whole-command speed against peer programs, and peak memory of a long stack.
 
-    python bench/bench_fusion.py core   [--device cpu cuda] [--size 2000x1500] [--frames 10] [--repeat 5]
     python bench/bench_fusion.py e2e    [--frames 10] [--size 2000x1500] [--repeat 5]
     python bench/bench_fusion.py memory [--frames 100] [--size 3000x2000]
 
-core:   frames already in memory (uint8, made on the device), fuse() timed alone; the
-        median of --repeat runs after one warm-up, CUDA synchronised.
-e2e:    a JPEG stack (synthetic, written once to bench/out/) fused by the `gpufocus`
+(The per-stage matrix, CPU against CUDA, is `gpufocus bench`.)
+
+e2e:    a JPEG stack (synthetic, made once by gpufocus.benchmark.stack_files in
+        bench/out/: 8 distinct frames, repeated for longer stacks) fused by the `gpufocus`
         command in a new process each time (start-up, reading, fusing and writing
         included), against the peers found on PATH (enfuse; focus-stack) in the same
         run, runs interleaved.
@@ -18,8 +18,6 @@ Prints a markdown table with the machine's description.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import shutil
 import statistics
@@ -30,19 +28,10 @@ from pathlib import Path
 
 import torch
 
+from gpufocus.benchmark import machine_description, stack_files
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{model}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -50,56 +39,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def median_time(run, repeat: int, sync) -> tuple[float, list[float]]:
-    run()  # warm-up
-    times = []
-    for _ in range(repeat):
-        sync()
-        start = time.perf_counter()
-        run()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
-def bench_core(args) -> None:
-    from gpufocus import fuse
-
-    height, width = parse_size(args.size)
-    print(f"| device | dtype | chunk | frames | size | median s | Mpix-frames/s |\n|---|---|---|---|---|---|---|")
-    for device in args.device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            continue
-        gen = torch.Generator(device).manual_seed(0)
-        frames = torch.randint(0, 256, (args.frames, 3, height, width), dtype=torch.uint8, device=device, generator=gen)
-        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        for dtype in args.dtype:
-            for chunk in args.chunk:
-                seconds, _ = median_time(
-                    lambda: fuse(frames, device=device, dtype=dtype, chunk=chunk), args.repeat, sync
-                )
-                rate = args.frames * height * width / seconds / 1e6
-                print(f"| {device} | {dtype} | {chunk} | {args.frames} | {width}x{height} | {seconds:.3f} | {rate:.1f} |")
-
-
-def make_jpeg_stack(frames: int, height: int, width: int) -> Path:
-    folder = OUT / f"stack_{width}x{height}_{frames}"
-    if len(list(folder.glob("frame_*.jpg"))) == frames:
-        return folder
-    from gpufocus.synth import make_stack
-    from gpufocus.write import write_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    stack = make_stack(height=height, width=width, frames=frames, seed=1)
-    for i, frame in enumerate(stack.frames):
-        write_image(folder / f"frame_{i:02d}.jpg", frame, quality=95, overwrite=True)
-    return folder
-
-
 def bench_e2e(args) -> None:
     height, width = parse_size(args.size)
-    stack = make_jpeg_stack(args.frames, height, width)
-    frames = sorted(map(str, stack.glob("frame_*.jpg")))
+    frames = [str(p) for p in stack_files(OUT, height, width, args.frames)]
     out = OUT / "e2e"
     out.mkdir(exist_ok=True)
     gpufocus = shutil.which("gpufocus", path=str(Path(sys.executable).parent)) or "gpufocus"
@@ -146,7 +88,7 @@ def bench_memory(args) -> None:
     from gpufocus.device import default_chunk, resolve_device
 
     height, width = parse_size(args.size)
-    chunk = args.chunk[0] if args.chunk else default_chunk(resolve_device("cpu"), 3, height, width, torch.float32)
+    chunk = args.chunk or default_chunk(resolve_device("cpu"), 3, height, width, torch.float32)
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, __file__, "memory-child", str(args.frames), str(height), str(width), str(chunk)],
@@ -163,19 +105,14 @@ def main() -> None:
         memory_child(*map(int, sys.argv[2:6]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["core", "e2e", "memory"])
-    parser.add_argument("--device", nargs="+", default=["cpu", "cuda"])
-    parser.add_argument("--dtype", nargs="+", default=["float32"])
-    parser.add_argument("--chunk", nargs="+", type=int, default=None)
+    parser.add_argument("mode", choices=["e2e", "memory"])
+    parser.add_argument("--chunk", type=int, default=None)
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--size", default="2000x1500")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    print(f"machine: {machine()}\n")
-    if args.mode == "core":
-        args.chunk = args.chunk or [1, 2]
-        bench_core(args)
-    elif args.mode == "e2e":
+    print(f"machine: {machine_description()}\n")
+    if args.mode == "e2e":
         bench_e2e(args)
     else:
         bench_memory(args)

@@ -2,8 +2,8 @@
 
     python bench/quality.py [--shared ../shared] [--methods max-energy wang-chang max-log]
 
-Fuses every stack of <shared>/data/synthetic (the frame_* files) and
-<shared>/data/real (every image in the folder) at default settings, writes the
+Fuses every stack of <shared>/data/synthetic and <shared>/data/real at default
+settings (a folder's images, less ground_truth.png, depth.png, focus_index.png), writes the
 results to bench/out/quality/METHOD/STACK.png with the wall time beside them, and
 prints score.py's table: PSNR/SSIM against ground truth where there is one,
 Q^AB/F and average gradient everywhere. score.py needs scipy and scikit-image.
@@ -19,18 +19,9 @@ from pathlib import Path
 
 import torch
 
-from gpufocus import GpufocusError, fuse, write_image
-from gpufocus.load import FRAME_SUFFIXES, natural_key
+from gpufocus import GpufocusError, fuse, list_frames, write_image
 
 HERE = Path(__file__).resolve().parent
-NOT_FRAMES = {"ground_truth.png", "depth.png", "focus_index.png"}
-
-
-def frames_of(stack: Path) -> list[Path]:
-    files = [p for p in stack.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.name not in NOT_FRAMES]
-    return sorted(files, key=natural_key)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
@@ -45,7 +36,7 @@ def main() -> None:
         for stack in filter(Path.is_dir, stacks):
             start = time.perf_counter()
             try:
-                image = fuse(frames_of(stack), method=method, device=args.device)
+                image = fuse(list_frames([stack]), method=method, device=args.device)
             except GpufocusError as error:
                 failures += 1
                 print(f"FAILED {method} {stack.name}: {error}", file=sys.stderr)

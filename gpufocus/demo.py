@@ -11,11 +11,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .device import resolve_device
 from .engine import fuse
+from .metrics import psnr
 from .errors import GpufocusError
 from .synth import make_stack
 from .write import to_array, write_image
 
-__all__ = ["DemoReport", "run_demo", "psnr"]
+__all__ = ["DemoReport", "run_demo"]
 
 
 @dataclass
@@ -29,12 +30,6 @@ class DemoReport:
     frames_dir: Path
     fused: Path
     comparison: Path
-
-
-def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of images in [0, 1]."""
-    mse = torch.mean((image.float() - reference.float()) ** 2).item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1 / mse)).item()
 
 
 def _labelled(tiles: list[tuple[str, torch.Tensor]]) -> Image.Image:

@@ -14,6 +14,7 @@ from .errors import GpufocusError
 from .load import FrameStack
 from .pyramid import auto_levels, max_levels
 from .rules import DEFAULT_KERNEL_SIZE, METHODS, SelectionRule, make_rule
+from .timing import NO_TIMER, StageTimer
 
 __all__ = ["StackFuser", "fuse", "to_float"]
 
@@ -105,15 +106,17 @@ class StackFuser:
         self._shape = (channels, height, width)
         self._rule = make_rule(self.method, self.levels, self.kernel_size, self.per_channel)
 
-    def add(self, frames: Tensor | np.ndarray) -> None:
+    def add(self, frames: Tensor | np.ndarray, timer: StageTimer = NO_TIMER) -> None:
         """Fold in the next frames: ``(B, C, H, W)`` or one ``(C, H, W)`` frame.
 
         Integer frames are scaled to [0, 1] (``uint8`` by 255, ``uint16`` by 65535);
         float frames are taken as they are. ``np.ndarray`` input is ``(B, H, W, C)``.
+        ``timer`` charges the stages ``upload`` and ``fuse``.
         """
         if isinstance(frames, Tensor) and frames.dim() == 3:
             frames = frames.unsqueeze(0)
-        frames = to_float(frames, self.device, self.dtype)
+        with timer.stage("upload"):
+            frames = to_float(frames, self.device, self.dtype)
         if frames.dim() != 4:
             raise GpufocusError(f"expected (B, C, H, W) frames, got shape {tuple(frames.shape)}")
         shape = tuple(frames.shape[1:])
@@ -124,13 +127,18 @@ class StackFuser:
                 f"frame {self.count}: shape {shape} differs from the first frame's {self._shape}; "
                 "frames must be aligned to the same size"
             )
-        self._rule.fold(frames)
+        with timer.stage("fuse"):
+            self._rule.fold(frames)
 
-    def result(self) -> Tensor:
-        """The fused image, ``(C, H, W)`` float32 in [0, 1] on the fusion device."""
+    def result(self, timer: StageTimer = NO_TIMER) -> Tensor:
+        """The fused image, ``(C, H, W)`` float32 in [0, 1] on the fusion device.
+
+        ``timer`` charges the stage ``collapse``.
+        """
         if self.count < 2:
             raise GpufocusError(f"a stack needs at least 2 frames, got {self.count}")
-        return self._rule.result()[0].float().clamp_(0, 1)
+        with timer.stage("collapse"):
+            return self._rule.result()[0].float().clamp_(0, 1)
 
 
 def _tensor_chunks(frames: Tensor, chunk: int) -> Iterable[Tensor]:
@@ -149,6 +157,7 @@ def fuse(
     dtype: str | torch.dtype = "float32",
     chunk: int | None = None,
     progress: Progress | None = None,
+    timer: StageTimer = NO_TIMER,
 ) -> Tensor:
     """Fuse a focus stack into one image sharp throughout.
 
@@ -159,6 +168,8 @@ def fuse(
         chunk: frames folded in at once; ``None`` chooses from free memory. The
             result does not depend on it.
         progress: called as ``progress(frames_done, frames_total)`` after each chunk.
+        timer: charges the stages ``decode``, ``upload``, ``fuse``, ``collapse`` and
+            ``download`` (see ``gpufocus.timing``).
 
     Returns:
         The fused image, ``(C, H, W)`` float32 in [0, 1], on the CPU.
@@ -182,9 +193,11 @@ def fuse(
         chunk = default_chunk(fuser.device, channels, height, width, fuser.dtype)
     elif chunk < 1:
         raise GpufocusError(f"--chunk {chunk}: must be at least 1")
-    chunks = _tensor_chunks(source, chunk) if isinstance(source, Tensor) else source.chunks(chunk)
+    chunks = _tensor_chunks(source, chunk) if isinstance(source, Tensor) else source.chunks(chunk, timer=timer)
     for frames in chunks:
-        fuser.add(frames)
+        fuser.add(frames, timer)
         if progress is not None:
             progress(fuser.count, total)
-    return fuser.result().cpu()
+    image = fuser.result(timer)
+    with timer.stage("download"):
+        return image.cpu()

@@ -20,9 +20,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import GpufocusError
+from .timing import NO_TIMER, StageTimer
 
 __all__ = [
     "FRAME_SUFFIXES",
+    "SIDE_FILES",
     "ImageInfo",
     "list_frames",
     "probe_image",
@@ -34,6 +36,10 @@ __all__ = [
 #: File names a directory listing takes as frames (case-insensitive). Files given
 #: one by one are read whatever their name.
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+#: What a stack folder written by ``gpufocus synth`` holds beside its frames; a
+#: directory listing leaves these out.
+SIDE_FILES = frozenset({"ground_truth.png", "depth.png", "focus_index.png"})
 
 _FORMATS = {"JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP"}
 _EXIF_ORIENTATION = 0x0112
@@ -57,7 +63,11 @@ def list_frames(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(
-                (p for p in item.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES),
+                (
+                    p
+                    for p in item.iterdir()
+                    if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES and p.name not in SIDE_FILES
+                ),
                 key=natural_key,
             )
             if not found:
@@ -236,11 +246,12 @@ class FrameStack:
         """16 if any frame has 16 bits per channel, else 8."""
         return max(info.bits for info in self.infos)
 
-    def chunks(self, chunk: int, workers: int = 2) -> Iterator[np.ndarray]:
+    def chunks(self, chunk: int, workers: int = 2, timer: StageTimer = NO_TIMER) -> Iterator[np.ndarray]:
         """Frames as ``(B, H, W, 3)`` arrays of ``B <= chunk`` frames, in order.
 
         Decoding runs ahead in a thread pool (the decoders release the GIL), so the
-        next chunk is read while the caller works on this one.
+        next chunk is read while the caller works on this one. ``timer`` charges the
+        time spent waiting for decoded frames to the stage ``decode``.
         """
         dtype = np.uint16 if self.bits == 16 else np.uint8
         scale = 257 if self.bits == 16 else 1  # an 8-bit frame in a 16-bit stack
@@ -253,7 +264,8 @@ class FrameStack:
             pending = [pool.submit(load, i) for i in range(min(len(self), 2 * chunk))]
             next_index = len(pending)
             for start in range(0, len(self), chunk):
-                batch = [pending[i].result() for i in range(start, min(start + chunk, len(self)))]
+                with timer.stage("decode"):
+                    batch = [pending[i].result() for i in range(start, min(start + chunk, len(self)))]
                 for _ in batch:
                     if next_index < len(self):
                         pending.append(pool.submit(load, next_index))

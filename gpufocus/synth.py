@@ -1,22 +1,49 @@
 """Synthetic focus stacks with known ground truth, made in code (no downloads).
 
-A sharp procedural scene, a depth map, and frames rendered with a thin-lens defocus
-model: the blur radius of a point grows with ``|t - t_focus|``, where ``t`` is its
-normalised inverse depth and ``t_focus`` the frame's focus. The defocus kernel is a
-disk (the aperture's image). Frames are blended from the scene blurred at integer
+A sharp scene (a procedural one, or any image), a depth map, and frames rendered
+with a thin-lens defocus model: the blur radius of a point grows with
+``|1/depth - 1/focus|``. Depth ``d`` runs from ``NEAR`` to ``FAR``; the renderer works
+with the normalised inverse depth ``t = (1/NEAR - 1/d) / (1/NEAR - 1/FAR)`` (0 = near,
+1 = far), for which the blur radius is ``max_blur * |t - t_focus|``. The defocus kernel
+is a disk (the aperture's image). Frames are blended from the scene blurred at integer
 radii, so the cost does not grow with the number of frames.
+
+Optional camera effects, applied after the blur: focus breathing (frame ``i`` is
+magnified by ``(1 + breathing) ** i`` about the image centre), a random sub-pixel shift,
+an exposure gain and Gaussian noise. Frame 0 keeps the scene's geometry and exposure,
+so the ground truth is in frame 0's geometry.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import kornia
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SyntheticStack", "procedural_scene", "objects_depth", "disk_kernel", "render_stack", "make_stack"]
+from .errors import GpufocusError
+
+__all__ = [
+    "FAMILIES",
+    "NEAR",
+    "FAR",
+    "SyntheticStack",
+    "procedural_scene",
+    "depth_map",
+    "disk_kernel",
+    "render_stack",
+    "move_frames",
+    "make_stack",
+    "write_stack",
+]
+
+FAMILIES = ("objects", "plane", "smooth")
+NEAR, FAR = 1.0, 3.0
 
 
 @dataclass
@@ -25,19 +52,26 @@ class SyntheticStack:
 
     Shape:
         - frames: ``(N, 3, H, W)`` float32 in [0, 1]
-        - ground_truth: ``(3, H, W)``, the scene in focus everywhere
+        - ground_truth: ``(3, H, W)``, the scene in focus everywhere (frame 0's geometry)
         - depth: ``(H, W)``, normalised inverse depth ``t`` in [0, 1] (0 = near)
         - focus: ``(N,)``, the ``t`` each frame is focused at
+        - params: what was used, and per frame the true magnification, shift and gain
     """
 
     frames: Tensor
     ground_truth: Tensor
     depth: Tensor
     focus: Tensor
+    params: dict = field(default_factory=dict)
+
+    @property
+    def focus_index(self) -> Tensor:
+        """``(H, W)`` index of the frame focused nearest to each pixel's depth."""
+        return (self.depth[None] - self.focus[:, None, None]).abs().argmin(dim=0)
 
 
 def procedural_scene(height: int, width: int, seed: int = 0) -> Tensor:
-    """A colourful scene with detail at every scale: smooth colour fields, gratings, rings, dots, grain.
+    """A colourful scene with detail at every scale: colour fields, gratings, rings, dots, grain.
 
     Returns:
         ``(3, H, W)`` float32 in [0, 1].
@@ -64,20 +98,35 @@ def procedural_scene(height: int, width: int, seed: int = 0) -> Tensor:
     return scene.clamp(0, 1)
 
 
-def objects_depth(height: int, width: int, objects: int = 3, seed: int = 0) -> Tensor:
-    """A tilted background plane with raised discs: smooth depth plus sharp depth edges.
+def depth_map(height: int, width: int, family: str = "objects", seed: int = 0) -> Tensor:
+    """A depth map as normalised inverse depth ``t`` in [0, 1] (0 = near), ``(H, W)``.
 
-    Returns:
-        ``(H, W)`` normalised inverse depth in [0, 1], 0 = near.
+    Families:
+        - ``plane``: a tilted plane, near at the top left, far at the bottom right.
+        - ``smooth``: a smooth surface of random bumps.
+        - ``objects``: raised discs over a tilted background: sharp depth edges.
     """
+    if family not in FAMILIES:
+        raise GpufocusError(f"--family {family}: use one of {', '.join(FAMILIES)}")
     gen = torch.Generator().manual_seed(seed)
     y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    depth = 0.45 + 0.55 * (0.7 * y + 0.3 * x)  # background: far at the bottom right
-    for k in range(objects):
-        cy, cx = torch.rand(2, generator=gen) * 0.6 + 0.2
+    if family == "plane":
+        return 0.7 * y + 0.3 * x
+    if family == "smooth":
+        surface = torch.zeros(height, width)
+        for _ in range(5):
+            cy, cx, size, sign = torch.rand(4, generator=gen).tolist()
+            spread = 0.1 + 0.3 * size
+            surface += (1 if sign > 0.5 else -1) * torch.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * spread**2))
+        surface += 0.5 * (y + x)
+        return (surface - surface.min()) / (surface.max() - surface.min())
+    depth = 0.45 + 0.55 * (0.7 * y + 0.3 * x)
+    count = 3
+    for k in range(count):
+        cy, cx = (torch.rand(2, generator=gen) * 0.6 + 0.2).tolist()
         radius = 0.12 + 0.1 * torch.rand(1, generator=gen).item()
         inside = ((y - cy) ** 2 + ((x - cx) * width / height) ** 2) < radius**2
-        depth = torch.where(inside, torch.full_like(depth, 0.35 * k / max(objects - 1, 1)), depth)
+        depth = torch.where(inside, torch.full_like(depth, 0.35 * k / (count - 1)), depth)
     return depth.clamp(0, 1)
 
 
@@ -102,6 +151,8 @@ def render_stack(scene: Tensor, depth: Tensor, frames: int, max_blur: float = 8.
     Returns:
         ``(frames (N, 3, H, W), focus (N,))``.
     """
+    import kornia  # imported here: it costs half a second of every start
+
     focus = torch.linspace(0, 1, frames)
     radii = max_blur * (depth[None] - focus[:, None, None]).abs()  # (N, H, W)
     top = math.ceil(radii.max().item())
@@ -115,9 +166,137 @@ def render_stack(scene: Tensor, depth: Tensor, frames: int, max_blur: float = 8.
     return stack.clamp(0, 1), focus
 
 
-def make_stack(height: int = 384, width: int = 512, frames: int = 6, max_blur: float = 8.0, seed: int = 0) -> SyntheticStack:
-    """A complete synthetic stack: procedural scene, objects over a plane, rendered frames."""
-    scene = procedural_scene(height, width, seed)
-    depth = objects_depth(height, width, seed=seed)
+def move_frames(frames: Tensor, magnification: Tensor, shift: Tensor) -> Tensor:
+    """Warp each frame as the camera would have seen it.
+
+    Frame ``i``'s pixel ``p`` shows the scene point ``c + (p - c - shift_i) / magnification_i``,
+    with ``c`` the image centre and ``shift`` as ``(dy, dx)`` in pixels.
+
+    Shape:
+        - frames: ``(N, C, H, W)``; magnification: ``(N,)``; shift: ``(N, 2)``.
+    """
+    import kornia
+
+    n, _, height, width = frames.shape
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    m = magnification.float()
+    matrix = torch.zeros(n, 2, 3)
+    matrix[:, 0, 0] = m
+    matrix[:, 1, 1] = m
+    matrix[:, 0, 2] = (1 - m) * cx + shift[:, 1]
+    matrix[:, 1, 2] = (1 - m) * cy + shift[:, 0]
+    return kornia.geometry.transform.warp_affine(frames, matrix, (height, width), padding_mode="border")
+
+
+def make_stack(
+    height: int = 384,
+    width: int = 512,
+    frames: int = 6,
+    *,
+    family: str = "objects",
+    max_blur: float = 8.0,
+    noise: float = 0.0,
+    breathing: float = 0.0,
+    shift: float = 0.0,
+    exposure_jitter: float = 0.0,
+    seed: int = 0,
+    scene: Tensor | None = None,
+) -> SyntheticStack:
+    """A complete synthetic stack; the same arguments give the same stack.
+
+    Args:
+        height, width: frame size (ignored when ``scene`` is given).
+        frames: number of frames, at least 2.
+        family: depth map family, one of ``FAMILIES``.
+        max_blur: blur radius in pixels across the whole depth range.
+        noise: standard deviation of Gaussian noise, in 0-255 units.
+        breathing: magnification step per frame (0.002 = 0.2 % per frame).
+        shift: largest random shift of a frame, in pixels (sub-pixel values allowed).
+        exposure_jitter: largest relative gain change of a frame (0.02 = 2 %).
+        seed: seeds the scene, the depth map, the motion and the noise.
+        scene: ``(3, H, W)`` image in [0, 1] to use instead of the procedural scene.
+    """
+    if frames < 2:
+        raise GpufocusError(f"--frames {frames}: a stack needs at least 2 frames")
+    if scene is None:
+        scene = procedural_scene(height, width, seed)
+    height, width = scene.shape[-2:]
+    depth = depth_map(height, width, family, seed)
     stack, focus = render_stack(scene, depth, frames, max_blur)
-    return SyntheticStack(stack, scene, depth, focus)
+    gen = torch.Generator().manual_seed(seed + 1)
+    magnification = (1 + breathing) ** torch.arange(frames, dtype=torch.float64)
+    offsets = (torch.rand(frames, 2, generator=gen, dtype=torch.float64) * 2 - 1) * shift
+    gains = 1 + (torch.rand(frames, generator=gen, dtype=torch.float64) * 2 - 1) * exposure_jitter
+    offsets[0], gains[0] = 0, 1  # frame 0 is the ground truth's geometry and exposure
+    if breathing or shift:
+        stack = move_frames(stack, magnification, offsets)
+    stack = stack * gains.float().view(-1, 1, 1, 1)
+    if noise:
+        stack = stack + torch.randn(stack.shape, generator=gen) * (noise / 255)
+    params = {
+        "generator": "gpufocus.synth",
+        "seed": seed,
+        "frames": frames,
+        "width": width,
+        "height": height,
+        "family": family,
+        "max_blur": max_blur,
+        "noise": noise,
+        "breathing": breathing,
+        "shift": shift,
+        "exposure_jitter": exposure_jitter,
+        "near": NEAR,
+        "far": FAR,
+        "model": "r = max_blur * |t - t_focus|, t = normalised inverse depth (0 = near), disk PSF",
+        "geometry": "frame i pixel p shows scene point c + (p - c - shift_yx) / magnification, c = image centre; "
+        "ground truth in frame 0's geometry",
+        "depth_png": "16-bit, value / 65535 = (depth - near) / (far - near), 0 = near",
+        "frame_info": [
+            {
+                "focus_t": round(float(focus[i]), 6),
+                "focus_depth": round(_depth_of(float(focus[i])), 6),
+                "magnification": float(magnification[i]),
+                "shift_yx_px": [float(offsets[i, 0]), float(offsets[i, 1])],
+                "gain": float(gains[i]),
+            }
+            for i in range(frames)
+        ],
+    }
+    return SyntheticStack(stack.clamp(0, 1), scene, depth, focus, params)
+
+
+def _depth_of(t: Tensor | float) -> Tensor | float:
+    """Depth from normalised inverse depth."""
+    return 1 / (1 / NEAR - t * (1 / NEAR - 1 / FAR))
+
+
+def write_stack(
+    stack: SyntheticStack, outdir: str | os.PathLike, *, fmt: str = "png", quality: int = 95, overwrite: bool = False
+) -> list[Path]:
+    """Write a stack as ``gpufocus fuse`` and ``score.py`` read it.
+
+    Files: ``frame_000.{png,jpg}``..., ``ground_truth.png``, ``depth.png`` (16-bit, see
+    ``params['depth_png']``), ``focus_index.png`` (8-bit frame index) and ``params.json``.
+
+    Returns:
+        The frame files, in order.
+    """
+    from .write import write_image
+
+    if fmt not in ("png", "jpg"):
+        raise GpufocusError(f"--format {fmt}: use png or jpg")
+    outdir = Path(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise GpufocusError(f"{outdir}: cannot create the folder ({error.strerror or error})") from None
+    paths = [
+        write_image(outdir / f"frame_{i:03d}.{fmt}", frame, quality=quality, overwrite=overwrite)
+        for i, frame in enumerate(stack.frames)
+    ]
+    write_image(outdir / "ground_truth.png", stack.ground_truth, overwrite=overwrite)
+    depth = (_depth_of(stack.depth.double()) - NEAR) / (FAR - NEAR)
+    write_image(outdir / "depth.png", depth.float()[None], bits=16, overwrite=overwrite)
+    write_image(outdir / "focus_index.png", stack.focus_index.numpy().astype(np.uint8), overwrite=overwrite)
+    (outdir / "params.json").write_text(json.dumps(stack.params, indent=1) + "\n")
+    return paths

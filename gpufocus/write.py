@@ -66,10 +66,14 @@ def check_output(path: str | os.PathLike, bits: int = 8, overwrite: bool = False
 
 
 def to_array(image: torch.Tensor, bits: int) -> np.ndarray:
-    """``(C, H, W)`` floats in [0, 1] to an ``(H, W, C)`` ``uint8``/``uint16`` array, rounded."""
+    """``(C, H, W)`` floats in [0, 1] to a rounded ``uint8``/``uint16`` array.
+
+    Three channels give ``(H, W, 3)``, one channel ``(H, W)``.
+    """
     top = 65535 if bits == 16 else 255
-    scaled = image.detach().float().cpu().clamp(0, 1).mul(top).round_()
-    return scaled.to(torch.int32).permute(1, 2, 0).numpy().astype(np.uint16 if bits == 16 else np.uint8)
+    scaled = image.detach().float().cpu().clamp(0, 1).mul(top).round_().to(torch.int32)
+    array = scaled.permute(1, 2, 0).numpy().astype(np.uint16 if bits == 16 else np.uint8)
+    return array[:, :, 0] if array.shape[2] == 1 else array
 
 
 def write_image(
@@ -86,7 +90,8 @@ def write_image(
 
     Args:
         path: output file; ``.jpg``/``.jpeg``, ``.png`` or ``.tif``/``.tiff``.
-        image: ``(3, H, W)`` float tensor in [0, 1], or an ``(H, W, 3)`` uint8/uint16 array.
+        image: ``(3, H, W)`` or ``(1, H, W)`` float tensor in [0, 1], or an ``(H, W, 3)``
+            or ``(H, W)`` uint8/uint16 array (one channel writes a grey image).
         bits: 8 or 16 bits per channel (16 for PNG and TIFF only).
         quality: JPEG quality, 1-100.
         exif: EXIF block to embed (JPEG, PNG, TIFF at 8 bits; PNG at 16 bits).
@@ -108,7 +113,7 @@ def write_image(
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         with os.fdopen(handle, "wb") as out:
-            if bits == 16:
+            if bits == 16 and pixels.ndim == 3:
                 out.write(_encode_16bit(pixels, fmt, exif, icc))
             else:
                 options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2} if fmt == "JPEG" else {}
@@ -116,7 +121,8 @@ def write_image(
                     options["exif"] = exif
                 if icc:
                     options["icc_profile"] = icc
-                Image.fromarray(pixels, "RGB").save(out, format=fmt, **options)
+                # RGB, L or (grey, 16 bits) I;16, from the array's shape and type
+                Image.fromarray(pixels.astype(np.uint16 if bits == 16 else np.uint8)).save(out, format=fmt, **options)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temporary, 0o666 & ~_umask())

@@ -1,4 +1,5 @@
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,53 @@ def test_console_command_is_installed():
         pytest.skip("gpufocus is not installed in this environment")
     done = subprocess.run([str(command), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "fuse" in done.stdout and "demo" in done.stdout
+
+
+def test_synth_then_fuse_then_eval(tmp_path):
+    stack = tmp_path / "syn"
+    result = run("synth", stack, "--size", "96x64", "--frames", "4", "--family", "plane", "--seed", "3")
+    assert result.exit_code == 0, result.stderr
+    assert {p.name for p in stack.iterdir()} >= {"frame_000.png", "frame_003.png", "ground_truth.png", "params.json"}
+    out = tmp_path / "fused.png"
+    assert run("fuse", stack, "-o", out, "-q").exit_code == 0  # side files are not frames
+    scored = run("eval", stack, "--result", out, "--json")
+    assert scored.exit_code == 0, scored.stderr
+    scores = json.loads(scored.stdout)
+    assert scores["frames"] == 4 and scores["psnr"] > 25 and scores["sharpness_gain"] > 1
+    table = run("eval", stack, "-r", out)
+    assert "average of source images" in table.stdout and "final result" in table.stdout
+
+
+def test_fuse_eval_prints_the_sharpness_table(small_stack, tmp_path):
+    result = run("fuse", *small_stack, "-o", tmp_path / "out.png", "--eval")
+    assert result.exit_code == 0 and "average of source images" in result.stdout and "Q^AB/F" in result.stdout
+
+
+def test_synth_refuses_bad_settings(tmp_path):
+    result = run("synth", tmp_path / "s", "--size", "big")
+    assert result.exit_code == 1 and "--size big" in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_bench_quick_writes_every_field(tmp_path):
+    report_path, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = run(
+        "bench", "--quick", "--frames", "4", "--device", "cpu", "--json", report_path, "--chart", chart,
+        "--markdown", tmp_path / "bench.md", "--cache", tmp_path / "cache",
+    )
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert set(report) == {"machine", "date", "torch", "results", "cuda_vs_cpu"}
+    assert {r["kind"] for r in report["results"]} == {"core", "e2e"}
+    for r in report["results"]:
+        assert set(r) == {
+            "kind", "device", "width", "height", "frames", "dtype", "chunk", "method", "repeat", "seconds", "runs",
+            "mpix_frames_per_s", "stages", "peak_cuda_bytes", "peak_host_bytes",
+        }
+        assert r["seconds"] > 0 and r["mpix_frames_per_s"] > 0 and r["peak_host_bytes"] > 0
+        assert set(r["stages"]) == {"decode", "upload", "align", "fuse", "collapse", "download", "encode"}
+        assert r["stages"]["fuse"] > 0
+        assert (r["stages"]["decode"] is None) == (r["kind"] == "core")
+    with Image.open(chart) as image:
+        assert image.format == "PNG"
+    assert "| kind |" in (tmp_path / "bench.md").read_text()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gpufocus import GpufocusError, StackFuser, fuse
-from gpufocus.demo import psnr
+from gpufocus.metrics import psnr
 from gpufocus.synth import make_stack
 
 
