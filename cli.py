@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -25,7 +26,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import gpufocus
-from gpufocus import METHODS, FrameStack, GpufocusError, benchmark, fuse, metrics, read_image, write_image
+from gpufocus import (
+    METHODS,
+    AlignOptions,
+    FrameStack,
+    GpufocusError,
+    StackFuser,
+    align_stack,
+    benchmark,
+    fuse,
+    metrics,
+    read_image,
+    write_image,
+)
+from gpufocus.align import MODELS as ALIGN_MODELS
+from gpufocus.align import AlignmentWarning, StackAligner, transforms_to_json
 from gpufocus.device import DTYPES
 from gpufocus.synth import FAMILIES, make_stack, write_stack
 from gpufocus.write import check_output
@@ -50,13 +65,18 @@ Method = Enum("Method", {name.replace("-", "_"): name for name in METHODS}, type
 DType = Enum("DType", {name: name for name in DTYPES}, type=str)
 DepthFamily = Enum("DepthFamily", {name: name for name in FAMILIES}, type=str)
 BenchKind = Enum("BenchKind", {"core": "core", "e2e": "e2e"}, type=str)
+AlignModel = Enum("AlignModel", {name: name for name in ALIGN_MODELS}, type=str)
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Bad input ends the command with one line on stderr and exit code 1."""
+    """Bad input ends the command with one line on stderr and exit code 1; warnings
+    (alignment fall-backs) are one line each."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", AlignmentWarning)
+            warnings.showwarning = lambda message, *args, **kwargs: _say(f"warning: {message}")
+            yield
     except GpufocusError as error:
         _say(f"error: {error}")
         raise typer.Exit(1) from None
@@ -96,30 +116,35 @@ def fuse_files(
     overwrite: bool,
     quiet: bool,
     evaluate: bool = False,
+    align: AlignOptions | None = None,
+    save_transforms: Path | None = None,
 ) -> None:
     """Fuse a stack of files into ``output``, checking everything before the work starts."""
     fmt = check_output(output, bits or 8, overwrite)
+    if save_transforms is not None:
+        _check_json_output(save_transforms, overwrite)
     stack = FrameStack(inputs)
     if bits is None:  # the input's depth, where the output format can hold it
         bits = stack.bits if fmt != "JPEG" else 8
     started = time.perf_counter()
     with _progress(quiet) as progress:
         task = progress.add_task(f"fusing {len(stack)} frames", total=len(stack))
+        fuser = StackFuser(
+            method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
+            align=align, names=[p.name for p in stack.paths],
+        )
         image = fuse(
             stack,
-            method=method,
-            levels=levels,
-            kernel_size=kernel_size,
-            per_channel=per_channel,
-            device=device,
-            dtype=dtype,
             chunk=chunk,
-            progress=lambda done, total: progress.update(task, completed=done),
+            fuser=fuser,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
-    reference = stack.infos[0]
+    reference = stack.infos[align.reference if align else 0]
     write_image(
         output, image, bits=bits, quality=quality, exif=reference.exif, icc=reference.icc, overwrite=overwrite
     )
+    if save_transforms is not None:
+        _write_transforms(save_transforms, fuser.transforms, stack, align)
     if not quiet:
         height, width = stack.size
         _say(
@@ -151,6 +176,14 @@ def fuse_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or summary."),
     evaluate: bool = typer.Option(False, "--eval", help="Then print the sharpness table of the result (as gpufocus eval)."),
+    align: bool = typer.Option(True, "--align/--no-align", help="Align the frames first (focus breathing, shift, rotation)."),
+    align_model: AlignModel = typer.Option(AlignModel.similarity, "--align-model", help="Motion model."),
+    reference: int = typer.Option(0, "--reference", min=0, help="Index of the frame whose geometry the result takes."),
+    match_exposure: bool = typer.Option(
+        True, "--match-exposure/--no-match-exposure", help="Match each frame's brightness to the reference."
+    ),
+    crop: bool = typer.Option(False, "--crop", help="Crop to the region every aligned frame covers."),
+    save_transforms: Path | None = typer.Option(None, "--save-transforms", help="Write the per-frame transforms (JSON)."),
 ) -> None:
     """Fuse a focus stack into one image that is sharp throughout."""
     with _user_errors():
@@ -169,7 +202,33 @@ def fuse_command(
             overwrite=overwrite,
             quiet=quiet,
             evaluate=evaluate,
+            align=_align_options(align, align_model, reference, match_exposure, crop),
+            save_transforms=save_transforms,
         )
+
+
+def _check_json_output(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise GpufocusError(f"{path}: already exists (use --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise GpufocusError(f"{path}: the folder {path.parent} does not exist")
+
+
+def _write_transforms(path: Path, results, stack: FrameStack, align: AlignOptions | None) -> None:
+    if align is None:
+        raise GpufocusError(f"{path}: --save-transforms needs alignment (drop --no-align)")
+    height, width = stack.size
+    report = transforms_to_json(results, [p.name for p in stack.paths], height, width, align)
+    temporary = path.with_name(f".{path.name}.part")
+    try:
+        temporary.write_text(json.dumps(report, indent=1) + "\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise GpufocusError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def _align_options(align: bool, model: AlignModel, reference: int, match_exposure: bool, crop: bool):
+    return AlignOptions(model.value, reference, match_exposure, crop) if align else None
 
 
 def _print_scores(scores: dict) -> None:
@@ -240,6 +299,58 @@ def synth_command(
         )
         paths = write_stack(stack, outdir, fmt=fmt, quality=quality, overwrite=overwrite)
         _say(f"wrote {len(paths)} frames, ground_truth.png, depth.png, focus_index.png, params.json to {outdir}")
+
+
+@app.command("align")
+def align_command(
+    inputs: list[Path] = typer.Argument(..., help="A directory of frames, or the frame files in order."),
+    outdir: Path = typer.Option(..., "-o", "--output", help="Folder for the aligned frames."),
+    align_model: AlignModel = typer.Option(AlignModel.similarity, "--align-model", help="Motion model."),
+    reference: int = typer.Option(0, "--reference", min=0, help="Index of the frame the others are mapped onto."),
+    match_exposure: bool = typer.Option(
+        True, "--match-exposure/--no-match-exposure", help="Match each frame's brightness to the reference."
+    ),
+    fmt: str = typer.Option("png", "--format", help="png or tif (lossless; 16-bit stacks stay 16-bit)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    chunk: int | None = typer.Option(None, "--chunk", min=1, help="Frames per step. Default: from free memory."),
+    save_transforms: Path | None = typer.Option(None, "--save-transforms", help="Write the per-frame transforms (JSON)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or summary."),
+) -> None:
+    """Align a stack and write the aligned frames, for fusing elsewhere."""
+    with _user_errors():
+        if fmt not in ("png", "tif"):
+            raise GpufocusError(f"--format {fmt}: use png or tif")
+        stack = FrameStack(inputs)
+        targets = [outdir / f"{path.stem}.{fmt}" for path in stack.paths]
+        if len(set(targets)) < len(targets):
+            raise GpufocusError(f"{outdir}: two frames have the same name; give them distinct names")
+        if outdir.exists() and not outdir.is_dir():
+            raise GpufocusError(f"{outdir}: not a directory")
+        for target in targets:
+            if target.exists() and not overwrite:
+                raise GpufocusError(f"{target}: already exists (use --overwrite to replace it)")
+        if save_transforms is not None:
+            _check_json_output(save_transforms, overwrite)
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise GpufocusError(f"{outdir}: cannot create the folder ({error.strerror or error})") from None
+        options = AlignOptions(align_model.value, reference, match_exposure)
+        aligner = StackAligner(options.model, options.reference, options.match_exposure)
+        with _progress(quiet) as progress:
+            task = progress.add_task(f"aligning {len(stack)} frames", total=len(stack))
+            frames = align_stack(
+                stack, aligner, device=device, chunk=chunk,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+            for index, frame in frames:
+                info = stack.infos[index]
+                write_image(targets[index], frame, bits=stack.bits, exif=info.exif, icc=info.icc, overwrite=overwrite)
+        if save_transforms is not None:
+            _write_transforms(save_transforms, aligner.results, stack, options)
+        if not quiet:
+            _say(f"wrote {len(targets)} aligned frames to {outdir} (reference: frame {reference})")
 
 
 @app.command("bench")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .align import MODELS as ALIGN_MODELS
+from .align import AlignOptions, FrameTransform, StackAligner, inner_rectangle
 from .device import default_chunk, resolve_device, resolve_dtype
 from .errors import GpufocusError
 from .load import FrameStack
@@ -16,7 +18,7 @@ from .pyramid import auto_levels, max_levels
 from .rules import DEFAULT_KERNEL_SIZE, METHODS, SelectionRule, make_rule
 from .timing import NO_TIMER, StageTimer
 
-__all__ = ["StackFuser", "fuse", "to_float"]
+__all__ = ["StackFuser", "fuse", "align_stack", "to_float"]
 
 _MAX_KERNEL_SIZE = 15
 
@@ -57,6 +59,10 @@ class StackFuser:
         per_channel: decide per colour channel instead of once per pixel.
         device: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
         dtype: ``'float32'``, ``'float16'`` or ``'bfloat16'``.
+        align: how to align the frames (``gpufocus.align.AlignOptions``), or ``None``
+            to fuse them as they are. With a reference other than frame 0, every
+            chunk goes through ``estimate`` before any goes through ``add``.
+        names: frame names for warnings (file names, say).
 
     Example:
         >>> fuser = StackFuser(device="cpu")
@@ -74,6 +80,8 @@ class StackFuser:
         per_channel: bool = False,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
+        align: AlignOptions | None = AlignOptions(),
+        names: list[str] | None = None,
     ) -> None:
         if method not in METHODS:
             raise GpufocusError(f"--method {method}: use one of {', '.join(METHODS)}")
@@ -87,6 +95,17 @@ class StackFuser:
         self.per_channel = per_channel
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
+        self.align = align
+        self._aligner = None
+        if align is not None:
+            if align.model not in ALIGN_MODELS:
+                raise GpufocusError(f"--align-model {align.model}: use one of {', '.join(ALIGN_MODELS)}")
+            if align.reference < 0:
+                raise GpufocusError(f"--reference {align.reference}: must be a frame index, 0 or more")
+            self._aligner = StackAligner(align.model, align.reference, align.match_exposure)
+            self._aligner.names = names
+        self._estimated = 0
+        self._covered: Tensor | None = None
         self._rule: SelectionRule | None = None
         self._shape: tuple[int, int, int] | None = None
 
@@ -94,6 +113,26 @@ class StackFuser:
     def count(self) -> int:
         """Frames added so far."""
         return 0 if self._rule is None else self._rule.count
+
+    @property
+    def needs_estimate(self) -> bool:
+        """Whether every frame must go through ``estimate`` before ``add``."""
+        return self.align is not None and self.align.reference != 0
+
+    @property
+    def transforms(self) -> list[FrameTransform]:
+        """How each frame added so far was aligned (empty without alignment)."""
+        return [] if self._aligner is None else self._aligner.results
+
+    def estimate(self, frames: Tensor | np.ndarray, timer: StageTimer = NO_TIMER) -> None:
+        """First pass, for a reference other than frame 0: estimate the next frames' motion."""
+        if not self.needs_estimate:
+            return
+        with timer.stage("upload"):
+            frames = to_float(_batch(frames), self.device, self.dtype)
+        with timer.stage("align"):
+            self._aligner.estimate(frames, self._estimated)
+        self._estimated += frames.shape[0]
 
     def _start(self, channels: int, height: int, width: int) -> None:
         deepest = max_levels(height, width)
@@ -113,10 +152,8 @@ class StackFuser:
         float frames are taken as they are. ``np.ndarray`` input is ``(B, H, W, C)``.
         ``timer`` charges the stages ``upload`` and ``fuse``.
         """
-        if isinstance(frames, Tensor) and frames.dim() == 3:
-            frames = frames.unsqueeze(0)
         with timer.stage("upload"):
-            frames = to_float(frames, self.device, self.dtype)
+            frames = to_float(_batch(frames), self.device, self.dtype)
         if frames.dim() != 4:
             raise GpufocusError(f"expected (B, C, H, W) frames, got shape {tuple(frames.shape)}")
         shape = tuple(frames.shape[1:])
@@ -127,8 +164,17 @@ class StackFuser:
                 f"frame {self.count}: shape {shape} differs from the first frame's {self._shape}; "
                 "frames must be aligned to the same size"
             )
+        valid = None
+        if self._aligner is not None:
+            if self.needs_estimate and self.align.reference >= self._estimated:
+                raise GpufocusError(f"--reference {self.align.reference}: the stack has {self._estimated} frames")
+            with timer.stage("align"):
+                frames, valid = self._aligner.align(frames, self.count)
+            if self.align.crop:
+                covered = valid.all(dim=0)[0]
+                self._covered = covered if self._covered is None else self._covered & covered
         with timer.stage("fuse"):
-            self._rule.fold(frames)
+            self._rule.fold(frames, valid)
 
     def result(self, timer: StageTimer = NO_TIMER) -> Tensor:
         """The fused image, ``(C, H, W)`` float32 in [0, 1] on the fusion device.
@@ -138,7 +184,105 @@ class StackFuser:
         if self.count < 2:
             raise GpufocusError(f"a stack needs at least 2 frames, got {self.count}")
         with timer.stage("collapse"):
-            return self._rule.result()[0].float().clamp_(0, 1)
+            image = self._rule.result()[0].float().clamp_(0, 1)
+        if self._covered is not None:
+            top, bottom, left, right = inner_rectangle(self._covered)
+            image = image[:, top:bottom, left:right]
+        return image
+
+
+def _as_source(source) -> Tensor | FrameStack:
+    if isinstance(source, Tensor):
+        if source.dim() != 4:
+            raise GpufocusError(f"expected an (N, C, H, W) stack, got shape {tuple(source.shape)}")
+        return source
+    return source if isinstance(source, FrameStack) else FrameStack(source)
+
+
+def _names(source: Tensor | FrameStack) -> list[str] | None:
+    return [p.name for p in source.paths] if isinstance(source, FrameStack) else None
+
+
+def _chunk_for(source: Tensor | FrameStack, chunk: int | None, device: torch.device, dtype: torch.dtype) -> int:
+    if chunk is not None and chunk < 1:
+        raise GpufocusError(f"--chunk {chunk}: must be at least 1")
+    if chunk is not None:
+        return chunk
+    channels, (height, width) = (source.shape[1], source.shape[-2:]) if isinstance(source, Tensor) else (3, source.size)
+    return default_chunk(device, channels, height, width, dtype)
+
+
+def align_stack(
+    source: Tensor | FrameStack | Sequence[str | os.PathLike] | str | os.PathLike,
+    aligner: StackAligner,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    chunk: int | None = None,
+    progress: Progress | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """Align a stack to its reference frame without fusing it.
+
+    Args:
+        source: as for ``fuse``.
+        aligner: the ``StackAligner`` to use; its ``results`` hold the transforms after.
+        device, dtype, chunk, progress: as for ``fuse``.
+
+    Yields:
+        ``(index, frame)``: each frame, ``(C, H, W)`` float32 in [0, 1] on the CPU, on
+        the reference's grid (pixels no data covers are filled from the frame's edge).
+    """
+    source = _as_source(source)
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    aligner.names = aligner.names or _names(source)
+    total, chunk = len(source), _chunk_for(source, chunk, device, dtype)
+    counters = {"estimated": 0, "aligned": 0}
+
+    def estimate(frames, timer):
+        frames = to_float(_batch(frames), device, dtype)
+        aligner.estimate(frames, counters["estimated"])
+        counters["estimated"] += len(frames)
+        return ()
+
+    def align(frames, timer):
+        frames = to_float(_batch(frames), device, dtype)
+        start = counters["aligned"]
+        counters["aligned"] += len(frames)
+        aligned, _ = aligner.align(frames, start)
+        return [(start + i, frame.float().clamp(0, 1).cpu()) for i, frame in enumerate(aligned)]
+
+    passes = [align]
+    if aligner.reference != 0:
+        _check_reference(aligner.reference, total)
+        passes.insert(0, estimate)
+    for frames in _passes(source, chunk, passes, total, progress, NO_TIMER):
+        yield from frames
+
+
+def _check_reference(reference: int, total: int) -> None:
+    if not 0 <= reference < total:
+        raise GpufocusError(f"--reference {reference}: the stack has {total} frames (0 to {total - 1})")
+
+
+def _passes(source, chunk: int, passes, total: int, progress: Progress | None, timer: StageTimer):
+    """Read the stack once per pass, feeding each chunk to the pass; yield after each chunk.
+
+    ``progress`` counts frames over all passes.
+    """
+    done = 0
+    for handle in passes:
+        chunks = _tensor_chunks(source, chunk) if isinstance(source, Tensor) else source.chunks(chunk, timer=timer)
+        for frames in chunks:
+            result = handle(frames, timer)
+            done += len(frames)
+            if progress is not None:
+                progress(done, total * len(passes))
+            yield result
+
+
+def _batch(frames: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """One ``(C, H, W)`` frame as a batch of one."""
+    return frames.unsqueeze(0) if isinstance(frames, Tensor) and frames.dim() == 3 else frames
 
 
 def _tensor_chunks(frames: Tensor, chunk: int) -> Iterable[Tensor]:
@@ -156,8 +300,10 @@ def fuse(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "float32",
     chunk: int | None = None,
+    align: AlignOptions | bool | None = True,
     progress: Progress | None = None,
     timer: StageTimer = NO_TIMER,
+    fuser: StackFuser | None = None,
 ) -> Tensor:
     """Fuse a focus stack into one image sharp throughout.
 
@@ -167,9 +313,15 @@ def fuse(
         method, levels, kernel_size, per_channel, device, dtype: see ``StackFuser``.
         chunk: frames folded in at once; ``None`` chooses from free memory. The
             result does not depend on it.
-        progress: called as ``progress(frames_done, frames_total)`` after each chunk.
+        align: ``True`` (default: similarity, reference frame 0, exposure matched),
+            ``False``/``None`` for none, or ``gpufocus.align.AlignOptions``. A reference
+            other than 0 reads the stack twice: once to estimate, once to fuse.
+        progress: called as ``progress(steps_done, steps_total)`` after each chunk (a
+            step is a frame read; twice as many with a reference other than 0).
         timer: charges the stages ``decode``, ``upload``, ``fuse``, ``collapse`` and
-            ``download`` (see ``gpufocus.timing``).
+            ``download`` (see ``gpufocus.timing``), and ``align``.
+        fuser: fuse with this ``StackFuser`` (its settings then replace the ones
+            above), to read its ``transforms`` afterwards.
 
     Returns:
         The fused image, ``(C, H, W)`` float32 in [0, 1], on the CPU.
@@ -178,26 +330,21 @@ def fuse(
         GpufocusError: bad input (fewer than 2 frames, unreadable files, frames of
             different sizes, ...) or settings.
     """
-    fuser = StackFuser(
-        method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype
+    if align is True:
+        align = AlignOptions()
+    elif align is False:
+        align = None
+    source = _as_source(source)
+    fuser = fuser or StackFuser(
+        method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
+        align=align, names=_names(source),
     )
-    if isinstance(source, Tensor):
-        if source.dim() != 4:
-            raise GpufocusError(f"expected an (N, C, H, W) stack, got shape {tuple(source.shape)}")
-        total, (channels, height, width) = source.shape[0], source.shape[1:]
-    else:
-        if not isinstance(source, FrameStack):
-            source = FrameStack(source)
-        total, (height, width), channels = len(source), source.size, 3
-    if chunk is None:
-        chunk = default_chunk(fuser.device, channels, height, width, fuser.dtype)
-    elif chunk < 1:
-        raise GpufocusError(f"--chunk {chunk}: must be at least 1")
-    chunks = _tensor_chunks(source, chunk) if isinstance(source, Tensor) else source.chunks(chunk, timer=timer)
-    for frames in chunks:
-        fuser.add(frames, timer)
-        if progress is not None:
-            progress(fuser.count, total)
+    total, chunk = len(source), _chunk_for(source, chunk, fuser.device, fuser.dtype)
+    passes = [fuser.estimate, fuser.add] if fuser.needs_estimate else [fuser.add]
+    if fuser.needs_estimate:
+        _check_reference(fuser.align.reference, total)
+    for _ in _passes(source, chunk, passes, total, progress, timer):
+        pass
     image = fuser.result(timer)
     with timer.stage("download"):
         return image.cpu()

@@ -20,11 +20,12 @@ import math
 from abc import ABC, abstractmethod
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from gpufocus.kernels import RunningMax, fold_max
 
-from .pyramid import build_laplacian_pyramid, collapse_laplacian_pyramid, correlate1d
+from .pyramid import build_gaussian_pyramid, build_laplacian_pyramid, collapse_laplacian_pyramid, correlate1d, pyr_up
 
 __all__ = ["METHODS", "DEFAULT_KERNEL_SIZE", "SelectionRule", "MaxEnergy", "WangChang", "MaxLoG", "make_rule"]
 
@@ -49,13 +50,18 @@ class SelectionRule(ABC):
         self.per_channel = per_channel
         self.count = 0
 
-    def fold(self, frames: Tensor) -> None:
-        """Take the next ``B`` frames, ``(B, C, H, W)`` floating point."""
-        self._fold(frames)
+    def fold(self, frames: Tensor, valid: Tensor | None = None) -> None:
+        """Take the next ``B`` frames, ``(B, C, H, W)`` floating point.
+
+        ``valid`` (``(B, 1, H, W)`` bool), where given, marks the pixels that hold image
+        data (aligned frames do not cover the whole grid); coefficients that depend on
+        other pixels never win, and means leave them out.
+        """
+        self._fold(frames, valid)
         self.count += frames.shape[0]
 
     @abstractmethod
-    def _fold(self, frames: Tensor) -> None: ...
+    def _fold(self, frames: Tensor, valid: Tensor | None) -> None: ...
 
     @abstractmethod
     def result(self) -> Tensor:
@@ -77,45 +83,82 @@ class _PyramidRule(SelectionRule):
         if levels < 1:
             raise ValueError(f"a pyramid rule needs at least one level, got {levels}")
         self.levels = levels
-        self._base_sum: Tensor | None = None
+        # The base is blur of blur: nearly the same in every frame. Averaging it keeps
+        # the overall brightness free of seams.
+        self._base = _RunningMean()
 
-    def _fold(self, frames: Tensor) -> None:
+    def _fold(self, frames: Tensor, valid: Tensor | None) -> None:
         pyramid = build_laplacian_pyramid(frames, self.levels)
+        usable, coverage = (None, None) if valid is None else _usable_coefficients(valid, self.levels)
         for level, coefficients in enumerate(pyramid[:-1]):
-            self._fold_level(level, coefficients)
-        self._fold_base(pyramid[-1])
+            self._fold_level(level, coefficients, None if usable is None else usable[level])
+        self._base.add(pyramid[-1], coverage)
 
     @abstractmethod
-    def _fold_level(self, level: int, coefficients: Tensor) -> None: ...
+    def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None: ...
 
     @abstractmethod
     def _fused_level(self, level: int) -> Tensor: ...
 
-    def _fold_base(self, base: Tensor) -> None:
-        # The base is blur of blur: nearly the same in every frame. Averaging it keeps
-        # the overall brightness free of seams.
-        self._base_sum = _accumulate(self._base_sum, base)
-
     def result(self) -> Tensor:
-        base = (self._base_sum / self.count).unsqueeze(0)
         pyramid = [self._fused_level(level) for level in range(self.levels)]
-        pyramid.append(base.to(pyramid[0].dtype))
+        pyramid.append(self._base.value().unsqueeze(0).to(pyramid[0].dtype))
         return collapse_laplacian_pyramid(pyramid)
 
 
-def _accumulate(total: Tensor | None, frames: Tensor) -> Tensor:
-    """Add frames to a running sum one at a time, in at least float32.
+class _RunningMean:
+    """A per-pixel mean over frames, optionally weighted, that does not depend on chunking.
 
-    Frame by frame, so that the order of additions, and so the rounding, does not
-    depend on how the stack is chunked; float32 so that half-precision runs do not
+    Frames are added one at a time, so the order of additions (and the rounding) is
+    the same whatever the chunks; in at least float32, so half-precision runs do not
     lose the sum.
     """
-    for frame in frames.to(torch.promote_types(frames.dtype, torch.float32)):
-        if total is None:
-            total = frame.clone()
-        else:
-            total += frame
-    return total
+
+    def __init__(self) -> None:
+        self._total: Tensor | None = None
+        self._weight: Tensor | None = None  # of weighted frames
+        self._count = 0  # of unweighted frames
+
+    def add(self, frames: Tensor, weights: Tensor | None = None) -> None:
+        frames = frames.to(torch.promote_types(frames.dtype, torch.float32))
+        for i, frame in enumerate(frames):
+            if weights is None:
+                self._count += 1
+            else:
+                weight = weights[i].to(frame.dtype)
+                frame = frame * weight
+                self._weight = weight.clone() if self._weight is None else self._weight.add_(weight)
+            self._total = frame.clone() if self._total is None else self._total.add_(frame)
+
+    def value(self) -> Tensor:
+        if self._weight is None:
+            return self._total / self._count
+        return self._total / (self._weight + self._count).clamp_min(1e-12)
+
+
+# A coefficient is used when at least this share of the pixels under its (blurred)
+# support is image data: a strip of a pixel or two at the border, which a sub-pixel
+# warp leaves uncovered, must not take whole coarse levels from the other frames.
+_COVERED = 0.9
+
+
+def _usable_coefficients(valid: Tensor, levels: int) -> tuple[list[Tensor], Tensor]:
+    """Which detail coefficients see (nearly) only valid pixels, and the base's coverage.
+
+    Returns:
+        ``usable`` (one ``(B, 1, h, w)`` bool per detail level) and ``coverage`` (the
+        base level's share of valid pixels, float, for weighting its mean).
+    """
+    coverage = build_gaussian_pyramid(valid.float(), levels)
+    usable = [
+        (g >= _COVERED) & (pyr_up(g_next, g.shape[-2:]) >= _COVERED) for g, g_next in zip(coverage, coverage[1:])
+    ]
+    return usable, coverage[-1]
+
+
+def _only_usable(score: Tensor, usable: Tensor | None) -> Tensor:
+    """Scores of coefficients that see invalid pixels become -inf: they never win."""
+    return score if usable is None else score.masked_fill(~usable, float("-inf"))
 
 
 def _binomial(size: int) -> tuple[float, ...]:
@@ -142,9 +185,9 @@ class MaxEnergy(_PyramidRule):
         self._window = _binomial(kernel_size)
         self._best: list[RunningMax | None] = [None] * levels
 
-    def _fold_level(self, level: int, coefficients: Tensor) -> None:
+    def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None:
         measured = self._measured(coefficients)
-        energy = _filter2d(measured * measured, self._window)
+        energy = _only_usable(_filter2d(measured * measured, self._window), usable)
         self._best[level] = fold_max(self._best[level], energy, coefficients, self.count)
 
     def _fused_level(self, level: int) -> Tensor:
@@ -175,24 +218,24 @@ class WangChang(_PyramidRule):
         super().__init__(levels, kernel_size, per_channel)
         self._box = (1.0 / kernel_size,) * kernel_size
         self._best: list[RunningMax | None] = [None] * (levels - 1)
-        self._top_sum: Tensor | None = None
+        self._top_mean = _RunningMean()
         self._top: dict[str, RunningMax | None] = dict.fromkeys(("max_d", "max_e", "min_d", "min_e"))
 
-    def _fold_level(self, level: int, coefficients: Tensor) -> None:
+    def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None:
         if level < self.levels - 1:
             measured = self._measured(coefficients)
-            energy = _filter2d(measured * measured, _GENERATING_KERNEL)
+            energy = _only_usable(_filter2d(measured * measured, _GENERATING_KERNEL), usable)
             self._best[level] = fold_max(self._best[level], energy, coefficients, self.count)
             return
         measured = self._measured(coefficients).double()
         deviation = self._deviation(measured)
         entropy = self._entropy(measured)
-        top = self._top
-        top["max_d"] = fold_max(top["max_d"], deviation, coefficients, self.count, track_index=True)
-        top["max_e"] = fold_max(top["max_e"], entropy, None, self.count, track_index=True)
-        top["min_d"] = fold_max(top["min_d"], -deviation, coefficients, self.count, track_index=True)
-        top["min_e"] = fold_max(top["min_e"], -entropy, None, self.count, track_index=True)
-        self._top_sum = _accumulate(self._top_sum, coefficients)
+        top, count = self._top, self.count
+        top["max_d"] = fold_max(top["max_d"], _only_usable(deviation, usable), coefficients, count, track_index=True)
+        top["max_e"] = fold_max(top["max_e"], _only_usable(entropy, usable), None, count, track_index=True)
+        top["min_d"] = fold_max(top["min_d"], _only_usable(-deviation, usable), coefficients, count, track_index=True)
+        top["min_e"] = fold_max(top["min_e"], _only_usable(-entropy, usable), None, count, track_index=True)
+        self._top_mean.add(coefficients, None if usable is None else usable)
 
     def _deviation(self, x: Tensor) -> Tensor:
         mean = _filter2d(x, self._box)
@@ -213,7 +256,7 @@ class WangChang(_PyramidRule):
         if level < self.levels - 1:
             return self._best[level].value
         top = self._top
-        mean = (self._top_sum / self.count).unsqueeze(0).to(top["max_d"].value.dtype)
+        mean = self._top_mean.value().unsqueeze(0).to(top["max_d"].value.dtype)
         both_min = torch.where(top["min_d"].index == top["min_e"].index, top["min_d"].value, mean)
         return torch.where(top["max_d"].index == top["max_e"].index, top["max_d"].value, both_min)
 
@@ -234,11 +277,15 @@ class MaxLoG(SelectionRule):
         self._gauss = tuple(gauss.flatten().tolist())
         self._best: RunningMax | None = None
 
-    def _fold(self, frames: Tensor) -> None:
+    def _fold(self, frames: Tensor, valid: Tensor | None) -> None:
         blurred = _filter2d(self._measured(frames), self._gauss)
         d2y = correlate1d(correlate1d(blurred, (1.0, -2.0, 1.0), dim=-2), (1.0, 2.0, 1.0), dim=-1)
         d2x = correlate1d(correlate1d(blurred, (1.0, 2.0, 1.0), dim=-2), (1.0, -2.0, 1.0), dim=-1)
-        self._best = fold_max(self._best, (d2x + d2y).abs_(), frames, self.count)
+        usable = None
+        if valid is not None:  # the measure reaches kernel_size // 2 + 1 pixels: erode by that
+            reach = self.kernel_size // 2 + 1
+            usable = ~F.max_pool2d((~valid).float(), 2 * reach + 1, stride=1, padding=reach).bool()
+        self._best = fold_max(self._best, _only_usable((d2x + d2y).abs_(), usable), frames, self.count)
 
     def result(self) -> Tensor:
         return self._best.value

@@ -166,26 +166,33 @@ def render_stack(scene: Tensor, depth: Tensor, frames: int, max_blur: float = 8.
     return stack.clamp(0, 1), focus
 
 
-def move_frames(frames: Tensor, magnification: Tensor, shift: Tensor) -> Tensor:
+def move_frames(frames: Tensor, magnification: Tensor, shift: Tensor, rotation: Tensor | None = None) -> Tensor:
     """Warp each frame as the camera would have seen it.
 
-    Frame ``i``'s pixel ``p`` shows the scene point ``c + (p - c - shift_i) / magnification_i``,
-    with ``c`` the image centre and ``shift`` as ``(dy, dx)`` in pixels.
+    Frame ``i``'s pixel ``p`` shows the scene point ``c + R_i^-1 (p - c - shift_i) / magnification_i``,
+    with ``c`` the image centre, ``shift`` as ``(dy, dx)`` in pixels and ``R_i`` a rotation by
+    ``rotation_i`` radians (counter-clockwise on screen, y pointing down).
 
     Shape:
-        - frames: ``(N, C, H, W)``; magnification: ``(N,)``; shift: ``(N, 2)``.
+        - frames: ``(N, C, H, W)``; magnification, rotation: ``(N,)``; shift: ``(N, 2)``.
     """
     import kornia
 
     n, _, height, width = frames.shape
-    cx, cy = (width - 1) / 2, (height - 1) / 2
-    m = magnification.float()
-    matrix = torch.zeros(n, 2, 3)
-    matrix[:, 0, 0] = m
-    matrix[:, 1, 1] = m
-    matrix[:, 0, 2] = (1 - m) * cx + shift[:, 1]
-    matrix[:, 1, 2] = (1 - m) * cy + shift[:, 0]
-    return kornia.geometry.transform.warp_affine(frames, matrix, (height, width), padding_mode="border")
+    centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], dtype=torch.float64)
+    angle = torch.zeros(n, dtype=torch.float64) if rotation is None else rotation.double()
+    m = magnification.double()
+    linear = torch.stack(
+        (torch.stack((torch.cos(angle), torch.sin(angle)), -1), torch.stack((-torch.sin(angle), torch.cos(angle)), -1)),
+        -2,
+    ) * m.view(-1, 1, 1)
+    matrix = torch.zeros(n, 2, 3, dtype=torch.float64)
+    matrix[:, :, :2] = linear
+    matrix[:, :, 2] = centre - linear @ centre + shift.double().flip(-1)
+    # Bicubic: a bilinear warp would soften the sharp parts of every moved frame.
+    return kornia.geometry.transform.warp_affine(
+        frames, matrix.float(), (height, width), mode="bicubic", padding_mode="border"
+    ).clamp(0, 1)
 
 
 def make_stack(
@@ -198,6 +205,7 @@ def make_stack(
     noise: float = 0.0,
     breathing: float = 0.0,
     shift: float = 0.0,
+    rotation: float = 0.0,
     exposure_jitter: float = 0.0,
     seed: int = 0,
     scene: Tensor | None = None,
@@ -212,6 +220,7 @@ def make_stack(
         noise: standard deviation of Gaussian noise, in 0-255 units.
         breathing: magnification step per frame (0.002 = 0.2 % per frame).
         shift: largest random shift of a frame, in pixels (sub-pixel values allowed).
+        rotation: largest random rotation of a frame, in degrees.
         exposure_jitter: largest relative gain change of a frame (0.02 = 2 %).
         seed: seeds the scene, the depth map, the motion and the noise.
         scene: ``(3, H, W)`` image in [0, 1] to use instead of the procedural scene.
@@ -227,9 +236,10 @@ def make_stack(
     magnification = (1 + breathing) ** torch.arange(frames, dtype=torch.float64)
     offsets = (torch.rand(frames, 2, generator=gen, dtype=torch.float64) * 2 - 1) * shift
     gains = 1 + (torch.rand(frames, generator=gen, dtype=torch.float64) * 2 - 1) * exposure_jitter
-    offsets[0], gains[0] = 0, 1  # frame 0 is the ground truth's geometry and exposure
-    if breathing or shift:
-        stack = move_frames(stack, magnification, offsets)
+    angles = (torch.rand(frames, generator=gen, dtype=torch.float64) * 2 - 1) * math.radians(rotation)
+    offsets[0], gains[0], angles[0] = 0, 1, 0  # frame 0 is the ground truth's geometry and exposure
+    if breathing or shift or rotation:
+        stack = move_frames(stack, magnification, offsets, angles)
     stack = stack * gains.float().view(-1, 1, 1, 1)
     if noise:
         stack = stack + torch.randn(stack.shape, generator=gen) * (noise / 255)
@@ -244,12 +254,13 @@ def make_stack(
         "noise": noise,
         "breathing": breathing,
         "shift": shift,
+        "rotation": rotation,
         "exposure_jitter": exposure_jitter,
         "near": NEAR,
         "far": FAR,
         "model": "r = max_blur * |t - t_focus|, t = normalised inverse depth (0 = near), disk PSF",
-        "geometry": "frame i pixel p shows scene point c + (p - c - shift_yx) / magnification, c = image centre; "
-        "ground truth in frame 0's geometry",
+        "geometry": "frame i pixel p shows scene point c + R^-1 (p - c - shift_yx) / magnification, c = image "
+        "centre, R = rotation by rotation_rad; ground truth in frame 0's geometry",
         "depth_png": "16-bit, value / 65535 = (depth - near) / (far - near), 0 = near",
         "frame_info": [
             {
@@ -257,6 +268,7 @@ def make_stack(
                 "focus_depth": round(_depth_of(float(focus[i])), 6),
                 "magnification": float(magnification[i]),
                 "shift_yx_px": [float(offsets[i, 0]), float(offsets[i, 1])],
+                "rotation_rad": float(angles[i]),
                 "gain": float(gains[i]),
             }
             for i in range(frames)

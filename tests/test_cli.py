@@ -55,7 +55,7 @@ def test_options_reach_the_engine(small_stack, tmp_path):
 
 def test_bits_and_quiet(small_stack, tmp_path):
     out = tmp_path / "fused.tif"
-    result = run("fuse", *small_stack, "-o", out, "--bits", "16", "--quiet")
+    result = run("fuse", *small_stack, "-o", out, "--bits", "16", "--quiet", "--no-align")
     assert result.exit_code == 0 and result.stderr == ""
     with Image.open(out) as image:
         assert image.tile[0][3][0].startswith("RGB;16")
@@ -233,3 +233,56 @@ def test_bench_quick_writes_every_field(tmp_path):
     with Image.open(chart) as image:
         assert image.format == "PNG"
     assert "| kind |" in (tmp_path / "bench.md").read_text()
+
+
+def test_alignment_options(tmp_path):
+    from gpufocus.synth import make_stack, write_stack
+
+    stack = make_stack(120, 160, 4, breathing=0.01, shift=1.0, max_blur=4.0, seed=8)
+    write_stack(stack, tmp_path / "moving")
+    plain, aligned = tmp_path / "plain.png", tmp_path / "aligned.png"
+    assert run("fuse", tmp_path / "moving", "-o", plain, "--no-align", "-q").exit_code == 0
+    transforms = tmp_path / "t.json"
+    result = run("fuse", tmp_path / "moving", "-o", aligned, "--reference", "1", "--save-transforms", transforms, "-q")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(transforms.read_text())
+    assert report["reference"] == 1 and len(report["frames"]) == 4
+    assert np.allclose(report["frames"][1]["matrix"], np.eye(3))
+    scale = np.sqrt(abs(np.linalg.det(np.array(report["frames"][3]["matrix"])[:2, :2])))
+    assert scale == pytest.approx(1.01**2, abs=1e-3)  # frame 3 is magnified 1.01 twice over frame 1
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(aligned)))
+    cropped = tmp_path / "cropped.png"
+    assert run("fuse", tmp_path / "moving", "-o", cropped, "--crop", "-q").exit_code == 0
+    assert Image.open(cropped).size < (160, 120)
+
+
+def test_align_command_writes_aligned_frames(tmp_path):
+    from gpufocus.synth import make_stack, write_stack
+
+    stack = make_stack(96, 128, 3, shift=2.0, max_blur=3.0, seed=9)
+    write_stack(stack, tmp_path / "moving")
+    result = run("align", tmp_path / "moving", "-o", tmp_path / "aligned", "--save-transforms", tmp_path / "t.json")
+    assert result.exit_code == 0, result.stderr
+    names = sorted(p.name for p in (tmp_path / "aligned").iterdir())
+    assert names == ["frame_000.png", "frame_001.png", "frame_002.png"]
+    frame0 = np.asarray(Image.open(tmp_path / "moving" / "frame_000.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "aligned" / "frame_000.png")), frame0)
+    assert json.loads((tmp_path / "t.json").read_text())["frames"][2]["file"] == "frame_002.png"
+    again = run("align", tmp_path / "moving", "-o", tmp_path / "aligned")
+    assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_alignment_warnings_are_single_lines(tmp_path):
+    import math
+
+    from gpufocus.synth import make_stack, move_frames, write_stack
+
+    stack = make_stack(160, 200, 4, max_blur=3.0, seed=10)
+    stack.frames[2:3] = move_frames(stack.frames[2:3], torch.ones(1), torch.zeros(1, 2), torch.tensor([math.radians(30)]))
+    write_stack(stack, tmp_path / "bad")
+    result = run("fuse", tmp_path / "bad", "-o", tmp_path / "out.png", "-q")
+    assert result.exit_code == 0
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("warning: frame ") for line in lines)
+    # Frame 2 is turned 30 degrees: its step, or the next one back, cannot be read.
+    assert any(f"(frame_00{i}.png): alignment failed" in line for line in lines for i in (2, 3))

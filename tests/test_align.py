@@ -1,0 +1,136 @@
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from gpufocus import AlignOptions, StackFuser, fuse, read_image
+from gpufocus.align import AlignmentWarning, StackAligner, inner_rectangle, to_pixel_matrix, warp_frame
+from gpufocus.metrics import psnr
+from gpufocus.rules import make_rule
+from gpufocus.synth import make_stack, move_frames
+
+
+def true_matrix(info: dict, height: int, width: int) -> torch.Tensor:
+    """M_0->i in canonical coordinates, from synth's params (see synth.move_frames)."""
+    s = max(height, width) / 2
+    m, a = info["magnification"], info["rotation_rad"]
+    dy, dx = info["shift_yx_px"]
+    return torch.tensor(
+        [[m * math.cos(a), m * math.sin(a), dx / s], [-m * math.sin(a), m * math.cos(a), dy / s], [0, 0, 1]],
+        dtype=torch.float64,
+    )
+
+
+def corner_error(estimate: torch.Tensor, truth: torch.Tensor, height: int, width: int) -> float:
+    corners = torch.tensor([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
+                           dtype=torch.float64).T
+    a, b = to_pixel_matrix(estimate, height, width) @ corners, to_pixel_matrix(truth, height, width) @ corners
+    return float((a[:2] / a[2] - b[:2] / b[2]).norm(dim=0).max())
+
+
+@pytest.fixture(scope="module")
+def moving():
+    """Frames blurred differently, breathing 0.2 % a frame, shifted and rotated at random."""
+    return make_stack(384, 512, 8, breathing=0.002, shift=1.5, rotation=0.3, max_blur=8.0, noise=1.0, seed=3)
+
+
+def test_known_motion_is_recovered_within_a_tenth_of_a_pixel(moving):
+    estimates = StackAligner("similarity").estimate(moving.frames, 0)
+    errors = [corner_error(m.cpu(), true_matrix(f, 384, 512), 384, 512)
+              for m, f in zip(estimates, moving.params["frame_info"])]
+    assert max(errors) <= 0.1, errors
+
+
+@pytest.mark.parametrize("model, limit", [("translation", 0.1), ("affine", 0.2), ("homography", 0.3)])
+def test_other_models(model, limit):
+    shifted = make_stack(256, 320, 5, shift=2.5, max_blur=6.0, seed=4)
+    if model != "translation":
+        shifted = make_stack(256, 320, 5, breathing=0.003, shift=2.5, max_blur=6.0, seed=4)
+    estimates = StackAligner(model).estimate(shifted.frames, 0)
+    errors = [corner_error(m.cpu(), true_matrix(f, 256, 320), 256, 320)
+              for m, f in zip(estimates, shifted.params["frame_info"])]
+    assert max(errors) <= limit, errors
+
+
+def test_an_implausible_estimate_falls_back_with_a_warning(moving):
+    frames = moving.frames[:5].clone()
+    # Frame 3 turned by 30 degrees: beyond any focus stack's motion between neighbours.
+    frames[3:4] = move_frames(frames[3:4], torch.ones(1), torch.zeros(1, 2), torch.tensor([math.radians(30)]))
+    aligner = StackAligner("similarity")
+    aligner.names = [f"f{i}.png" for i in range(5)]
+    with pytest.warns(AlignmentWarning, match=r"frame 3 \(f3.png\): alignment failed") as caught:
+        aligned, valid = aligner.align(frames, 0)
+    assert aligned.shape == frames.shape and torch.isfinite(aligned).all()
+    assert aligner.results[3].fallback is not None and aligner.results[2].fallback is None
+    # The fall-back is the previous frame's motion, or none: nowhere near 30 degrees.
+    turn = aligner.results[3].matrix
+    assert abs(math.degrees(math.atan2(turn[1, 0], turn[0, 0]))) < 1
+    assert all(issubclass(w.category, AlignmentWarning) for w in caught)
+
+
+def test_alignment_off_is_the_plain_engine_bit_for_bit(moving):
+    plain = make_rule("max-energy", levels=5)
+    plain.fold(moving.frames)
+    expected = plain.result()[0].clamp(0, 1)
+    assert torch.equal(fuse(moving.frames, device="cpu", align=False, levels=5, chunk=3), expected)
+
+
+def test_alignment_is_as_good_as_the_true_motion(moving):
+    without = psnr(fuse(moving.frames, device="cpu", align=False), moving.ground_truth)
+    aligned = psnr(fuse(moving.frames, device="cpu", align=AlignOptions(match_exposure=False)), moving.ground_truth)
+    # The same fusion of the frames warped back with the motion synth applied:
+    oracle = [warp_frame(f[None], true_matrix(info, 384, 512)) for f, info in zip(moving.frames, moving.params["frame_info"])]
+    rule = make_rule("max-energy", levels=6)
+    rule.fold(torch.cat([w for w, _ in oracle]), torch.cat([v for _, v in oracle]))
+    best = psnr(rule.result()[0].clamp(0, 1), moving.ground_truth)
+    assert aligned > without + 5 and aligned > best - 0.3
+
+
+def test_aligned_result_does_not_depend_on_the_chunk_size(moving):
+    results = [fuse(moving.frames, device="cpu", chunk=chunk) for chunk in (1, 3, 8)]
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+def test_another_reference_takes_its_geometry(moving):
+    fuser = StackFuser(device="cpu", align=AlignOptions(reference=4))
+    fused = fuse(moving.frames, fuser=fuser)
+    assert corner_error(fuser.transforms[4].matrix, torch.eye(3, dtype=torch.float64), 384, 512) < 1e-9
+    # The ground truth as frame 4 sees it.
+    truth = true_matrix(moving.params["frame_info"][4], 384, 512)
+    seen = move_frames(moving.ground_truth[None], torch.tensor([truth[0, :2].norm().item()]),
+                       torch.tensor([[truth[1, 2] * 256, truth[0, 2] * 256]]),
+                       torch.tensor([moving.params["frame_info"][4]["rotation_rad"]]))[0]
+    inner = (slice(None), slice(20, -20), slice(20, -20))
+    assert psnr(fused[inner], seen[inner]) > 30
+    with pytest.raises(Exception, match="--reference 9"):
+        fuse(moving.frames, align=AlignOptions(reference=9))
+
+
+def test_crop_keeps_only_what_every_frame_covers():
+    breathing = make_stack(200, 240, 6, breathing=0.01, max_blur=4.0, seed=5)
+    full = fuse(breathing.frames, device="cpu")
+    cropped = fuse(breathing.frames, device="cpu", align=AlignOptions(crop=True))
+    assert full.shape == (3, 200, 240)
+    # Frame 5 is magnified by 1.01^5: in frame 0's grid it covers 1/1.051 of each side.
+    assert 200 / 1.051 - 3 <= cropped.shape[1] < 200 and 240 / 1.051 - 3 <= cropped.shape[2] < 240
+
+
+def test_exposure_is_matched():
+    flicker = make_stack(160, 200, 5, exposure_jitter=0.05, max_blur=4.0, seed=6)
+    fuser = StackFuser(device="cpu")
+    fuse(flicker.frames, fuser=fuser)
+    for result, info in zip(fuser.transforms[1:], flicker.params["frame_info"][1:]):
+        assert torch.allclose(result.gain * info["gain"], torch.ones(3, dtype=result.gain.dtype), atol=0.01)
+
+
+def test_inner_rectangle():
+    mask = torch.ones(20, 30, dtype=torch.bool)
+    mask[:3] = False
+    mask[:, 25:] = False
+    mask[10, 0] = False
+    top, bottom, left, right = inner_rectangle(mask)
+    assert mask[top:bottom, left:right].all()
+    assert (bottom - top) * (right - left) >= 9 * 25  # rows 11-19 with every column up to 24
