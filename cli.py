@@ -363,6 +363,7 @@ def bench_command(
     chunks: list[int] | None = typer.Option(None, "--chunk", help="Repeatable. Default: the engine's choice."),
     methods: list[Method] | None = typer.Option(None, "--method", help="Repeatable. Default: max-energy."),
     kinds: list[BenchKind] | None = typer.Option(None, "--kind", help="core, e2e; repeatable. Default: both."),
+    aligns: list[bool] | None = typer.Option(None, "--align/--no-align", help="With alignment (default) or without."),
     repeat: int = typer.Option(3, "--repeat", min=1, help="Timed runs per case (the median is reported)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed runs first."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON."),
@@ -378,7 +379,8 @@ def bench_command(
             sizes, frames = sizes or ["320x240"], frames or [4, 8]
             repeat = min(repeat, 2)
         cases = [
-            benchmark.Case(kind.value, device, *_size(size), count, dtype.value, chunk, method.value)
+            benchmark.Case(kind.value, device, *_size(size), count, dtype.value, chunk, method.value, align)
+            for align in (aligns or [True])
             for kind in (kinds or list(BenchKind))
             for device in devices
             for size in (sizes or ["2000x1500"])

@@ -1,10 +1,11 @@
 """Quality of every method on the shared stacks, scored by ../shared/tools/score.py.
 
-    python bench/quality.py [--shared ../shared] [--methods max-energy wang-chang max-log]
+    python bench/quality.py [--shared ../shared] [--methods max-energy ... max-energy/no-align]
 
-Fuses every stack of <shared>/data/synthetic and <shared>/data/real at default
-settings (a folder's images, less ground_truth.png, depth.png, focus_index.png), writes the
-results to bench/out/quality/METHOD/STACK.png with the wall time beside them, and
+Fuses every stack of <shared>/data/synthetic and <shared>/data/real (a folder's
+images, less ground_truth.png, depth.png, focus_index.png) at default settings:
+alignment on, reference frame 0; a method written METHOD/no-align runs without it.
+Writes the results to bench/out/quality/METHOD/STACK.png with the wall time beside them, and
 prints score.py's table: PSNR/SSIM against ground truth where there is one,
 Q^AB/F and average gradient everywhere. score.py needs scipy and scikit-image.
 """
@@ -25,25 +26,27 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
-    parser.add_argument("--methods", nargs="+", default=["max-energy", "wang-chang", "max-log"])
+    parser.add_argument("--methods", nargs="+", default=["max-energy", "wang-chang", "max-log", "max-energy/no-align"])
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     out = HERE / "out" / "quality"
     stacks = sorted((args.shared / "data" / "synthetic").iterdir()) + sorted((args.shared / "data" / "real").iterdir())
     failures = 0
     for method in args.methods:
-        (out / method).mkdir(parents=True, exist_ok=True)
+        (out / method.replace("/", "_")).mkdir(parents=True, exist_ok=True)
         for stack in filter(Path.is_dir, stacks):
             start = time.perf_counter()
             try:
-                image = fuse(list_frames([stack]), method=method, device=args.device)
+                rule, _, variant = method.partition("/")
+                image = fuse(list_frames([stack]), method=rule, device=args.device, align=variant != "no-align")
             except GpufocusError as error:
                 failures += 1
                 print(f"FAILED {method} {stack.name}: {error}", file=sys.stderr)
                 continue
             seconds = time.perf_counter() - start
-            write_image(out / method / f"{stack.name}.png", image, overwrite=True)
-            (out / method / f"{stack.name}.time").write_text(f"{seconds:.3f}\n")
+            folder = out / method.replace("/", "_")
+            write_image(folder / f"{stack.name}.png", image, overwrite=True)
+            (folder / f"{stack.name}.time").write_text(f"{seconds:.3f}\n")
     print(f"torch {torch.__version__}; {failures} stacks failed\n")
     score = args.shared / "tools" / "score.py"
     command = [sys.executable, str(score), "--table", str(out)]

@@ -14,22 +14,24 @@ same matrix serves every pyramid level. A matrix ``M_a->b`` maps a point of fram
 ``a`` to the point of frame ``b`` that shows the same scene point; frame ``i`` aligned to
 the reference ``r`` is ``frame_i(M_r->i x)``.
 
-Estimates are checked (finite, plausible scale, rotation and shift between neighbours,
-residual no worse than with no motion); a failed one falls back to the previous
-pair's motion (or to none) with a warning that names the frame.
+Estimates are checked (finite; plausible scale, rotation and shift between neighbours;
+band-pass images that correlate once aligned; a residual no worse than with no
+motion); a failed one falls back to the previous step's motion (or to none) with a
+warning that names the frame.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .pyramid import correlate1d, pyr_down, reflect_pad
+from .color import luminance
+from .pyramid import correlate1d, pyr_down
 
 __all__ = [
     "MODELS",
@@ -66,7 +68,6 @@ _WORSE = 1.02
 # Measured on the shared stacks: 0.50 for the worst real pair (mffw_04, strong defocus),
 # 0.69 and more for the others.
 _MIN_CORRELATION = 0.2
-_LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class AlignOptions:
     Args:
         model: motion model, one of ``MODELS``.
         reference: index of the frame whose grid the output takes (0: the first).
-        match_exposure: match each frame's gain and offset to the reference.
+        match_exposure: scale each frame's channels so that their mean brightness matches
+            the reference's (exposure flicker must not look like sharpness).
         crop: crop the result to the region that every frame covers (otherwise the
             reference's size, uncovered parts filled from the frames that cover them).
     """
@@ -149,13 +151,6 @@ def _steepest_descent(model: str, gx: Tensor, gy: Tensor, x: Tensor, y: Tensor) 
     return torch.stack(parts)
 
 
-def _luma(frames: Tensor) -> Tensor:
-    if frames.shape[1] != 3:
-        return frames.mean(dim=1, keepdim=True)
-    red, green, blue = frames.unbind(1)
-    return (red * _LUMA[0] + green * _LUMA[1] + blue * _LUMA[2]).unsqueeze(1)
-
-
 def _gaussian_taps(sigma: float) -> tuple[float, ...]:
     radius = max(1, math.ceil(3 * sigma))
     taps = [math.exp(-(k * k) / (2 * sigma * sigma)) for k in range(-radius, radius + 1)]
@@ -186,7 +181,7 @@ class _Features:
 def _features(frame: Tensor) -> _Features:
     """``frame``: ``(1, C, H, W)`` float."""
     height, width = frame.shape[-2:]
-    image, spacing = _luma(frame), 1
+    image, spacing = luminance(frame), 1
     while max(image.shape[-2:]) > _WORK_SIDE and min(image.shape[-2:]) >= 16:
         image, spacing = pyr_down(image), spacing * 2
     levels, spacings = [_band_pass(image.float())], [spacing]
@@ -337,8 +332,8 @@ class StackAligner:
         model: one of ``MODELS``.
         reference: index of the reference frame. With frame 0, one pass does it all;
             otherwise every frame goes through ``estimate`` first, then ``align``.
-        match_exposure: also match each frame's gain and offset (per channel) to the
-            reference, measured on a blurred copy where blur differences do not show.
+        match_exposure: also scale each frame's channels to the reference's mean
+            brightness, measured on a blurred copy where focus does not show.
 
     The aligned frames are resampled bicubically; pixels that no frame data covers
     are marked invalid (and filled with the nearest edge values), so the fusion can
@@ -385,7 +380,8 @@ class StackAligner:
         if reason is None and correlation < _MIN_CORRELATION:
             reason = f"the frames do not match (correlation {correlation:.2f})"
         if reason is not None:  # a frame the method could not read: assume steady motion
-            fallback = f"{reason}; using {'the previous step' if self._last_step is not None else 'no'} motion"
+            replacement = "the previous step's motion" if self._last_step is not None else "no motion"
+            fallback = f"{reason}; using {replacement}"
             step = self._last_step if self._last_step is not None else identity
         elif residual > still * _WORSE:
             fallback = "the residual is worse than with no motion; using no motion"

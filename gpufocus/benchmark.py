@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from .align import AlignOptions
 from .engine import StackFuser, fuse
 from .load import FrameStack
 from .timing import StageTimer
@@ -71,6 +72,7 @@ class Case:
     dtype: str = "float32"
     chunk: int | None = None
     method: str = "max-energy"
+    align: bool = True
 
 
 def machine_description() -> str:
@@ -123,7 +125,7 @@ def stack_files(folder: Path, height: int, width: int, frames: int) -> list[Path
 
 
 def _core_run(case: Case, pool: torch.Tensor, chunk: int, timer: StageTimer) -> None:
-    fuser = StackFuser(case.method, device=case.device, dtype=case.dtype)
+    fuser = StackFuser(case.method, device=case.device, dtype=case.dtype, align=AlignOptions() if case.align else None)
     for start in range(0, case.frames, chunk):
         offset = start % pool.shape[0]
         fuser.add(pool[offset : offset + min(chunk, case.frames - start)], timer)
@@ -137,7 +139,9 @@ def _e2e_run(case: Case, paths: list[Path], chunk: int | None, out: Path, timer:
 
     with timer.stage("decode"):  # the headers
         stack = FrameStack(paths)
-    image = fuse(stack, method=case.method, device=case.device, dtype=case.dtype, chunk=chunk, timer=timer)
+    image = fuse(
+        stack, method=case.method, device=case.device, dtype=case.dtype, chunk=chunk, align=case.align, timer=timer
+    )
     with timer.stage("encode"):
         write_image(out, image, quality=95, overwrite=True)
 
@@ -249,7 +253,7 @@ def run_matrix(
 
 def cuda_vs_cpu(results: list[dict]) -> list[dict]:
     """Pair every CUDA result with the CPU result of the same case (chunk aside)."""
-    key_fields = ("kind", "width", "height", "frames", "dtype", "method")
+    key_fields = ("kind", "width", "height", "frames", "dtype", "method", "align")
     pairs = []
     for cuda in (r for r in results if r["device"].startswith("cuda") and "error" not in r):
         cpu = next(
@@ -268,6 +272,10 @@ def cuda_vs_cpu(results: list[dict]) -> list[dict]:
     return pairs
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:.0f}"
 
@@ -277,18 +285,19 @@ def table_rows(report: dict, compact: bool = False) -> tuple[list[str], list[lis
 
     ``compact`` drops the stage columns that no case has.
     """
-    header = ["kind", "device", "dtype", "chunk", "frames", "size", "median s", "Mpix-frames/s"]
+    header = ["kind", "device", "align", "dtype", "chunk", "frames", "size", "median s", "Mpix-frames/s"]
     header += [f"{s} s" for s in STAGES] + ["peak CUDA MiB", "peak host MiB"]
     rows = []
     for r in report["results"]:
         size = f"{r['width']}x{r['height']}"
         if "error" in r:
-            rows.append([r["kind"], r["device"], r["dtype"], str(r["chunk"] or "auto"), str(r["frames"]), size]
-                        + [f"error: {r['error']}"] + [""] * (len(header) - 7))
+            rows.append([r["kind"], r["device"], _on(r["align"]), r["dtype"], str(r["chunk"] or "auto"), str(r["frames"]),
+                         size, f"error: {r['error']}"] + [""] * (len(header) - 8))
             continue
         stages = [("-" if r["stages"][s] is None else f"{r['stages'][s]:.3f}") for s in STAGES]
         rows.append(
-            [r["kind"], r["device"], r["dtype"], str(r["chunk"]), str(r["frames"]), size, f"{r['seconds']:.3f}",
+            [r["kind"], r["device"], _on(r["align"]), r["dtype"], str(r["chunk"]), str(r["frames"]), size,
+             f"{r['seconds']:.3f}",
              f"{r['mpix_frames_per_s']:.1f}", *stages, _mib(r["peak_cuda_bytes"]), _mib(r["peak_host_bytes"])]
         )
     if compact:
@@ -304,10 +313,10 @@ def to_markdown(report: dict) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     if report["cuda_vs_cpu"]:
-        lines += ["", "| kind | size | frames | dtype | CPU s | CUDA s | CUDA speed-up |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| kind | align | size | frames | dtype | CPU s | CUDA s | CUDA speed-up |", "|---|---|---|---|---|---|---|---|"]
         for p in report["cuda_vs_cpu"]:
             lines.append(
-                f"| {p['kind']} | {p['width']}x{p['height']} | {p['frames']} | {p['dtype']} | "
+                f"| {p['kind']} | {_on(p['align'])} | {p['width']}x{p['height']} | {p['frames']} | {p['dtype']} | "
                 f"{p['cpu_seconds']:.3f} | {p['cuda_seconds']:.3f} | {p['speedup']:.1f}x |"
             )
     return "\n".join(lines) + "\n"
@@ -329,7 +338,7 @@ def draw_chart(report: dict, path: str | os.PathLike) -> None:
     series: dict[str, list[tuple[int, float]]] = {}
     for r in report["results"]:
         if "error" not in r:
-            name = f"{r['device']} {r['kind']} {r['dtype']} {r['width']}x{r['height']}"
+            name = f"{r['device']} {r['kind']} {r['dtype']} {r['width']}x{r['height']}{'' if r['align'] else ' no-align'}"
             series.setdefault(name, []).append((r["frames"], r["mpix_frames_per_s"]))
     width, height, left, right, top, bottom = 900, 520, 80, 260, 50, 60
     image = Image.new("RGB", (width, height), "white")

@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .device import resolve_device
 from .engine import fuse
-from .metrics import psnr
 from .errors import GpufocusError
+from .metrics import psnr
 from .synth import make_stack
 from .write import to_array, write_image
 

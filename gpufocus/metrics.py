@@ -24,11 +24,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .color import luminance
 from .load import FrameStack, read_image
 
 __all__ = ["average_gradient", "psnr", "ssim", "qabf", "QabfAccumulator", "border_crop", "evaluate"]
 
-_LUMA = (0.299, 0.587, 0.114)
 _BORDER = 0.02
 
 
@@ -76,7 +76,7 @@ def _luma_gradients(image: Tensor) -> tuple[Tensor, Tensor]:
     """Sobel gradient magnitude and orientation of the 0-255 luma of ``(3, H, W)``."""
     import kornia
 
-    luma = sum(w * c for w, c in zip(_LUMA, image.double() * 255)) if image.shape[0] == 3 else image[0] * 255
+    luma = luminance(image.double() * 255)[0]
     grad = kornia.filters.spatial_gradient(luma[None, None], mode="sobel", normalized=False)[0, 0]
     gx, gy = grad[0], grad[1]
     magnitude = (gx**2 + gy**2).sqrt()

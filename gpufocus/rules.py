@@ -21,17 +21,13 @@ from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
+from gpufocus.kernels import RunningMax, fold_max
 from torch import Tensor
 
-from gpufocus.kernels import RunningMax, fold_max
-
+from .color import luminance
 from .pyramid import build_gaussian_pyramid, build_laplacian_pyramid, collapse_laplacian_pyramid, correlate1d, pyr_up
 
 __all__ = ["METHODS", "DEFAULT_KERNEL_SIZE", "SelectionRule", "MaxEnergy", "WangChang", "MaxLoG", "make_rule"]
-
-
-# ITU-R BT.601 luma weights, as OpenCV's and kornia's RGB-to-grey conversions use.
-_LUMA = (0.299, 0.587, 0.114)
 
 
 class SelectionRule(ABC):
@@ -69,10 +65,7 @@ class SelectionRule(ABC):
 
     def _measured(self, x: Tensor) -> Tensor:
         """The channels a decision is made on: luminance, or every channel."""
-        if self.per_channel or x.shape[1] == 1:
-            return x
-        red, green, blue = x.unbind(1)
-        return (red * _LUMA[0] + green * _LUMA[1] + blue * _LUMA[2]).unsqueeze(1)
+        return x if self.per_channel or x.shape[1] == 1 else luminance(x)
 
 
 class _PyramidRule(SelectionRule):
@@ -109,31 +102,36 @@ class _PyramidRule(SelectionRule):
 class _RunningMean:
     """A per-pixel mean over frames, optionally weighted, that does not depend on chunking.
 
-    Frames are added one at a time, so the order of additions (and the rounding) is
-    the same whatever the chunks; in at least float32, so half-precision runs do not
-    lose the sum.
+    Frames (and their weights) are added one at a time, in stack order, so the order of
+    additions and the rounding are the same whatever the chunks, and whether a frame
+    with full weight comes with a weight or without one; in at least float32, so
+    half-precision runs do not lose the sum.
     """
 
     def __init__(self) -> None:
         self._total: Tensor | None = None
-        self._weight: Tensor | None = None  # of weighted frames
-        self._count = 0  # of unweighted frames
+        self._weight: Tensor | None = None  # from the first weighted frame on
+        self._count = 0  # unweighted frames before it
 
     def add(self, frames: Tensor, weights: Tensor | None = None) -> None:
         frames = frames.to(torch.promote_types(frames.dtype, torch.float32))
         for i, frame in enumerate(frames):
-            if weights is None:
-                self._count += 1
-            else:
+            if weights is not None:
                 weight = weights[i].to(frame.dtype)
                 frame = frame * weight
-                self._weight = weight.clone() if self._weight is None else self._weight.add_(weight)
+                if self._weight is None:
+                    self._weight = torch.full_like(weight, float(self._count))
+                self._weight += weight
+            elif self._weight is None:
+                self._count += 1
+            else:
+                self._weight += 1
             self._total = frame.clone() if self._total is None else self._total.add_(frame)
 
     def value(self) -> Tensor:
         if self._weight is None:
             return self._total / self._count
-        return self._total / (self._weight + self._count).clamp_min(1e-12)
+        return self._total / self._weight.clamp_min(1e-12)
 
 
 # A coefficient is used when at least this share of the pixels under its (blurred)

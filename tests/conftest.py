@@ -21,7 +21,7 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
-def write_stack(folder: Path, frames: np.ndarray, suffix: str = ".png", **save_options) -> list[Path]:
+def write_frames(folder: Path, frames: np.ndarray, suffix: str = ".png", **save_options) -> list[Path]:
     """Write (N, H, W, 3) uint8 frames as files named frame_0, frame_1, ..."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -46,4 +46,4 @@ def small_stack(tmp_path, rng) -> list[Path]:
 
     stack = make_stack(height=40, width=56, frames=3, max_blur=4.0, seed=3)
     frames = (stack.frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    return write_stack(tmp_path / "stack", frames)
+    return write_frames(tmp_path / "stack", frames)

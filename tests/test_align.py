@@ -1,12 +1,9 @@
-import json
 import math
-import warnings
 
-import numpy as np
 import pytest
 import torch
 
-from gpufocus import AlignOptions, StackFuser, fuse, read_image
+from gpufocus import AlignOptions, StackFuser, fuse
 from gpufocus.align import AlignmentWarning, StackAligner, inner_rectangle, to_pixel_matrix, warp_frame
 from gpufocus.metrics import psnr
 from gpufocus.rules import make_rule

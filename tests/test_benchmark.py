@@ -5,7 +5,7 @@ from gpufocus.benchmark import Case, bench_frames, cuda_vs_cpu, run_case, to_mar
 
 def result(device, seconds, frames=10, kind="core"):
     return {"kind": kind, "device": device, "width": 64, "height": 48, "frames": frames, "dtype": "float32",
-            "method": "max-energy", "seconds": seconds}
+            "method": "max-energy", "align": True, "seconds": seconds}
 
 
 def test_cuda_results_are_paired_with_the_same_cpu_case():
@@ -26,4 +26,4 @@ def test_run_case_in_process(tmp_path):
     assert len(report["runs"]) == 2 and report["chunk"] == 2
     assert report["stages"]["decode"] > 0 and report["stages"]["encode"] > 0 and report["stages"]["align"] > 0
     markdown = to_markdown({"machine": "m", "date": "d", "results": [report], "cuda_vs_cpu": []})
-    assert "| e2e | cpu | float32 | 2 | 3 | 64x48 |" in markdown
+    assert "| e2e | cpu | on | float32 | 2 | 3 | 64x48 |" in markdown

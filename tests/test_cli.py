@@ -1,5 +1,6 @@
 import hashlib
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import write_stack
 from gpufocus.app.cli import app
+from gpufocus.synth import make_stack, move_frames, write_stack
+from test_write import _unwritable_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,8 +122,6 @@ def test_existing_output_is_kept(small_stack, tmp_path):
 
 
 def test_unwritable_output_folder(small_stack, tmp_path):
-    from test_write import _unwritable_folder
-
     folder = _unwritable_folder(tmp_path)
     if folder is None:
         pytest.skip("found no folder that this user cannot write")
@@ -223,7 +223,7 @@ def test_bench_quick_writes_every_field(tmp_path):
     assert {r["kind"] for r in report["results"]} == {"core", "e2e"}
     for r in report["results"]:
         assert set(r) == {
-            "kind", "device", "width", "height", "frames", "dtype", "chunk", "method", "repeat", "seconds", "runs",
+            "kind", "device", "width", "height", "frames", "dtype", "chunk", "method", "align", "repeat", "seconds", "runs",
             "mpix_frames_per_s", "stages", "peak_cuda_bytes", "peak_host_bytes",
         }
         assert r["seconds"] > 0 and r["mpix_frames_per_s"] > 0 and r["peak_host_bytes"] > 0
@@ -236,8 +236,6 @@ def test_bench_quick_writes_every_field(tmp_path):
 
 
 def test_alignment_options(tmp_path):
-    from gpufocus.synth import make_stack, write_stack
-
     stack = make_stack(120, 160, 4, breathing=0.01, shift=1.0, max_blur=4.0, seed=8)
     write_stack(stack, tmp_path / "moving")
     plain, aligned = tmp_path / "plain.png", tmp_path / "aligned.png"
@@ -257,8 +255,6 @@ def test_alignment_options(tmp_path):
 
 
 def test_align_command_writes_aligned_frames(tmp_path):
-    from gpufocus.synth import make_stack, write_stack
-
     stack = make_stack(96, 128, 3, shift=2.0, max_blur=3.0, seed=9)
     write_stack(stack, tmp_path / "moving")
     result = run("align", tmp_path / "moving", "-o", tmp_path / "aligned", "--save-transforms", tmp_path / "t.json")
@@ -273,10 +269,6 @@ def test_align_command_writes_aligned_frames(tmp_path):
 
 
 def test_alignment_warnings_are_single_lines(tmp_path):
-    import math
-
-    from gpufocus.synth import make_stack, move_frames, write_stack
-
     stack = make_stack(160, 200, 4, max_blur=3.0, seed=10)
     stack.frames[2:3] = move_frames(stack.frames[2:3], torch.ones(1), torch.zeros(1, 2), torch.tensor([math.radians(30)]))
     write_stack(stack, tmp_path / "bad")

@@ -1,9 +1,9 @@
 import cv2
 import numpy as np
 import pytest
+from conftest import exif_of, write_frames
 from PIL import Image, ImageOps
 
-from conftest import exif_of, write_stack
 from gpufocus import FrameStack, GpufocusError, list_frames, probe_image, read_image
 
 
@@ -22,7 +22,7 @@ def test_directories_sort_naturally_and_skip_other_files(tmp_path, rgb):
 
 
 def test_explicit_files_keep_their_order(tmp_path, rgb):
-    paths = write_stack(tmp_path, np.stack([rgb] * 3))
+    paths = write_frames(tmp_path, np.stack([rgb] * 3))
     assert list_frames([paths[2], paths[0]]) == [paths[2], paths[0]]
 
 
@@ -119,7 +119,7 @@ def test_decompression_bomb_is_refused(tmp_path, rgb, monkeypatch):
 
 def test_stack_checks_sizes_and_reads_in_chunks(tmp_path, rng):
     frames = rng.integers(0, 256, (5, 12, 20, 3), dtype=np.uint8)
-    paths = write_stack(tmp_path / "ok", frames)
+    paths = write_frames(tmp_path / "ok", frames)
     stack = FrameStack(paths)
     chunks = list(stack.chunks(2))
     assert [c.shape[0] for c in chunks] == [2, 2, 1]

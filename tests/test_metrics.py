@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import write_frames
 from PIL import Image
 
-from conftest import write_stack
 from gpufocus.metrics import average_gradient, border_crop, evaluate, psnr, qabf, ssim
 
 
@@ -59,7 +59,7 @@ def test_border_crop():
 def test_evaluate_a_stack_on_disk(tmp_path, rng):
     sharp = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
     blurred = np.asarray(Image.fromarray(sharp).resize((25, 20)).resize((50, 40)))
-    paths = write_stack(tmp_path / "stack", np.stack([blurred, blurred]))
+    paths = write_frames(tmp_path / "stack", np.stack([blurred, blurred]))
     Image.fromarray(sharp).save(tmp_path / "fused.png")
     scores = evaluate(paths, tmp_path / "fused.png", ground_truth=tmp_path / "fused.png")
     assert scores["frames"] == 2 and scores["sharpness_gain"] > 1.5

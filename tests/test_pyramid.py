@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+import reference
 import torch
 
-import reference
 from gpufocus.pyramid import (
     auto_levels,
     build_gaussian_pyramid,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+import reference
 import torch
 
-import reference
 from gpufocus.rules import MaxEnergy, MaxLoG, WangChang, make_rule
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import exif_of
 from PIL import Image, ImageCms
 
-from conftest import exif_of
 from gpufocus import GpufocusError, probe_image, read_image, write_image
 
 

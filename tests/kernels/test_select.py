@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from gpufocus.kernels import fold_max
 
 
