@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .color import luminance
-from .pyramid import correlate1d, pyr_down
+from .pyramid import pyr_down, separable_filter
 
 __all__ = [
     "MODELS",
@@ -160,9 +160,8 @@ def _gaussian_taps(sigma: float) -> tuple[float, ...]:
 def _band_pass(image: Tensor) -> Tensor:
     """Difference of Gaussians (sigma 1 and 4): edges without shading, less blur-sensitive
     than the finest detail; scaled to unit spread so exposure changes do not matter."""
-    small, large = _gaussian_taps(1.0), _gaussian_taps(4.0)
-    fine = correlate1d(correlate1d(image, small, -2), small, -1)
-    coarse = correlate1d(correlate1d(image, large, -2), large, -1)
+    fine = separable_filter(image, _gaussian_taps(1.0))
+    coarse = separable_filter(image, _gaussian_taps(4.0))
     band = fine - coarse
     return band / band.flatten(1).std(dim=1).clamp_min(1e-8).view(-1, 1, 1, 1)
 
@@ -426,7 +425,7 @@ class StackAligner:
             index = first_index + offset
             if self.reference == 0 and index == len(self._chain):  # one pass: estimate as frames come
                 to_reference = self._advance(frame[None], index)
-            elif index < len(self._chain) and self.reference < len(self._chain):  # after estimate()
+            elif index < len(self._chain) and self.reference < len(self._chain):  # estimated already
                 # M_r->i = M_0->i M_0->r^-1
                 to_reference = self._chain[index] @ torch.linalg.inv(self._chain[self.reference])
             else:
@@ -437,7 +436,11 @@ class StackAligner:
                 warped, gain, shift = self._match_exposure(warped, inside, index)
             aligned.append(warped)
             valid.append(inside)
-            self.results.append(FrameTransform(to_reference.cpu(), gain, shift, self._fallbacks[index]))
+            result = FrameTransform(to_reference.cpu(), gain, shift, self._fallbacks[index])
+            if index < len(self.results):  # a frame aligned again (a retried chunk)
+                self.results[index] = result
+            else:
+                self.results.append(result)
         return torch.cat(aligned), torch.cat(valid)
 
     def _low(self, frame: Tensor) -> Tensor:

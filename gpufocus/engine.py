@@ -34,7 +34,6 @@ def to_float(frames: Tensor | np.ndarray, device: torch.device, dtype: torch.dty
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
     if frames.dtype == torch.uint16:
-        frames = frames.to(torch.int32)  # few ops take uint16
         top = 65535.0
     elif frames.dtype == torch.uint8:
         top = 255.0
@@ -150,10 +149,29 @@ class StackFuser:
 
         Integer frames are scaled to [0, 1] (``uint8`` by 255, ``uint16`` by 65535);
         float frames are taken as they are. ``np.ndarray`` input is ``(B, H, W, C)``.
-        ``timer`` charges the stages ``upload`` and ``fuse``.
+        ``timer`` charges the stages ``upload``, ``align`` and ``fuse``.
+
+        Where the device runs out of memory, the frames are folded in again in two
+        halves (and so on down to one frame): every step of the fold can be repeated
+        without changing the result, and the result does not depend on the chunking.
         """
+        raw = _batch(frames)
+        try:
+            self._add(raw, timer)
+        except torch.cuda.OutOfMemoryError:
+            if len(raw) == 1:
+                raise GpufocusError(
+                    "out of GPU memory with a single frame in flight: try --dtype float16, or --device cpu"
+                ) from None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(raw) // 2
+            self.add(raw[:half], timer)
+            self.add(raw[half:], timer)
+
+    def _add(self, raw: Tensor | np.ndarray, timer: StageTimer) -> None:
         with timer.stage("upload"):
-            frames = to_float(_batch(frames), self.device, self.dtype)
+            frames = to_float(raw, self.device, self.dtype)
         if frames.dim() != 4:
             raise GpufocusError(f"expected (B, C, H, W) frames, got shape {tuple(frames.shape)}")
         shape = tuple(frames.shape[1:])
@@ -257,7 +275,7 @@ def align_stack(
     if aligner.reference != 0:
         _check_reference(aligner.reference, total)
         passes.insert(0, estimate)
-    for frames in _passes(source, chunk, passes, total, progress, NO_TIMER):
+    for frames in _passes(source, chunk, passes, total, progress, NO_TIMER, device):
         yield from frames
 
 
@@ -266,14 +284,51 @@ def _check_reference(reference: int, total: int) -> None:
         raise GpufocusError(f"--reference {reference}: the stack has {total} frames (0 to {total - 1})")
 
 
-def _passes(source, chunk: int, passes, total: int, progress: Progress | None, timer: StageTimer):
+def _upload_ahead(chunks: Iterable[np.ndarray], device: torch.device) -> Iterator[Tensor]:
+    """Decoded chunks to a CUDA device: pinned, copied on a side stream one chunk ahead.
+
+    The copy of chunk k+1 (uint8 or uint16, 1-2 bytes a sample) runs while chunk k is
+    fused; the fusion's stream waits for a chunk's copy before it uses it, and the
+    conversion to float happens on the device.
+    """
+    stream = torch.cuda.Stream(device)
+    ahead: tuple[Tensor, torch.cuda.Event, Tensor] | None = None
+    for array in chunks:
+        host = torch.from_numpy(array).pin_memory()
+        with torch.cuda.stream(stream):
+            copied = host.to(device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        if ahead is not None:
+            yield _arrived(*ahead)
+        ahead = (copied, done, host)  # the host buffer lives until its copy is done
+    if ahead is not None:
+        yield _arrived(*ahead)
+
+
+def _arrived(copied: Tensor, done: torch.cuda.Event, host: Tensor) -> Tensor:
+    current = torch.cuda.current_stream(copied.device)
+    current.wait_event(done)
+    copied.record_stream(current)  # the allocator must not reuse it before the fusion is done
+    return copied.permute(0, 3, 1, 2)  # (B, H, W, C) as decoded -> (B, C, H, W), a view
+
+
+def _passes(source, chunk: int, passes, total: int, progress: Progress | None, timer: StageTimer, device=None):
     """Read the stack once per pass, feeding each chunk to the pass; yield after each chunk.
 
-    ``progress`` counts frames over all passes.
+    ``progress`` counts frames over all passes. For a CUDA ``device``, JPEG stacks are
+    decoded there (nvJPEG) where torchvision allows, others go through ``_upload_ahead``.
     """
     done = 0
     for handle in passes:
-        chunks = _tensor_chunks(source, chunk) if isinstance(source, Tensor) else source.chunks(chunk, timer=timer)
+        if isinstance(source, Tensor):
+            chunks = _tensor_chunks(source, chunk)
+        elif device is not None and source.decodable_on(device):
+            chunks = source.chunks_on(chunk, device, timer)
+        elif device is not None and device.type == "cuda":
+            chunks = _upload_ahead(source.chunks(chunk, timer=timer), device)
+        else:
+            chunks = source.chunks(chunk, timer=timer)
         for frames in chunks:
             result = handle(frames, timer)
             done += len(frames)
@@ -345,7 +400,7 @@ def fuse(
     passes = [fuser.estimate, fuser.add] if fuser.needs_estimate else [fuser.add]
     if fuser.needs_estimate:
         _check_reference(fuser.align.reference, total)
-    for _ in _passes(source, chunk, passes, total, progress, timer):
+    for _ in _passes(source, chunk, passes, total, progress, timer, fuser.device):
         pass
     image = fuser.result(timer)
     with timer.stage("download"):

@@ -8,6 +8,7 @@ stay 16-bit (``uint16``), 8-bit files are ``uint8``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import GpufocusError
@@ -100,6 +102,7 @@ class ImageInfo:
     orientation: int
     exif: bytes | None
     icc: bytes | None
+    format: str = ""
 
 
 def _open(path: Path) -> Image.Image:
@@ -156,6 +159,7 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
             orientation=orientation,
             exif=exif.tobytes() if len(exif) else None,
             icc=image.info.get("icc_profile") or None,
+            format=image.format,
         )
 
 
@@ -273,3 +277,49 @@ class FrameStack:
                 for i in range(start, min(start + chunk, len(self))):
                     pending[i] = None  # let finished frames go
                 yield np.stack(batch)
+
+    def decodable_on(self, device: torch.device) -> bool:
+        """Whether ``chunks_on`` can decode this stack on ``device`` (nvJPEG).
+
+        Needs a CUDA device, torchvision, and plain 8-bit JPEG frames with no EXIF turn.
+        """
+        if device.type != "cuda" or _gpu_decoder() is None:
+            return False
+        return all(i.format == "JPEG" and i.bits == 8 and i.orientation == 1 for i in self.infos)
+
+    def chunks_on(self, chunk: int, device: torch.device, timer: StageTimer = NO_TIMER) -> Iterator[torch.Tensor]:
+        """Frames decoded on the GPU (nvJPEG, batched), ``(B, 3, H, W)`` uint8 on ``device``.
+
+        Files are read ahead in a thread; a chunk the GPU decoder rejects is decoded on
+        the CPU instead, which names the file if it is broken.
+        """
+        decode = _gpu_decoder()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-read") as pool:
+
+            def read(start: int) -> list[torch.Tensor]:
+                return [torch.from_numpy(np.fromfile(p, dtype=np.uint8)) for p in self.paths[start : start + chunk]]
+
+            starts = list(range(0, len(self), chunk))
+            pending = pool.submit(read, starts[0])
+            for n, start in enumerate(starts):
+                with timer.stage("decode"):
+                    data = pending.result()
+                    if n + 1 < len(starts):
+                        pending = pool.submit(read, starts[n + 1])
+                    try:
+                        frames = torch.stack(decode(data, device))
+                    except RuntimeError:
+                        indices = range(start, min(start + chunk, len(self)))
+                        cpu = np.stack([read_image(self.paths[i], self.infos[i]) for i in indices])
+                        frames = torch.from_numpy(cpu).to(device).permute(0, 3, 1, 2)
+                yield frames
+
+
+@functools.cache
+def _gpu_decoder():
+    """torchvision's nvJPEG batch decoder, or ``None`` where torchvision does not load."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except Exception:  # not installed, or built for another torch
+        return None
+    return lambda data, device: decode_jpeg(data, mode=ImageReadMode.RGB, device=device)

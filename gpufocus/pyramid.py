@@ -30,6 +30,7 @@ __all__ = [
     "level_sizes",
     "reflect_pad",
     "correlate1d",
+    "separable_filter",
     "pyr_down",
     "pyr_up",
     "build_gaussian_pyramid",
@@ -137,6 +138,11 @@ def correlate1d(x: Tensor, taps: tuple[float, ...], dim: int, stride: int = 1) -
         tail = reflect_pad(x.narrow(dim, start, n - start), dim, 0, beyond)
         _correlate_valid(tail, taps, dim, stride, out_n - 1 - last, out=out.narrow(dim, last + 1, out_n - 1 - last))
     return out
+
+
+def separable_filter(x: Tensor, taps: tuple[float, ...]) -> Tensor:
+    """Filter the last two dimensions with ``taps`` along each (rows first), reflect borders."""
+    return correlate1d(correlate1d(x, taps, dim=-2), taps, dim=-1)
 
 
 def _correlate_valid(

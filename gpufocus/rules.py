@@ -21,11 +21,11 @@ from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
-from gpufocus.kernels import RunningMax, fold_max
+from gpufocus.kernels import RunningMax, energy_fold, fold_max, laplacian_pyramid, mask_unusable
 from torch import Tensor
 
 from .color import luminance
-from .pyramid import build_gaussian_pyramid, build_laplacian_pyramid, collapse_laplacian_pyramid, correlate1d, pyr_up
+from .pyramid import build_gaussian_pyramid, collapse_laplacian_pyramid, correlate1d, pyr_up, separable_filter
 
 __all__ = ["METHODS", "DEFAULT_KERNEL_SIZE", "SelectionRule", "MaxEnergy", "WangChang", "MaxLoG", "make_rule"]
 
@@ -81,11 +81,11 @@ class _PyramidRule(SelectionRule):
         self._base = _RunningMean()
 
     def _fold(self, frames: Tensor, valid: Tensor | None) -> None:
-        pyramid = build_laplacian_pyramid(frames, self.levels)
+        pyramid = laplacian_pyramid(frames, self.levels)
         usable, coverage = (None, None) if valid is None else _usable_coefficients(valid, self.levels)
         for level, coefficients in enumerate(pyramid[:-1]):
             self._fold_level(level, coefficients, None if usable is None else usable[level])
-        self._base.add(pyramid[-1], coverage)
+        self._base.add(pyramid[-1], coverage, self.count)
 
     @abstractmethod
     def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None: ...
@@ -105,17 +105,22 @@ class _RunningMean:
     Frames (and their weights) are added one at a time, in stack order, so the order of
     additions and the rounding are the same whatever the chunks, and whether a frame
     with full weight comes with a weight or without one; in at least float32, so
-    half-precision runs do not lose the sum.
+    half-precision runs do not lose the sum. A frame added again (a chunk retried
+    after running out of memory) is skipped.
     """
 
     def __init__(self) -> None:
         self._total: Tensor | None = None
         self._weight: Tensor | None = None  # from the first weighted frame on
         self._count = 0  # unweighted frames before it
+        self._next = 0  # stack index of the next frame to add
 
-    def add(self, frames: Tensor, weights: Tensor | None = None) -> None:
+    def add(self, frames: Tensor, weights: Tensor | None, first_index: int) -> None:
         frames = frames.to(torch.promote_types(frames.dtype, torch.float32))
         for i, frame in enumerate(frames):
+            if first_index + i < self._next:
+                continue
+            self._next = first_index + i + 1
             if weights is not None:
                 weight = weights[i].to(frame.dtype)
                 frame = frame * weight
@@ -154,19 +159,12 @@ def _usable_coefficients(valid: Tensor, levels: int) -> tuple[list[Tensor], Tens
     return usable, coverage[-1]
 
 
-def _only_usable(score: Tensor, usable: Tensor | None) -> Tensor:
-    """Scores of coefficients that see invalid pixels become -inf: they never win."""
-    return score if usable is None else score.masked_fill(~usable, float("-inf"))
 
 
 def _binomial(size: int) -> tuple[float, ...]:
     row = [math.comb(size - 1, k) for k in range(size)]
     return tuple(w / sum(row) for w in row)
 
-
-def _filter2d(x: Tensor, taps: tuple[float, ...]) -> Tensor:
-    """Separable symmetric filter over the last two dimensions, reflect borders."""
-    return correlate1d(correlate1d(x, taps, dim=-2), taps, dim=-1)
 
 
 class MaxEnergy(_PyramidRule):
@@ -185,8 +183,7 @@ class MaxEnergy(_PyramidRule):
 
     def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None:
         measured = self._measured(coefficients)
-        energy = _only_usable(_filter2d(measured * measured, self._window), usable)
-        self._best[level] = fold_max(self._best[level], energy, coefficients, self.count)
+        self._best[level] = energy_fold(self._best[level], measured, coefficients, self._window, usable, self.count)
 
     def _fused_level(self, level: int) -> Tensor:
         return self._best[level].value
@@ -222,22 +219,23 @@ class WangChang(_PyramidRule):
     def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None:
         if level < self.levels - 1:
             measured = self._measured(coefficients)
-            energy = _only_usable(_filter2d(measured * measured, _GENERATING_KERNEL), usable)
-            self._best[level] = fold_max(self._best[level], energy, coefficients, self.count)
+            self._best[level] = energy_fold(
+                self._best[level], measured, coefficients, _GENERATING_KERNEL, usable, self.count
+            )
             return
         measured = self._measured(coefficients).double()
         deviation = self._deviation(measured)
         entropy = self._entropy(measured)
         top, count = self._top, self.count
-        top["max_d"] = fold_max(top["max_d"], _only_usable(deviation, usable), coefficients, count, track_index=True)
-        top["max_e"] = fold_max(top["max_e"], _only_usable(entropy, usable), None, count, track_index=True)
-        top["min_d"] = fold_max(top["min_d"], _only_usable(-deviation, usable), coefficients, count, track_index=True)
-        top["min_e"] = fold_max(top["min_e"], _only_usable(-entropy, usable), None, count, track_index=True)
-        self._top_mean.add(coefficients, None if usable is None else usable)
+        top["max_d"] = fold_max(top["max_d"], mask_unusable(deviation, usable), coefficients, count, track_index=True)
+        top["max_e"] = fold_max(top["max_e"], mask_unusable(entropy, usable), None, count, track_index=True)
+        top["min_d"] = fold_max(top["min_d"], mask_unusable(-deviation, usable), coefficients, count, track_index=True)
+        top["min_e"] = fold_max(top["min_e"], mask_unusable(-entropy, usable), None, count, track_index=True)
+        self._top_mean.add(coefficients, None if usable is None else usable, self.count)
 
     def _deviation(self, x: Tensor) -> Tensor:
-        mean = _filter2d(x, self._box)
-        return _filter2d(x * x, self._box) - mean * mean
+        mean = separable_filter(x, self._box)
+        return separable_filter(x * x, self._box) - mean * mean
 
     def _entropy(self, x: Tensor) -> Tensor:
         levels = torch.round(x * 255).long().remainder_(256)
@@ -248,7 +246,7 @@ class WangChang(_PyramidRule):
         probability = counts.view(batch, channels, 256).double() / levels[0, 0].numel()
         log_p = probability.clamp_min(1e-300).log().flatten()
         per_sample = -levels.double() * log_p[levels + offsets]
-        return _filter2d(per_sample, (1.0,) * self.kernel_size)
+        return separable_filter(per_sample, (1.0,) * self.kernel_size)
 
     def _fused_level(self, level: int) -> Tensor:
         if level < self.levels - 1:
@@ -276,14 +274,14 @@ class MaxLoG(SelectionRule):
         self._best: RunningMax | None = None
 
     def _fold(self, frames: Tensor, valid: Tensor | None) -> None:
-        blurred = _filter2d(self._measured(frames), self._gauss)
+        blurred = separable_filter(self._measured(frames), self._gauss)
         d2y = correlate1d(correlate1d(blurred, (1.0, -2.0, 1.0), dim=-2), (1.0, 2.0, 1.0), dim=-1)
         d2x = correlate1d(correlate1d(blurred, (1.0, 2.0, 1.0), dim=-2), (1.0, -2.0, 1.0), dim=-1)
         usable = None
         if valid is not None:  # the measure reaches kernel_size // 2 + 1 pixels: erode by that
             reach = self.kernel_size // 2 + 1
             usable = ~F.max_pool2d((~valid).float(), 2 * reach + 1, stride=1, padding=reach).bool()
-        self._best = fold_max(self._best, _only_usable((d2x + d2y).abs_(), usable), frames, self.count)
+        self._best = fold_max(self._best, mask_unusable((d2x + d2y).abs_(), usable), frames, self.count)
 
     def result(self) -> Tensor:
         return self._best.value

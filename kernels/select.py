@@ -12,7 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["RunningMax", "fold_max"]
+from gpufocus.pyramid import separable_filter
+
+from .dispatch import use_triton
+
+__all__ = ["RunningMax", "fold_max", "mask_unusable", "energy_fold"]
 
 
 @dataclass
@@ -70,4 +74,46 @@ def fold_max(
     if track_index:
         torch.where(wins, chunk_index, state.index, out=state.index)
     torch.where(wins, chunk_score, state.score, out=state.score)
+    return state
+
+
+def mask_unusable(score: Tensor, usable: Tensor | None) -> Tensor:
+    """Scores of coefficients that see invalid pixels become -inf: they never win."""
+    return score if usable is None else score.masked_fill(~usable, float("-inf"))
+
+
+def energy_fold(
+    state: RunningMax | None,
+    measured: Tensor,
+    values: Tensor,
+    taps: tuple[float, ...],
+    usable: Tensor | None,
+    first_index: int,
+) -> RunningMax:
+    """The selection step of an energy rule: local energy, compare, keep the winner.
+
+    The energy of a coefficient is ``measured**2`` filtered with ``taps`` along rows and
+    columns (reflect borders); scores of coefficients that are not ``usable`` are -inf.
+
+    Args:
+        state: as for ``fold_max`` (the winners' index is not kept).
+        measured: ``(B, S, H, W)``, what the energy is measured on (luminance, or each channel).
+        values: ``(B, C, H, W)``, the coefficients.
+        taps: odd, symmetric filter taps.
+        usable: ``(B, 1, H, W)`` bool, or ``None`` for all.
+        first_index: the stack index of the chunk's first frame.
+
+    Returns:
+        The updated state. The Triton version runs energy, comparison and update in one
+        pass per frame, with the same result bit for bit.
+    """
+    if not use_triton(values):
+        energy = mask_unusable(separable_filter(measured * measured, taps), usable)
+        return fold_max(state, energy, values, first_index)
+    from ._triton_select import energy_fold as fused
+
+    if state is None:  # as fold_max starts: the first frame's values, beaten by any finite score
+        score = torch.full((1, *measured.shape[1:]), float("-inf"), dtype=measured.dtype, device=measured.device)
+        state = RunningMax(score, values[:1].clone(), None)
+    fused(state.score, state.value, measured, values, taps, usable)
     return state

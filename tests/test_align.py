@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -58,8 +59,10 @@ def test_an_implausible_estimate_falls_back_with_a_warning(moving):
     frames[3:4] = move_frames(frames[3:4], torch.ones(1), torch.zeros(1, 2), torch.tensor([math.radians(30)]))
     aligner = StackAligner("similarity")
     aligner.names = [f"f{i}.png" for i in range(5)]
-    with pytest.warns(AlignmentWarning, match=r"frame 3 \(f3.png\): alignment failed") as caught:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         aligned, valid = aligner.align(frames, 0)
+    assert any(str(w.message).startswith("frame 3 (f3.png): alignment failed") for w in caught)
     assert aligned.shape == frames.shape and torch.isfinite(aligned).all()
     assert aligner.results[3].fallback is not None and aligner.results[2].fallback is None
     # The fall-back is the previous frame's motion, or none: nowhere near 30 degrees.

@@ -104,3 +104,34 @@ def test_stack_errors():
         fuser.add(torch.rand(1, 3, 16, 17))
     with pytest.raises(GpufocusError, match="too small"):
         fuse(torch.rand(2, 3, 6, 6))
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_running_out_of_memory_retries_with_smaller_chunks(monkeypatch, align):
+    import gpufocus.rules
+
+    moving = make_stack(96, 128, 6, breathing=0.005, shift=1.0, max_blur=4.0, seed=12)
+    expected = fuse(moving.frames, device="cpu", chunk=1, align=align)
+    real = gpufocus.rules.laplacian_pyramid
+    calls = []
+
+    def scarce(frames, levels):  # as if only one frame fits
+        calls.append(len(frames))
+        if len(frames) > 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(frames, levels)
+
+    monkeypatch.setattr(gpufocus.rules, "laplacian_pyramid", scarce)
+    assert torch.equal(fuse(moving.frames, device="cpu", chunk=4, align=align), expected)
+    assert 4 in calls and 2 in calls
+
+
+def test_out_of_memory_with_one_frame_is_a_clear_error(monkeypatch):
+    import gpufocus.rules
+
+    def none_fits(frames, levels):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(gpufocus.rules, "laplacian_pyramid", none_fits)
+    with pytest.raises(GpufocusError, match="out of GPU memory with a single frame"):
+        fuse(torch.rand(2, 3, 32, 32), device="cpu", chunk=2, align=False)

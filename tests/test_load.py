@@ -139,3 +139,32 @@ def test_mixed_depths_become_16bit(tmp_path, rgb):
     assert stack.bits == 16
     (chunk,) = stack.chunks(2)
     assert chunk.dtype == np.uint16 and np.array_equal(chunk[0], chunk[1])
+
+
+def test_gpu_decoding_path_with_a_stand_in_decoder(tmp_path, rng, monkeypatch):
+    import io
+
+    import torch
+
+    import gpufocus.load
+
+    frames = rng.integers(0, 256, (3, 16, 24, 3), dtype=np.uint8)
+    jpegs = write_frames(tmp_path / "jpeg", frames, suffix=".jpg", quality=95)
+    pngs = write_frames(tmp_path / "png", frames)
+
+    def decode(data, device):  # stands in for nvJPEG: the bytes read, decoded by Pillow
+        return [torch.from_numpy(np.array(Image.open(io.BytesIO(d.numpy().tobytes())))).permute(2, 0, 1) for d in data]
+
+    monkeypatch.setattr(gpufocus.load, "_gpu_decoder", lambda: decode)
+    cuda = torch.device("cuda")
+    assert FrameStack(jpegs).decodable_on(cuda) and not FrameStack(pngs).decodable_on(cuda)
+    assert not FrameStack(jpegs).decodable_on(torch.device("cpu"))
+    stack = FrameStack(jpegs)
+    on_gpu = torch.cat(list(stack.chunks_on(2, torch.device("cpu"))))
+    assert torch.equal(on_gpu.permute(0, 2, 3, 1), torch.from_numpy(np.concatenate(list(stack.chunks(2)))))
+
+    def broken(data, device):
+        raise RuntimeError("nvjpeg: bad data")
+
+    monkeypatch.setattr(gpufocus.load, "_gpu_decoder", lambda: broken)  # the CPU decodes instead
+    assert torch.equal(torch.cat(list(stack.chunks_on(2, torch.device("cpu")))), on_gpu)
