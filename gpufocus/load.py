@@ -142,12 +142,11 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
     with _open(path) as image, _corrupt_data_is_named(path):
         # Before getexif(): for PNG it may read the whole file, which clears the tiles.
         bits = 16 if image.mode.startswith("I;16") or _is_16bit_colour(image) else 8
-        exif = image.getexif()
-        orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+        found = image.getexif()
+        orientation = int(found.get(_EXIF_ORIENTATION, 1) or 1)
         if orientation not in range(1, 9):
             orientation = 1
-        if _EXIF_ORIENTATION in exif:
-            exif[_EXIF_ORIENTATION] = 1
+        exif = _portable_exif(found)
         width, height = image.size
         if orientation >= 5:  # a quarter turn swaps the sides
             width, height = height, width
@@ -169,6 +168,27 @@ def _corrupt_data_is_named(path: Path) -> Iterator[None]:
         yield
     except OSError as error:
         raise GpufocusError(f"{path}: truncated or corrupt image data ({error})") from None
+
+
+# What of a file's first IFD an output takes: the description of the picture, not the
+# layout of the file (a TIFF's strips, tiles and sample formats are its own).
+_PORTABLE_TAGS = (269, 270, 271, 272, 282, 283, 296, 305, 306, 315, 316, 33432)
+_SUB_IFDS = (0x8769, 0x8825)  # Exif, GPS
+
+
+def _portable_exif(found: Image.Exif) -> Image.Exif:
+    """The EXIF tags worth copying to a fused image, with the orientation upright."""
+    exif = Image.Exif()
+    for tag in _PORTABLE_TAGS:
+        if tag in found:
+            exif[tag] = found[tag]
+    for tag in _SUB_IFDS:
+        sub = found.get_ifd(tag)
+        if sub:
+            exif.get_ifd(tag).update(sub)
+    if _EXIF_ORIENTATION in found or len(exif) or any(exif.get_ifd(tag) for tag in _SUB_IFDS):
+        exif[_EXIF_ORIENTATION] = 1  # the pixels are turned upright when read
+    return exif
 
 
 def _decode(path: Path) -> np.ndarray:

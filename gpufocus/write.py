@@ -94,7 +94,7 @@ def write_image(
             or ``(H, W)`` uint8/uint16 array (one channel writes a grey image).
         bits: 8 or 16 bits per channel (16 for PNG and TIFF only).
         quality: JPEG quality, 1-100.
-        exif: EXIF block to embed (JPEG, PNG, TIFF at 8 bits; PNG at 16 bits).
+        exif: EXIF block to embed.
         icc: ICC profile to embed.
         overwrite: replace an existing file.
 
@@ -142,15 +142,53 @@ def _umask() -> int:
 
 
 def _encode_16bit(pixels: np.ndarray, fmt: str, exif: bytes | None, icc: bytes | None) -> bytes:
-    import cv2  # Pillow cannot hold 16 bits per colour channel
+    """16-bit colour, which Pillow cannot hold: PNG by OpenCV, TIFF written here."""
+    if fmt == "TIFF":
+        return _tiff_16bit(pixels, exif, icc)
+    import cv2
 
-    bgr = np.ascontiguousarray(pixels[:, :, ::-1])
-    ok, encoded = cv2.imencode(".png" if fmt == "PNG" else ".tif", bgr)
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, ::-1]))  # OpenCV takes BGR
     if not ok:
-        raise OSError(f"the {fmt} encoder failed")
-    data = encoded.tobytes()
+        raise OSError("the PNG encoder failed")
     # OpenCV writes no metadata; PNG takes it as extra chunks after the header.
-    return _png_with_metadata(data, exif, icc) if fmt == "PNG" else data
+    return _png_with_metadata(encoded.tobytes(), exif, icc)
+
+
+_ROWS_PER_STRIP = 64
+
+
+def _tiff_16bit(pixels: np.ndarray, exif: bytes | None, icc: bytes | None) -> bytes:
+    """A little-endian TIFF of 16-bit RGB: deflate strips with horizontal differencing,
+    the ICC profile (tag 34675) and the EXIF tags (its own IFD, through tag 34665)."""
+    from PIL import TiffImagePlugin
+
+    height, width, _ = pixels.shape
+    differenced = pixels.astype("<u2")
+    differenced[:, 1:] = pixels[:, 1:] - pixels[:, :-1]  # predictor 2, wrapping as uint16 does
+    strips = [
+        zlib.compress(differenced[top : top + _ROWS_PER_STRIP].tobytes(), 6) for top in range(0, height, _ROWS_PER_STRIP)
+    ]
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    if exif:
+        source = Image.Exif()
+        source.load(exif)
+        for tag, value in source.items():
+            if tag not in (0x8769, 0x8825):
+                ifd[tag] = value
+        for tag in (0x8769, 0x8825):  # the Exif and GPS IFDs, written as IFDs of their own
+            if source.get_ifd(tag):
+                ifd[tag] = source.get_ifd(tag)
+    # Pillow lays out header, IFD, its out-of-line values, then the strips, and adds
+    # the strips' start to offsets given from there.
+    offsets = [sum(len(strip) for strip in strips[:i]) for i in range(len(strips))]
+    for tag, value in {
+        256: width, 257: height, 258: (16, 16, 16), 259: 8, 262: 2, 273: tuple(offsets), 274: 1, 277: 3,
+        278: _ROWS_PER_STRIP, 279: tuple(len(s) for s in strips), 284: 1, 317: 2,
+    }.items():
+        ifd[tag] = value
+    if icc:
+        ifd[34675] = icc
+    return b"II*\x00" + struct.pack("<I", 8) + ifd.tobytes(8) + b"".join(strips)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import exif_of
+from gpufocus import probe_image, read_image, write_image
 from gpufocus.app.cli import app
 from gpufocus.synth import make_stack, move_frames, write_stack
 from test_write import _unwritable_folder
@@ -278,3 +280,31 @@ def test_alignment_warnings_are_single_lines(tmp_path):
     assert lines and all(line.startswith("warning: frame ") for line in lines)
     # Frame 2 is turned 30 degrees: its step, or the next one back, cannot be read.
     assert any(f"(frame_00{i}.png): alignment failed" in line for line in lines for i in (2, 3))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bits_end_to_end(tmp_path, suffix):
+    import cv2
+    from PIL import ImageCms
+
+    # A smooth 16-bit gradient with detail: 8 bits anywhere on the way would leave <= 256 levels.
+    height, width = 64, 1024
+    ramp = np.linspace(0, 1, width)[None, :, None] * np.ones((height, 1, 3))
+    stack = make_stack(height, width, 3, max_blur=3.0, seed=13)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    folder = tmp_path / "stack16"
+    folder.mkdir()
+    for i, frame in enumerate(stack.frames):
+        pixels = (0.85 * ramp + 0.15 * frame.permute(1, 2, 0).numpy()) * 65535
+        cv2.imwrite(str(folder / f"f{i}{suffix}"), pixels.round().astype(np.uint16)[:, :, ::-1])
+    first = folder / f"f0{suffix}"
+    with Image.open(first) as image:  # give frame 0 a profile and a camera, through our writer
+        exif = image.getexif()
+    exif[0x010F] = "gpufocus-16"
+    write_image(first, read_image(first), bits=16, exif=exif.tobytes(), icc=icc, overwrite=True)
+    out = tmp_path / f"fused{suffix}"
+    assert run("fuse", folder, "-o", out, "-q", "--no-align").exit_code == 0
+    fused = read_image(out)
+    assert fused.dtype == np.uint16 and len(np.unique(fused[:, :, 1])) > 4 * 256
+    info = probe_image(out)
+    assert info.bits == 16 and info.icc == icc and exif_of(info)[0x010F] == "gpufocus-16"

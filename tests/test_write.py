@@ -40,7 +40,7 @@ def test_16bit_round_trip(tmp_path, image, suffix):
     assert np.array_equal(read_image(path), expected)
 
 
-@pytest.mark.parametrize("suffix, bits", [(".jpg", 8), (".png", 8), (".tif", 8), (".png", 16)])
+@pytest.mark.parametrize("suffix, bits", [(".jpg", 8), (".png", 8), (".tif", 8), (".png", 16), (".tif", 16)])
 def test_exif_and_icc_are_carried(tmp_path, image, suffix, bits):
     icc, exif = srgb_profile(), exif_block()
     path = write_image(tmp_path / f"out{suffix}", image, bits=bits, exif=exif, icc=icc)
