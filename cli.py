@@ -118,9 +118,12 @@ def fuse_files(
     evaluate: bool = False,
     align: AlignOptions | None = None,
     save_transforms: Path | None = None,
+    depth_map: Path | None = None,
 ) -> None:
     """Fuse a stack of files into ``output``, checking everything before the work starts."""
     fmt = check_output(output, bits or 8, overwrite)
+    if depth_map is not None:
+        check_output(depth_map, 8, overwrite)
     if save_transforms is not None:
         _check_json_output(save_transforms, overwrite)
     stack = FrameStack(inputs)
@@ -131,7 +134,7 @@ def fuse_files(
         task = progress.add_task(f"fusing {len(stack)} frames", total=len(stack))
         fuser = StackFuser(
             method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
-            align=align, names=[p.name for p in stack.paths],
+            align=align, names=[p.name for p in stack.paths], depth_map=depth_map is not None,
         )
         image = fuse(
             stack,
@@ -145,6 +148,10 @@ def fuse_files(
     )
     if save_transforms is not None:
         _write_transforms(save_transforms, fuser.transforms, stack, align)
+    if depth_map is not None:
+        depth_bits = 8 if check_output(depth_map, 8, overwrite=True) == "JPEG" else 16
+        scale = (fuser.depth_map() / max(len(stack) - 1, 1))[None]
+        write_image(depth_map, scale, bits=depth_bits, overwrite=overwrite)
     if not quiet:
         height, width = stack.size
         _say(
@@ -184,6 +191,9 @@ def fuse_command(
     ),
     crop: bool = typer.Option(False, "--crop", help="Crop to the region every aligned frame covers."),
     save_transforms: Path | None = typer.Option(None, "--save-transforms", help="Write the per-frame transforms (JSON)."),
+    depth_map: Path | None = typer.Option(
+        None, "--depth-map", help="Also write which frame is in focus where: grey, 0 = first frame, white = last."
+    ),
 ) -> None:
     """Fuse a focus stack into one image that is sharp throughout."""
     with _user_errors():
@@ -204,6 +214,7 @@ def fuse_command(
             evaluate=evaluate,
             align=_align_options(align, align_model, reference, match_exposure, crop),
             save_transforms=save_transforms,
+            depth_map=depth_map,
         )
 
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .align import MODELS as ALIGN_MODELS
 from .align import AlignOptions, FrameTransform, StackAligner, inner_rectangle
+from .depth import DepthMap
 from .device import default_chunk, resolve_device, resolve_dtype
 from .errors import GpufocusError
 from .load import FrameStack
@@ -62,6 +63,7 @@ class StackFuser:
             to fuse them as they are. With a reference other than frame 0, every
             chunk goes through ``estimate`` before any goes through ``add``.
         names: frame names for warnings (file names, say).
+        depth_map: also work out which frame is in focus where (``depth_map()``).
 
     Example:
         >>> fuser = StackFuser(device="cpu")
@@ -81,6 +83,7 @@ class StackFuser:
         dtype: str | torch.dtype = "float32",
         align: AlignOptions | None = AlignOptions(),
         names: list[str] | None = None,
+        depth_map: bool = False,
     ) -> None:
         if method not in METHODS:
             raise GpufocusError(f"--method {method}: use one of {', '.join(METHODS)}")
@@ -104,6 +107,8 @@ class StackFuser:
             self._aligner = StackAligner(align.model, align.reference, align.match_exposure)
             self._aligner.names = names
         self._estimated = 0
+        self._want_depth = depth_map
+        self._depth: DepthMap | None = None
         self._covered: Tensor | None = None
         self._rule: SelectionRule | None = None
         self._shape: tuple[int, int, int] | None = None
@@ -143,6 +148,8 @@ class StackFuser:
             raise GpufocusError(f"--levels {self.levels}: too deep for {width}x{height} frames (at most {deepest})")
         self._shape = (channels, height, width)
         self._rule = make_rule(self.method, self.levels, self.kernel_size, self.per_channel)
+        if self._want_depth:
+            self._depth = DepthMap(height, width)
 
     def add(self, frames: Tensor | np.ndarray, timer: StageTimer = NO_TIMER) -> None:
         """Fold in the next frames: ``(B, C, H, W)`` or one ``(C, H, W)`` frame.
@@ -194,6 +201,8 @@ class StackFuser:
             if valid.all():  # nothing to leave out: the plain (and faster) path, same result
                 valid = None
         with timer.stage("fuse"):
+            if self._depth is not None:
+                self._depth.fold(frames, valid, self.count)
             self._rule.fold(frames, valid)
 
     def result(self, timer: StageTimer = NO_TIMER) -> Tensor:
@@ -205,10 +214,20 @@ class StackFuser:
             raise GpufocusError(f"a stack needs at least 2 frames, got {self.count}")
         with timer.stage("collapse"):
             image = self._rule.result()[0].float().clamp_(0, 1)
-        if self._covered is not None:
-            top, bottom, left, right = inner_rectangle(self._covered)
-            image = image[:, top:bottom, left:right]
-        return image
+        return self._cropped(image)
+
+    def depth_map(self) -> Tensor:
+        """``(H, W)`` float32 on the CPU: the index of the frame in focus at each pixel,
+        interpolated between frames (0 = the first frame), cropped as the result is."""
+        if self._depth is None:
+            raise ValueError("this StackFuser was made without depth_map=True")
+        return self._cropped(self._depth.result()[None])[0].cpu()
+
+    def _cropped(self, image: Tensor) -> Tensor:
+        if self._covered is None:
+            return image
+        top, bottom, left, right = inner_rectangle(self._covered)
+        return image[:, top:bottom, left:right]
 
 
 def _as_source(source) -> Tensor | FrameStack:

@@ -308,3 +308,16 @@ def test_16_bits_end_to_end(tmp_path, suffix):
     assert fused.dtype == np.uint16 and len(np.unique(fused[:, :, 1])) > 4 * 256
     info = probe_image(out)
     assert info.bits == 16 and info.icc == icc and exif_of(info)[0x010F] == "gpufocus-16"
+
+
+def test_depth_map_follows_the_known_focus(tmp_path):
+    stack = make_stack(240, 320, 8, family="objects", max_blur=8.0, seed=4)
+    write_stack(stack, tmp_path / "syn")
+    depth = tmp_path / "depth.png"
+    result = run("fuse", tmp_path / "syn", "-o", tmp_path / "out.jpg", "--depth-map", depth, "-q")
+    assert result.exit_code == 0, result.stderr
+    with Image.open(depth) as image:
+        assert image.mode == "I;16" and image.size == (320, 240)
+        frames = np.asarray(image).astype(float) / 65535 * 7  # documented scale: 65535 = the last frame
+    within_one = np.abs(frames - stack.focus_index.numpy()) <= 1
+    assert within_one.mean() >= 0.9
