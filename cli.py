@@ -119,6 +119,7 @@ def fuse_files(
     align: AlignOptions | None = None,
     save_transforms: Path | None = None,
     depth_map: Path | None = None,
+    consistency: int = 0,
 ) -> None:
     """Fuse a stack of files into ``output``, checking everything before the work starts."""
     fmt = check_output(output, bits or 8, overwrite)
@@ -135,6 +136,7 @@ def fuse_files(
         fuser = StackFuser(
             method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
             align=align, names=[p.name for p in stack.paths], depth_map=depth_map is not None,
+            consistency=consistency,
         )
         image = fuse(
             stack,
@@ -194,6 +196,9 @@ def fuse_command(
     depth_map: Path | None = typer.Option(
         None, "--depth-map", help="Also write which frame is in focus where: grey, 0 = first frame, white = last."
     ),
+    consistency: int = typer.Option(
+        0, "--consistency", min=0, max=2, help="Halo control (max-energy): 0 off, 1 or 2; reads the stack twice."
+    ),
 ) -> None:
     """Fuse a focus stack into one image that is sharp throughout."""
     with _user_errors():
@@ -215,6 +220,7 @@ def fuse_command(
             align=_align_options(align, align_model, reference, match_exposure, crop),
             save_transforms=save_transforms,
             depth_map=depth_map,
+            consistency=consistency,
         )
 
 

@@ -64,6 +64,8 @@ class StackFuser:
             chunk goes through ``estimate`` before any goes through ``add``.
         names: frame names for warnings (file names, say).
         depth_map: also work out which frame is in focus where (``depth_map()``).
+        consistency: halo control for ``max-energy``, 0, 1 or 2 (see ``rules.MaxEnergy``);
+            above 0, every chunk goes through ``refold`` after all went through ``add``.
 
     Example:
         >>> fuser = StackFuser(device="cpu")
@@ -84,6 +86,7 @@ class StackFuser:
         align: AlignOptions | None = AlignOptions(),
         names: list[str] | None = None,
         depth_map: bool = False,
+        consistency: int = 0,
     ) -> None:
         if method not in METHODS:
             raise GpufocusError(f"--method {method}: use one of {', '.join(METHODS)}")
@@ -91,6 +94,12 @@ class StackFuser:
             raise GpufocusError(f"--kernel-size {kernel_size}: must be odd, from 1 to {_MAX_KERNEL_SIZE}")
         if levels is not None and levels < 1:
             raise GpufocusError(f"--levels {levels}: must be at least 1")
+        if consistency not in (0, 1, 2):
+            raise GpufocusError(f"--consistency {consistency}: use 0, 1 or 2")
+        if consistency and method != "max-energy":
+            raise GpufocusError(f"--consistency {consistency}: halo control is for max-energy, not {method}")
+        self.consistency = consistency
+        self._refolded = 0
         self.method = method
         self.levels = levels
         self.kernel_size = kernel_size or DEFAULT_KERNEL_SIZE[method]
@@ -124,6 +133,25 @@ class StackFuser:
         return self.align is not None and self.align.reference != 0
 
     @property
+    def needs_refold(self) -> bool:
+        """Whether every frame must go through ``refold`` after ``add``."""
+        return self.consistency > 0
+
+    def refold(self, frames: Tensor | np.ndarray, timer: StageTimer = NO_TIMER) -> None:
+        """Second pass (halo control): the frames again, in order, after all were added."""
+        with timer.stage("upload"):
+            frames = to_float(_batch(frames), self.device, self.dtype)
+        valid = None
+        if self._aligner is not None:
+            with timer.stage("align"):
+                frames, valid = self._aligner.align(frames, self._refolded)
+            if valid.all():
+                valid = None
+        with timer.stage("fuse"):
+            self._rule.refold(frames, valid)
+        self._refolded += frames.shape[0]
+
+    @property
     def transforms(self) -> list[FrameTransform]:
         """How each frame added so far was aligned (empty without alignment)."""
         return [] if self._aligner is None else self._aligner.results
@@ -147,7 +175,7 @@ class StackFuser:
         elif self.levels > deepest and self.method != "max-log":
             raise GpufocusError(f"--levels {self.levels}: too deep for {width}x{height} frames (at most {deepest})")
         self._shape = (channels, height, width)
-        self._rule = make_rule(self.method, self.levels, self.kernel_size, self.per_channel)
+        self._rule = make_rule(self.method, self.levels, self.kernel_size, self.per_channel, self.consistency)
         if self._want_depth:
             self._depth = DepthMap(height, width)
 
@@ -377,6 +405,7 @@ def fuse(
     dtype: str | torch.dtype = "float32",
     chunk: int | None = None,
     align: AlignOptions | bool | None = True,
+    consistency: int = 0,
     progress: Progress | None = None,
     timer: StageTimer = NO_TIMER,
     fuser: StackFuser | None = None,
@@ -392,8 +421,11 @@ def fuse(
         align: ``True`` (default: similarity, reference frame 0, exposure matched),
             ``False``/``None`` for none, or ``gpufocus.align.AlignOptions``. A reference
             other than 0 reads the stack twice: once to estimate, once to fuse.
+        consistency: halo control, 0 (none), 1 or 2 (see ``StackFuser``); above 0 the
+            stack is read once more.
         progress: called as ``progress(steps_done, steps_total)`` after each chunk (a
-            step is a frame read; twice as many with a reference other than 0).
+            step is a frame read; a reference other than 0 and halo control each add a
+            pass over the stack).
         timer: charges the stages ``decode``, ``upload``, ``fuse``, ``collapse`` and
             ``download`` (see ``gpufocus.timing``), and ``align``.
         fuser: fuse with this ``StackFuser`` (its settings then replace the ones
@@ -413,10 +445,12 @@ def fuse(
     source = _as_source(source)
     fuser = fuser or StackFuser(
         method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
-        align=align, names=_names(source),
+        align=align, names=_names(source), consistency=consistency,
     )
     total, chunk = len(source), _chunk_for(source, chunk, fuser.device, fuser.dtype)
-    passes = [fuser.estimate, fuser.add] if fuser.needs_estimate else [fuser.add]
+    passes = ([fuser.estimate] if fuser.needs_estimate else []) + [fuser.add]
+    if fuser.needs_refold:
+        passes.append(fuser.refold)
     if fuser.needs_estimate:
         _check_reference(fuser.align.reference, total)
     for _ in _passes(source, chunk, passes, total, progress, timer, fuser.device):

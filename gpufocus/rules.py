@@ -39,6 +39,9 @@ class SelectionRule(ABC):
             behaviour) instead of once per pixel from the luminance.
     """
 
+    #: Passes over the stack the rule needs (a second one goes through ``refold``).
+    passes = 1
+
     def __init__(self, kernel_size: int, per_channel: bool = False) -> None:
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel size must be odd and positive, got {kernel_size}")
@@ -62,6 +65,10 @@ class SelectionRule(ABC):
     @abstractmethod
     def result(self) -> Tensor:
         """The fused image, ``(1, C, H, W)``."""
+
+    def refold(self, frames: Tensor, valid: Tensor | None = None) -> None:
+        """The second pass, for rules with ``passes == 2``."""
+        raise NotImplementedError(f"{type(self).__name__} takes one pass")
 
     def _measured(self, x: Tensor) -> Tensor:
         """The channels a decision is made on: luminance, or every channel."""
@@ -174,19 +181,86 @@ class MaxEnergy(_PyramidRule):
     ``per_channel``) averaged over a ``kernel_size`` window with binomial weights.
     The winner's coefficients are taken for all channels together, so colours never
     mix between frames. The base level is the mean of the frames' bases.
+
+    ``consistency`` (halo control) makes the choice of frame agree with its neighbours
+    after all frames are seen: 1 takes, per coefficient, the frame most of its 3x3
+    neighbourhood chose; 2 lets the coarser level's (consistent) choice vote too.
+    The coefficients of the frames so chosen are gathered in a second pass over the
+    stack (``refold``), so memory still does not grow with the number of frames.
     """
 
-    def __init__(self, levels: int, kernel_size: int = 9, per_channel: bool = False) -> None:
+    def __init__(self, levels: int, kernel_size: int = 9, per_channel: bool = False, consistency: int = 0) -> None:
         super().__init__(levels, kernel_size, per_channel)
+        if consistency not in (0, 1, 2):
+            raise ValueError(f"consistency must be 0, 1 or 2, got {consistency}")
+        self.consistency = consistency
+        self.passes = 2 if consistency else 1
         self._window = _binomial(kernel_size)
         self._best: list[RunningMax | None] = [None] * levels
+        self._changes: list[tuple[Tensor, Tensor]] | None = None  # per level: chosen index, where it changed
+        self._refolded = 0
 
     def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None:
         measured = self._measured(coefficients)
-        self._best[level] = energy_fold(self._best[level], measured, coefficients, self._window, usable, self.count)
+        self._best[level] = energy_fold(
+            self._best[level], measured, coefficients, self._window, usable, self.count, self.consistency > 0
+        )
+
+    def _settle(self) -> None:
+        """Between the passes: the consistent choice of frame, coarse levels first."""
+        chosen: list[Tensor] = [None] * self.levels
+        for level in reversed(range(self.levels)):
+            index = self._best[level].index
+            votes = [index]
+            if self.consistency == 2 and level + 1 < self.levels:
+                votes.append(F.interpolate(chosen[level + 1].float(), size=index.shape[-2:], mode="nearest").int())
+            chosen[level] = _majority(votes)
+        self._changes = [(c, c != b.index) for c, b in zip(chosen, self._best)]
+
+    def refold(self, frames: Tensor, valid: Tensor | None = None) -> None:
+        """Second pass: take the coefficients of the frames the consistency step chose.
+
+        Frames come again in stack order, as in the first pass.
+        """
+        if self._changes is None:
+            self._settle()
+        pyramid = laplacian_pyramid(frames, self.levels)
+        usable = None if valid is None else _usable_coefficients(valid, self.levels)[0]
+        for level, coefficients in enumerate(pyramid[:-1]):
+            chosen, changed = self._changes[level]
+            best = self._best[level].value
+            for offset in range(frames.shape[0]):
+                take = changed & (chosen == self._refolded + offset)
+                if usable is not None:  # a frame may not cover a coefficient its neighbours chose
+                    take &= usable[level][offset : offset + 1]
+                torch.where(take, coefficients[offset : offset + 1], best, out=best)
+        self._refolded += frames.shape[0]
 
     def _fused_level(self, level: int) -> Tensor:
         return self._best[level].value
+
+
+def _majority(maps: list[Tensor]) -> Tensor:
+    """Per element, the value most common among the 3x3 neighbourhoods of ``maps``.
+
+    ``maps`` are ``(1, S, h, w)`` integer tensors of one size; ties keep the first
+    map's own value. Counted by comparing every vote with every other, so the cost
+    does not depend on how many distinct values (frames) there are.
+    """
+    height, width = maps[0].shape[-2:]
+    votes = []
+    for plane in maps:
+        padded = F.pad(plane.float(), (1, 1, 1, 1), mode="replicate")  # frame indices are exact in float32
+        votes += [padded[..., dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
+    votes.insert(0, votes.pop(4))  # the first map's own value first: it wins ties
+    count = lambda candidate: sum((candidate == other).to(torch.int16) for other in votes)  # noqa: E731
+    best, best_count = votes[0], count(votes[0])
+    for candidate in votes[1:]:
+        candidate_count = count(candidate)
+        better = candidate_count > best_count
+        best = torch.where(better, candidate, best)
+        best_count = torch.where(better, candidate_count, best_count)
+    return best.to(torch.int32)
 
 
 # Wang & Chang's region energy: the 5-tap generating kernel with a = 0.4.
@@ -291,13 +365,17 @@ METHODS = ("max-energy", "wang-chang", "max-log")
 DEFAULT_KERNEL_SIZE = {"max-energy": 9, "wang-chang": 5, "max-log": 3}
 
 
-def make_rule(method: str, levels: int, kernel_size: int | None = None, per_channel: bool = False) -> SelectionRule:
-    """The rule called ``method`` (one of ``METHODS``)."""
+def make_rule(
+    method: str, levels: int, kernel_size: int | None = None, per_channel: bool = False, consistency: int = 0
+) -> SelectionRule:
+    """The rule called ``method`` (one of ``METHODS``); ``consistency`` is max-energy's only."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     size = DEFAULT_KERNEL_SIZE[method] if kernel_size is None else kernel_size
     if method == "max-energy":
-        return MaxEnergy(levels, size, per_channel)
+        return MaxEnergy(levels, size, per_channel, consistency)
+    if consistency:
+        raise ValueError(f"consistency is for max-energy, not {method}")
     if method == "wang-chang":
         return WangChang(levels, size, per_channel)
     return MaxLoG(size, per_channel)

@@ -89,6 +89,7 @@ def energy_fold(
     taps: tuple[float, ...],
     usable: Tensor | None,
     first_index: int,
+    track_index: bool = False,
 ) -> RunningMax:
     """The selection step of an energy rule: local energy, compare, keep the winner.
 
@@ -102,14 +103,15 @@ def energy_fold(
         taps: odd, symmetric filter taps.
         usable: ``(B, 1, H, W)`` bool, or ``None`` for all.
         first_index: the stack index of the chunk's first frame.
+        track_index: keep the winners' index too (the torch version does that).
 
     Returns:
         The updated state. The Triton version runs energy, comparison and update in one
         pass per frame, with the same result bit for bit.
     """
-    if not use_triton(values):
+    if track_index or not use_triton(values):
         energy = mask_unusable(separable_filter(measured * measured, taps), usable)
-        return fold_max(state, energy, values, first_index)
+        return fold_max(state, energy, values, first_index, track_index)
     from ._triton_select import energy_fold as fused
 
     if state is None:  # as fold_max starts: the first frame's values, beaten by any finite score

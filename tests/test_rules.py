@@ -3,6 +3,7 @@ import pytest
 import reference
 import torch
 
+from gpufocus.pyramid import build_laplacian_pyramid
 from gpufocus.rules import MaxEnergy, MaxLoG, WangChang, make_rule
 
 
@@ -84,3 +85,37 @@ def test_unknown_method_and_bad_kernel():
         make_rule("median", levels=2)
     with pytest.raises(ValueError):
         MaxEnergy(2, kernel_size=4)
+
+
+def test_majority_of_neighbourhoods():
+    from gpufocus.rules import _majority
+
+    index = torch.zeros(1, 1, 5, 5, dtype=torch.int32)
+    index[0, 0, 2, 2] = 3  # a lone choice among zeros gives way
+    index[0, 0, 0, :] = 7  # a row of sevens: the edge row keeps them (replicated border)
+    chosen = _majority([index])
+    assert chosen[0, 0, 2, 2] == 0 and (chosen[0, 0, 0] == 7).all()
+    parent = torch.full_like(index, 5)
+    with_parent = _majority([index, parent])
+    assert with_parent[0, 0, 2, 2] == 5  # 9 votes of 5 against 8 of 0
+    assert with_parent[0, 0, 4, 4] == 0  # 9 against 9: the own choice stays
+
+
+@pytest.mark.parametrize("consistency", [1, 2])
+def test_consistency_reads_twice_and_takes_chosen_frames(consistency):
+    frames = torch.from_numpy(random_stack(n=4, h=24, w=30, seed=2))
+    rule = make_rule("max-energy", levels=2, consistency=consistency)
+    rule.fold(frames[:2])
+    rule.fold(frames[2:])
+    rule.refold(frames[:3])
+    rule.refold(frames[3:])
+    fused = rule.result()[0]
+    plain = make_rule("max-energy", levels=2)
+    plain.fold(frames)
+    # Mostly the same choices; where they differ, the coefficient is the chosen frame's.
+    assert (fused - plain.result()[0]).abs().mean() < 0.02
+    for level in range(2):
+        chosen, changed = rule._changes[level]
+        coefficients = build_laplacian_pyramid(frames, 2)[level]
+        picked = coefficients.gather(0, chosen.long().expand(1, 3, *chosen.shape[-2:]))
+        assert torch.equal(rule._best[level].value[changed.expand_as(picked)], picked[changed.expand_as(picked)])
