@@ -120,6 +120,7 @@ def fuse_files(
     save_transforms: Path | None = None,
     depth_map: Path | None = None,
     consistency: int = 0,
+    tile: int | None = None,
 ) -> None:
     """Fuse a stack of files into ``output``, checking everything before the work starts."""
     fmt = check_output(output, bits or 8, overwrite)
@@ -136,7 +137,7 @@ def fuse_files(
         fuser = StackFuser(
             method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
             align=align, names=[p.name for p in stack.paths], depth_map=depth_map is not None,
-            consistency=consistency,
+            consistency=consistency, tile=tile,
         )
         image = fuse(
             stack,
@@ -199,6 +200,9 @@ def fuse_command(
     consistency: int = typer.Option(
         0, "--consistency", min=0, max=2, help="Halo control (max-energy): 0 off, 1 or 2; reads the stack twice."
     ),
+    tile: int | None = typer.Option(
+        None, "--tile", min=0, help="Fuse in tiles of this size (same result). Default: only when memory needs it; 0: never."
+    ),
 ) -> None:
     """Fuse a focus stack into one image that is sharp throughout."""
     with _user_errors():
@@ -221,6 +225,7 @@ def fuse_command(
             save_transforms=save_transforms,
             depth_map=depth_map,
             consistency=consistency,
+            tile=tile,
         )
 
 

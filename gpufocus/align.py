@@ -41,6 +41,7 @@ __all__ = [
     "StackAligner",
     "estimate_pair",
     "warp_frame",
+    "apply_transform",
     "to_pixel_matrix",
     "transforms_to_json",
     "inner_rectangle",
@@ -297,22 +298,29 @@ def _largest_move(matrix: Tensor, height: int, width: int) -> float:
     return float((moved - corners[:2]).norm(dim=0).max())
 
 
-def warp_frame(frame: Tensor, matrix: Tensor) -> tuple[Tensor, Tensor]:
+def warp_frame(
+    frame: Tensor, matrix: Tensor, box: tuple[int, int, int, int] | None = None
+) -> tuple[Tensor, Tensor]:
     """Resample ``frame`` (``(1, C, H, W)``) at ``matrix @ x`` for every pixel ``x`` of its grid.
 
     ``matrix`` is canonical (``M_r->i``). Bicubic; pixels whose source falls outside the
     frame get the nearest edge value and are marked invalid. A transform that moves no
     pixel by more than ``_STILL_PX`` leaves the frame as it is.
 
+    Args:
+        box: ``(top, left, height, width)``: only this part of the grid (a tile).
+
     Returns:
-        ``(warped, valid)`` with ``valid`` ``(1, 1, H, W)`` bool.
+        ``(warped, valid)`` with ``valid`` ``(1, 1, h, w)`` bool, the box's size.
     """
     height, width = frame.shape[-2:]
+    top, left, box_h, box_w = box or (0, 0, height, width)
     if _largest_move(matrix, height, width) < _STILL_PX:
-        return frame, torch.ones(1, 1, height, width, dtype=torch.bool, device=frame.device)
+        inside = torch.ones(1, 1, box_h, box_w, dtype=torch.bool, device=frame.device)
+        return frame[..., top : top + box_h, left : left + box_w], inside
     pixel = to_pixel_matrix(matrix, height, width).float().to(frame.device)
-    ys = torch.arange(height, device=frame.device, dtype=torch.float32)
-    xs = torch.arange(width, device=frame.device, dtype=torch.float32)
+    ys = torch.arange(top, top + box_h, device=frame.device, dtype=torch.float32)
+    xs = torch.arange(left, left + box_w, device=frame.device, dtype=torch.float32)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     denominator = pixel[2, 0] * gx + pixel[2, 1] * gy + pixel[2, 2]
     px = (pixel[0, 0] * gx + pixel[0, 1] * gy + pixel[0, 2]) / denominator
@@ -409,64 +417,83 @@ class StackAligner:
         for offset, frame in enumerate(frames):
             index = first_index + offset
             if index == self.reference and self.match_exposure:
-                self._reference_low = self._low(frame[None].float())
+                self._reference_low = self._low(frame[None])
             found.append(self._advance(frame[None], index))
         return found
 
-    def align(self, frames: Tensor, first_index: int) -> tuple[Tensor, Tensor]:
-        """Map ``frames`` (``(B, C, H, W)`` float) onto the reference grid.
+    def transform(self, frame: Tensor, index: int) -> FrameTransform:
+        """How frame ``index`` (``(1, C, H, W)`` float) maps onto the reference.
+
+        With reference 0 the frames' motion is estimated here, as they come in order;
+        otherwise ``estimate`` must have seen the whole stack.
+        """
+        if self.reference == 0 and index == len(self._chain):  # one pass: estimate as frames come
+            to_reference = self._advance(frame, index)
+        elif index < len(self._chain) and self.reference < len(self._chain):  # estimated already
+            # M_r->i = M_0->i M_0->r^-1
+            to_reference = self._chain[index] @ torch.linalg.inv(self._chain[self.reference])
+        else:
+            raise ValueError(f"frame {index} has no estimate: run estimate() over the stack first")
+        gain = self._gain(frame, to_reference, index) if self.match_exposure else None
+        offset = None if gain is None else torch.zeros_like(gain)
+        result = FrameTransform(to_reference.cpu(), gain, offset, self._fallbacks[index])
+        if index < len(self.results):  # a frame seen again (a retried chunk, a second pass)
+            self.results[index] = result
+        else:
+            self.results.append(result)
+        return result
+
+    def align(
+        self, frames: Tensor, first_index: int, box: tuple[int, int, int, int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Map ``frames`` (``(B, C, H, W)`` float) onto the reference grid (or a ``box`` of it).
 
         Returns:
-            ``(aligned, valid)``: the frames and a ``(B, 1, H, W)`` bool mask of the
+            ``(aligned, valid)``: the frames and a ``(B, 1, h, w)`` bool mask of the
             pixels that their data covers.
         """
         aligned, valid = [], []
         for offset, frame in enumerate(frames):
-            index = first_index + offset
-            if self.reference == 0 and index == len(self._chain):  # one pass: estimate as frames come
-                to_reference = self._advance(frame[None], index)
-            elif index < len(self._chain) and self.reference < len(self._chain):  # estimated already
-                # M_r->i = M_0->i M_0->r^-1
-                to_reference = self._chain[index] @ torch.linalg.inv(self._chain[self.reference])
-            else:
-                raise ValueError(f"frame {index} has no estimate: run estimate() over the stack first")
-            warped, inside = warp_frame(frame[None], to_reference)
-            gain = shift = None
-            if self.match_exposure:
-                warped, gain, shift = self._match_exposure(warped, inside, index)
+            warped, inside = apply_transform(frame[None], self.transform(frame[None], first_index + offset), box)
             aligned.append(warped)
             valid.append(inside)
-            result = FrameTransform(to_reference.cpu(), gain, shift, self._fallbacks[index])
-            if index < len(self.results):  # a frame aligned again (a retried chunk)
-                self.results[index] = result
-            else:
-                self.results.append(result)
         return torch.cat(aligned), torch.cat(valid)
 
     def _low(self, frame: Tensor) -> Tensor:
         """A copy blurred to a few dozen pixels: focus no longer shows at that scale."""
-        low = frame
+        low = frame.float()
         while min(low.shape[-2:]) >= 32:
             low = pyr_down(low)
         return low
 
-    def _match_exposure(self, frame: Tensor, inside: Tensor, index: int):
-        """Scale each channel so that its mean over the covered area is the reference's.
+    def _gain(self, frame: Tensor, matrix: Tensor, index: int) -> Tensor | None:
+        """Per channel, what makes the frame's mean over the covered area the reference's.
 
         Exposure flicker scales the signal; a gain from the ratio of means of heavily
         blurred copies is blind to focus (a regression slope is not: a blurrier frame
-        would get a lower gain). The offset is kept in the record, and is 0.
+        would get a lower gain). The blurred copy is warped, not the frame: canonical
+        transforms hold at any scale.
         """
-        low = self._low(frame.float())
+        low = self._low(frame)
         if index == self.reference:
             if self._reference_low is None:
                 self._reference_low = low
-            return frame, None, None
-        weight = (self._low(inside.float()) > 0.999).float()
-        mean_f = (low * weight).sum(dim=(-2, -1), keepdim=True)
-        mean_r = (self._reference_low * weight).sum(dim=(-2, -1), keepdim=True)
-        gain = (mean_r / mean_f.clamp_min(1e-12)).clamp(0.5, 2.0)
-        return frame * gain.to(frame.dtype), gain.flatten().cpu(), torch.zeros(gain.numel())
+            return None
+        warped, inside = warp_frame(low, matrix)
+        weight = inside.float()
+        mean_f = (warped * weight).sum(dim=(-2, -1))
+        mean_r = (self._reference_low * weight).sum(dim=(-2, -1))
+        return (mean_r / mean_f.clamp_min(1e-12)).clamp(0.5, 2.0).flatten().cpu()
+
+
+def apply_transform(
+    frame: Tensor, transform: FrameTransform, box: tuple[int, int, int, int] | None = None
+) -> tuple[Tensor, Tensor]:
+    """``warp_frame`` with the transform's matrix, then its exposure gain."""
+    warped, inside = warp_frame(frame, transform.matrix.to(frame.device), box)
+    if transform.gain is not None:
+        warped = warped * transform.gain.to(frame.device, frame.dtype).view(1, -1, 1, 1)
+    return warped, inside
 
 
 def transforms_to_json(

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from gpufocus.kernels import fold_max, mask_unusable
+from torch import Tensor
 
 from .color import luminance
 from .pyramid import build_gaussian_pyramid, max_levels, pyr_down, pyr_up, separable_filter

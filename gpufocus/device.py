@@ -10,7 +10,7 @@ import torch
 
 from .errors import GpufocusError
 
-__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "free_memory", "default_chunk"]
+__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "free_memory", "frame_budget", "working_bytes", "default_chunk"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -78,10 +78,19 @@ def free_memory(device: torch.device) -> int:
     return 4 << 30  # no /proc: assume a modest machine
 
 
+def frame_budget(device: torch.device) -> int:
+    """Bytes that frames in flight may take: a share of the free memory."""
+    return int(free_memory(device) * _MEMORY_SHARE)
+
+
+def working_bytes(dtype: torch.dtype) -> int:
+    """Working memory per sample (pixel and channel) of one frame in flight."""
+    return torch.finfo(dtype).bits // 8 * _WORK_BYTES_PER_SAMPLE_AND_BYTE
+
+
 def default_chunk(device: torch.device, channels: int, height: int, width: int, dtype: torch.dtype) -> int:
     """How many frames to fold in at once so that they fit in a share of free memory."""
-    per_frame = channels * height * width * torch.finfo(dtype).bits // 8 * _WORK_BYTES_PER_SAMPLE_AND_BYTE
-    fits = int(free_memory(device) * _MEMORY_SHARE) // max(per_frame, 1)
+    fits = frame_budget(device) // max(channels * height * width * working_bytes(dtype), 1)
     return max(1, min(fits, _MAX_CHUNK[device.type]))
 
 

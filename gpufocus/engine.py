@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .align import MODELS as ALIGN_MODELS
-from .align import AlignOptions, FrameTransform, StackAligner, inner_rectangle
+from .align import AlignOptions, FrameTransform, StackAligner, apply_transform, inner_rectangle
 from .depth import DepthMap
-from .device import default_chunk, resolve_device, resolve_dtype
+from .device import default_chunk, frame_budget, resolve_device, resolve_dtype, working_bytes
 from .errors import GpufocusError
 from .load import FrameStack
 from .pyramid import auto_levels, max_levels
 from .rules import DEFAULT_KERNEL_SIZE, METHODS, SelectionRule, make_rule
+from .tiling import Tile, auto_tile, plan_tiles, tile_margin
 from .timing import NO_TIMER, StageTimer
 
 __all__ = ["StackFuser", "fuse", "align_stack", "to_float"]
@@ -66,6 +68,10 @@ class StackFuser:
         depth_map: also work out which frame is in focus where (``depth_map()``).
         consistency: halo control for ``max-energy``, 0, 1 or 2 (see ``rules.MaxEnergy``);
             above 0, every chunk goes through ``refold`` after all went through ``add``.
+        tile: fuse in tiles of about this many pixels a side, with overlaps that make
+            the result the same as without (``gpufocus.tiling``); ``None`` tiles only when
+            one frame's working memory would not fit in the device's budget, 0 never.
+            Not for ``wang-chang``, whose entropy takes histograms of whole levels.
 
     Example:
         >>> fuser = StackFuser(device="cpu")
@@ -87,6 +93,7 @@ class StackFuser:
         names: list[str] | None = None,
         depth_map: bool = False,
         consistency: int = 0,
+        tile: int | None = None,
     ) -> None:
         if method not in METHODS:
             raise GpufocusError(f"--method {method}: use one of {', '.join(METHODS)}")
@@ -116,16 +123,25 @@ class StackFuser:
             self._aligner = StackAligner(align.model, align.reference, align.match_exposure)
             self._aligner.names = names
         self._estimated = 0
+        if tile is not None and tile < 0:
+            raise GpufocusError(f"--tile {tile}: must be 0 (never) or a size in pixels")
+        if tile and method == "wang-chang":
+            raise GpufocusError("--tile: wang-chang cannot be tiled (its entropy takes histograms of whole levels)")
+        self.tile = tile
         self._want_depth = depth_map
-        self._depth: DepthMap | None = None
+        self._regions: list[_Region] = []
         self._covered: Tensor | None = None
-        self._rule: SelectionRule | None = None
         self._shape: tuple[int, int, int] | None = None
 
     @property
     def count(self) -> int:
         """Frames added so far."""
-        return 0 if self._rule is None else self._rule.count
+        return self._regions[0].rule.count if self._regions else 0
+
+    @property
+    def tiles(self) -> list[Tile]:
+        """The tiles fused one by one (a single one covering the frame when not tiled)."""
+        return [region.tile for region in self._regions]
 
     @property
     def needs_estimate(self) -> bool:
@@ -141,14 +157,9 @@ class StackFuser:
         """Second pass (halo control): the frames again, in order, after all were added."""
         with timer.stage("upload"):
             frames = to_float(_batch(frames), self.device, self.dtype)
-        valid = None
-        if self._aligner is not None:
-            with timer.stage("align"):
-                frames, valid = self._aligner.align(frames, self._refolded)
-            if valid.all():
-                valid = None
-        with timer.stage("fuse"):
-            self._rule.refold(frames, valid)
+        for region, part, valid in self._regions_of(frames, self._refolded, timer):
+            with timer.stage("fuse"):
+                region.rule.refold(part, valid)
         self._refolded += frames.shape[0]
 
     @property
@@ -175,9 +186,17 @@ class StackFuser:
         elif self.levels > deepest and self.method != "max-log":
             raise GpufocusError(f"--levels {self.levels}: too deep for {width}x{height} frames (at most {deepest})")
         self._shape = (channels, height, width)
-        self._rule = make_rule(self.method, self.levels, self.kernel_size, self.per_channel, self.consistency)
-        if self._want_depth:
-            self._depth = DepthMap(height, width)
+        margin = tile_margin(self.levels, self.kernel_size)
+        tile = self.tile
+        if tile is None and self.method != "wang-chang":
+            tile = auto_tile(frame_budget(self.device), channels, height, width, working_bytes(self.dtype), margin)
+        if tile:
+            tiles = plan_tiles(height, width, tile, self.levels, self.kernel_size)
+        else:
+            tiles = [Tile((0, 0, height, width), (0, 0, height, width))]
+        for t in tiles:
+            rule = make_rule(self.method, self.levels, self.kernel_size, self.per_channel, self.consistency)
+            self._regions.append(_Region(t, rule, DepthMap(*t.padded[2:]) if self._want_depth else None))
 
     def add(self, frames: Tensor | np.ndarray, timer: StageTimer = NO_TIMER) -> None:
         """Fold in the next frames: ``(B, C, H, W)`` or one ``(C, H, W)`` frame.
@@ -217,21 +236,38 @@ class StackFuser:
                 f"frame {self.count}: shape {shape} differs from the first frame's {self._shape}; "
                 "frames must be aligned to the same size"
             )
-        valid = None
+        if self._aligner is not None and self.needs_estimate and self.align.reference >= self._estimated:
+            raise GpufocusError(f"--reference {self.align.reference}: the stack has {self._estimated} frames")
+        first = self.count
+        for region, part, valid in self._regions_of(frames, first, timer):
+            with timer.stage("fuse"):
+                if region.depth is not None:
+                    region.depth.fold(part, valid, first)
+                region.rule.fold(part, valid)
+
+    def _regions_of(self, frames: Tensor, first: int, timer: StageTimer):
+        """Each region (tile) with its part of the frames, aligned, and their validity.
+
+        The motion is estimated once per frame on the whole frame; each tile is then
+        resampled from it. Validity is ``None`` where every pixel is covered.
+        """
+        transforms = None
         if self._aligner is not None:
-            if self.needs_estimate and self.align.reference >= self._estimated:
-                raise GpufocusError(f"--reference {self.align.reference}: the stack has {self._estimated} frames")
             with timer.stage("align"):
-                frames, valid = self._aligner.align(frames, self.count)
+                transforms = [self._aligner.transform(frame[None], first + i) for i, frame in enumerate(frames)]
+        for region in self._regions:
+            top, left, height, width = region.tile.padded
+            if transforms is None:
+                yield region, frames[..., top : top + height, left : left + width], None
+                continue
+            with timer.stage("align"):
+                parts = [apply_transform(frame[None], t, region.tile.padded) for frame, t in zip(frames, transforms)]
+            part, valid = torch.cat([p for p, _ in parts]), torch.cat([v for _, v in parts])
             if self.align.crop:
-                covered = valid.all(dim=0)[0]
-                self._covered = covered if self._covered is None else self._covered & covered
-            if valid.all():  # nothing to leave out: the plain (and faster) path, same result
-                valid = None
-        with timer.stage("fuse"):
-            if self._depth is not None:
-                self._depth.fold(frames, valid, self.count)
-            self._rule.fold(frames, valid)
+                if self._covered is None:
+                    self._covered = torch.ones(self._shape[1:], dtype=torch.bool, device=frames.device)
+                self._covered[top : top + height, left : left + width] &= valid.all(dim=0)[0]
+            yield region, part, (None if valid.all() else valid)  # all covered: the plain, faster path
 
     def result(self, timer: StageTimer = NO_TIMER) -> Tensor:
         """The fused image, ``(C, H, W)`` float32 in [0, 1] on the fusion device.
@@ -241,21 +277,44 @@ class StackFuser:
         if self.count < 2:
             raise GpufocusError(f"a stack needs at least 2 frames, got {self.count}")
         with timer.stage("collapse"):
-            image = self._rule.result()[0].float().clamp_(0, 1)
+            image = self._assemble(lambda region: region.rule.result()[0].float().clamp_(0, 1))
         return self._cropped(image)
 
     def depth_map(self) -> Tensor:
         """``(H, W)`` float32 on the CPU: the index of the frame in focus at each pixel,
         interpolated between frames (0 = the first frame), cropped as the result is."""
-        if self._depth is None:
+        if not self._want_depth:
             raise ValueError("this StackFuser was made without depth_map=True")
-        return self._cropped(self._depth.result()[None])[0].cpu()
+        return self._cropped(self._assemble(lambda region: region.depth.result()[None]))[0].cpu()
+
+    def _assemble(self, part_of) -> Tensor:
+        """The whole picture from each region's ``part_of(region)``, ``(C, h, w)`` per tile."""
+        if len(self._regions) == 1:
+            return part_of(self._regions[0])
+        image = None
+        for region in self._regions:
+            part = part_of(region)
+            if image is None:
+                image = part.new_empty(part.shape[0], *self._shape[1:])
+            top, left, height, width = region.tile.core
+            rows, columns = region.tile.core_in_padded()
+            image[:, top : top + height, left : left + width] = part[:, rows, columns]
+        return image
 
     def _cropped(self, image: Tensor) -> Tensor:
         if self._covered is None:
             return image
         top, bottom, left, right = inner_rectangle(self._covered)
         return image[:, top:bottom, left:right]
+
+
+@dataclass
+class _Region:
+    """A tile of the grid and the running fusion of its part of the frames."""
+
+    tile: Tile
+    rule: SelectionRule
+    depth: DepthMap | None
 
 
 def _as_source(source) -> Tensor | FrameStack:
@@ -406,6 +465,7 @@ def fuse(
     chunk: int | None = None,
     align: AlignOptions | bool | None = True,
     consistency: int = 0,
+    tile: int | None = None,
     progress: Progress | None = None,
     timer: StageTimer = NO_TIMER,
     fuser: StackFuser | None = None,
@@ -423,6 +483,8 @@ def fuse(
             other than 0 reads the stack twice: once to estimate, once to fuse.
         consistency: halo control, 0 (none), 1 or 2 (see ``StackFuser``); above 0 the
             stack is read once more.
+        tile: tile size in pixels, ``None`` for tiles only where memory needs them, 0
+            for none (see ``StackFuser``). The result does not depend on it.
         progress: called as ``progress(steps_done, steps_total)`` after each chunk (a
             step is a frame read; a reference other than 0 and halo control each add a
             pass over the stack).
@@ -445,7 +507,7 @@ def fuse(
     source = _as_source(source)
     fuser = fuser or StackFuser(
         method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
-        align=align, names=_names(source), consistency=consistency,
+        align=align, names=_names(source), consistency=consistency, tile=tile,
     )
     total, chunk = len(source), _chunk_for(source, chunk, fuser.device, fuser.dtype)
     passes = ([fuser.estimate] if fuser.needs_estimate else []) + [fuser.add]

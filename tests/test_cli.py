@@ -321,3 +321,10 @@ def test_depth_map_follows_the_known_focus(tmp_path):
         frames = np.asarray(image).astype(float) / 65535 * 7  # documented scale: 65535 = the last frame
     within_one = np.abs(frames - stack.focus_index.numpy()) <= 1
     assert within_one.mean() >= 0.9
+
+
+def test_tile_option(small_stack, tmp_path):
+    whole, tiled = tmp_path / "whole.png", tmp_path / "tiled.png"
+    assert run("fuse", *small_stack, "-o", whole, "-q", "--no-align", "--tile", "0").exit_code == 0
+    assert run("fuse", *small_stack, "-o", tiled, "-q", "--no-align", "--tile", "16").exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(whole)), np.asarray(Image.open(tiled)))

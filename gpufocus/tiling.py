@@ -1,0 +1,67 @@
+"""Cutting frames into overlapping tiles that fuse exactly as the whole frame does.
+
+Every output pixel of the fusion depends only on the frames within a limited reach:
+the pyramid's filters, the energy window and the collapse, each scaled by the level's
+spacing. A tile fused with a margin wider than that reach, starting on the coarsest
+level's grid (a multiple of 2**levels, so every level decimates the same samples),
+gives the whole frame's result in its core.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Tile", "tile_margin", "plan_tiles", "auto_tile"]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """``core`` is written to the result, ``padded`` is fused; both ``(top, left, height, width)``."""
+
+    core: tuple[int, int, int, int]
+    padded: tuple[int, int, int, int]
+
+    def core_in_padded(self) -> tuple[slice, slice]:
+        """Where the core lies inside the fused (padded) tile."""
+        top, left, height, width = self.core
+        return (slice(top - self.padded[0], top - self.padded[0] + height),
+                slice(left - self.padded[1], left - self.padded[1] + width))
+
+
+def tile_margin(levels: int, kernel_size: int) -> int:
+    """Overlap, in pixels, that covers a pixel's reach through ``levels`` levels.
+
+    At level l a coefficient sees about ``2**(l + 1)`` pixels through the pyramid's
+    filters, ``kernel_size // 2 * 2**l`` through the energy window and ``2**l`` more
+    through the collapse; the deepest level dominates. Two spare coarse samples on top.
+    """
+    return 2**levels * (kernel_size // 2 + 4)
+
+
+def plan_tiles(height: int, width: int, tile: int, levels: int, kernel_size: int) -> list[Tile]:
+    """Tiles of about ``tile`` pixels a side (rounded up to the coarsest grid) covering the frame."""
+    grid = 2**levels
+    step = max(grid, math.ceil(tile / grid) * grid)
+    margin = tile_margin(levels, kernel_size)
+    tiles = []
+    for top in range(0, height, step):
+        for left in range(0, width, step):
+            core = (top, left, min(step, height - top), min(step, width - left))
+            padded_top, padded_left = max(0, top - margin), max(0, left - margin)
+            padded_bottom = min(height, top + core[2] + margin)
+            padded_right = min(width, left + core[3] + margin)
+            tiles.append(Tile(core, (padded_top, padded_left, padded_bottom - padded_top, padded_right - padded_left)))
+    return tiles
+
+
+def auto_tile(budget: int, channels: int, height: int, width: int, bytes_per_sample: int, margin: int) -> int | None:
+    """The tile side that keeps one frame's working memory within ``budget``, or ``None``
+    when the whole frame fits.
+
+    ``bytes_per_sample`` is the working memory per float sample of a frame in flight.
+    """
+    if channels * height * width * bytes_per_sample <= budget:
+        return None
+    side = int(math.sqrt(budget / (channels * bytes_per_sample))) - 2 * margin
+    return max(side, 2 * margin)

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from gpufocus import AlignOptions, GpufocusError, StackFuser, fuse
+from gpufocus.synth import make_stack
+from gpufocus.tiling import auto_tile, plan_tiles, tile_margin
+
+
+@pytest.fixture(scope="module")
+def moving():
+    return make_stack(200, 264, 5, breathing=0.004, shift=1.0, max_blur=6.0, seed=5)
+
+
+def fused(stack, tile, **settings):
+    fuser = StackFuser(device="cpu", levels=3, tile=tile, **settings)
+    return fuse(stack.frames, fuser=fuser), fuser
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"align": None},
+        {"align": AlignOptions(crop=True), "depth_map": True},
+        {"method": "max-log"},
+        {"consistency": 2},
+    ],
+)
+def test_tiled_equals_untiled(moving, settings):
+    whole, plain = fused(moving, 0, **settings)
+    tiled, cut = fused(moving, 48, **settings)
+    assert len(cut.tiles) > 4 and len(plain.tiles) == 1
+    assert tiled.shape == whole.shape and (tiled - whole).abs().max() <= 1e-5
+    if settings.get("depth_map"):
+        assert torch.equal(cut.depth_map(), plain.depth_map())
+
+
+def test_tiles_cover_the_frame_once_and_start_on_the_coarsest_grid():
+    tiles = plan_tiles(1000, 1300, 300, levels=4, kernel_size=9)
+    covered = torch.zeros(1000, 1300, dtype=torch.int32)
+    for tile in tiles:
+        top, left, height, width = tile.core
+        covered[top : top + height, left : left + width] += 1
+        assert tile.padded[0] % 16 == 0 and tile.padded[1] % 16 == 0
+        assert tile.padded[0] <= top and tile.padded[1] <= left
+        margin = tile_margin(4, 9)
+        assert tile.padded[0] == max(0, top - margin)
+    assert (covered == 1).all()
+
+
+def test_automatic_tiles_only_when_a_frame_does_not_fit():
+    assert auto_tile(budget=10**9, channels=3, height=1000, width=1000, bytes_per_sample=32, margin=64) is None
+    side = auto_tile(budget=10**8, channels=3, height=4000, width=6000, bytes_per_sample=32, margin=64)
+    assert side is not None and 3 * (side + 128) ** 2 * 32 <= 10**8
+
+
+def test_wang_chang_cannot_be_tiled(moving):
+    with pytest.raises(GpufocusError, match="wang-chang cannot be tiled"):
+        fuse(moving.frames, method="wang-chang", tile=64)
