@@ -41,6 +41,7 @@ from gpufocus import (
 )
 from gpufocus.align import MODELS as ALIGN_MODELS
 from gpufocus.align import AlignmentWarning, StackAligner, transforms_to_json
+from gpufocus.batch import FuseSettings, StackResult, find_stacks, run_batch, summarize
 from gpufocus.device import DTYPES
 from gpufocus.synth import FAMILIES, make_stack, write_stack
 from gpufocus.write import check_output
@@ -321,6 +322,70 @@ def synth_command(
         )
         paths = write_stack(stack, outdir, fmt=fmt, quality=quality, overwrite=overwrite)
         _say(f"wrote {len(paths)} frames, ground_truth.png, depth.png, focus_index.png, params.json to {outdir}")
+
+
+@app.command("batch")
+def batch_command(
+    root: Path = typer.Argument(..., help="A folder whose sub-folders are stacks."),
+    outdir: Path = typer.Option(..., "-o", "--output", help="Folder for the results, named after the stacks."),
+    fmt: str = typer.Option("jpg", "--format", help="jpg, png or tif."),
+    method: Method = typer.Option(Method.max_energy, "-m", "--method", help="Selection rule."),
+    levels: int | None = typer.Option(None, "--levels", "-d", "--depth", min=1, help="Pyramid detail levels."),
+    kernel_size: int | None = typer.Option(None, "-k", "--kernel-size", help="Window of the local measure, odd."),
+    align: bool = typer.Option(True, "--align/--no-align", help="Align the frames first."),
+    align_model: AlignModel = typer.Option(AlignModel.similarity, "--align-model", help="Motion model."),
+    consistency: int = typer.Option(0, "--consistency", min=0, max=2, help="Halo control (max-energy)."),
+    dtype: DType = typer.Option(DType.float32, "--dtype", help="Arithmetic precision."),
+    chunk: int | None = typer.Option(None, "--chunk", min=1, help="Frames per step. Default: from free memory."),
+    tile: int | None = typer.Option(None, "--tile", min=0, help="Tile size; 0: never. Default: when memory needs it."),
+    bits: int | None = typer.Option(None, "--bits", help="8 or 16. Default: each stack's (8 for jpg)."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality."),
+    devices: str = typer.Option("auto", "--devices", help="Comma-separated, e.g. cuda:0,cuda:1: a worker per device."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address: run the stacks there."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Fuse stacks whose output exists too."),
+    report: Path | None = typer.Option(None, "--report", help="Write every stack's result as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or table."),
+) -> None:
+    """Fuse every stack (sub-folder) of ROOT; skip the ones done; report the ones that fail."""
+    with _user_errors():
+        folders = find_stacks(root)
+        settings = FuseSettings(
+            method=method.value, levels=levels, kernel_size=kernel_size, dtype=dtype.value, chunk=chunk,
+            align=AlignOptions(align_model.value) if align else None, consistency=consistency, tile=tile,
+            bits=bits, quality=quality, format=fmt,
+        )
+        if report is not None:
+            _check_json_output(report, overwrite=True)
+        started = time.perf_counter()
+        with _progress(quiet) as progress:
+            task = progress.add_task(f"{len(folders)} stacks", total=len(folders))
+
+            def done(result: StackResult) -> None:
+                progress.advance(task)
+                if result.status == "failed":
+                    _say(f"failed: {result.name}: {result.error}")
+
+            results = run_batch(
+                folders, outdir, settings, devices=[d.strip() for d in devices.split(",") if d.strip()],
+                scheduler=scheduler, overwrite=overwrite, on_result=done,
+            )
+        summary = summarize(results, time.perf_counter() - started)
+    if report is not None:
+        report.write_text(json.dumps(summary, indent=1) + "\n")
+    if not quiet:
+        table = Table(title=f"{root} -> {outdir}")
+        for name in ("stack", "status", "frames", "seconds", "note"):
+            table.add_column(name, justify="right" if name in ("frames", "seconds") else "left")
+        for r in results:
+            note = r.error or ("; ".join(r.warnings) if r.warnings else "")
+            table.add_row(r.name, r.status, str(r.frames), f"{r.seconds:.2f}", note)
+        Console(stderr=True, width=None if _stderr.is_terminal else 200).print(table)
+        _say(
+            f"{summary['written']} written, {summary['skipped']} skipped, {summary['failed']} failed "
+            f"in {summary['seconds']:.1f} s"
+        )
+    if summary["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command("align")

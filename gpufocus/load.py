@@ -249,6 +249,7 @@ class FrameStack:
     def __init__(self, inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> None:
         self.paths = list_frames(inputs)
         self.infos = [probe_image(path) for path in self.paths]
+        self._early: list = []  # frames decoding ahead, from prefetch
         first = self.infos[0]
         for info in self.infos[1:]:
             if (info.width, info.height) != (first.width, first.height):
@@ -270,6 +271,19 @@ class FrameStack:
         """16 if any frame has 16 bits per channel, else 8."""
         return max(info.bits for info in self.infos)
 
+    def _load(self, index: int) -> np.ndarray:
+        dtype = np.uint16 if self.bits == 16 else np.uint8
+        pixels = read_image(self.paths[index], self.infos[index])
+        return pixels if pixels.dtype == dtype else pixels.astype(dtype) * dtype(257)  # 8 bits in a 16-bit stack
+
+    def prefetch(self, chunk: int) -> None:
+        """Start decoding the first ``2 * chunk`` frames now (in a thread of their own), for
+        the ``chunks`` call that comes later: a batch reads the next stack while it fuses
+        this one."""
+        early = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-prefetch")
+        self._early = [early.submit(self._load, i) for i in range(min(len(self), 2 * chunk))]
+        early.shutdown(wait=False)
+
     def chunks(self, chunk: int, workers: int = 2, timer: StageTimer = NO_TIMER) -> Iterator[np.ndarray]:
         """Frames as ``(B, H, W, 3)`` arrays of ``B <= chunk`` frames, in order.
 
@@ -277,22 +291,16 @@ class FrameStack:
         next chunk is read while the caller works on this one. ``timer`` charges the
         time spent waiting for decoded frames to the stage ``decode``.
         """
-        dtype = np.uint16 if self.bits == 16 else np.uint8
-        scale = 257 if self.bits == 16 else 1  # an 8-bit frame in a 16-bit stack
-
-        def load(index: int) -> np.ndarray:
-            pixels = read_image(self.paths[index], self.infos[index])
-            return pixels if pixels.dtype == dtype else pixels.astype(dtype) * dtype(scale)
-
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpufocus-decode") as pool:
-            pending = [pool.submit(load, i) for i in range(min(len(self), 2 * chunk))]
+            early, self._early = self._early, []
+            pending = early + [pool.submit(self._load, i) for i in range(len(early), min(len(self), 2 * chunk))]
             next_index = len(pending)
             for start in range(0, len(self), chunk):
                 with timer.stage("decode"):
                     batch = [pending[i].result() for i in range(start, min(start + chunk, len(self)))]
                 for _ in batch:
                     if next_index < len(self):
-                        pending.append(pool.submit(load, next_index))
+                        pending.append(pool.submit(self._load, next_index))
                         next_index += 1
                 for i in range(start, min(start + chunk, len(self))):
                     pending[i] = None  # let finished frames go
