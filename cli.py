@@ -42,7 +42,7 @@ from gpufocus import (
 from gpufocus.align import MODELS as ALIGN_MODELS
 from gpufocus.align import AlignmentWarning, StackAligner, transforms_to_json
 from gpufocus.batch import FuseSettings, StackResult, find_stacks, run_batch, summarize
-from gpufocus.device import DTYPES
+from gpufocus.device import DTYPES, parse_size
 from gpufocus.synth import FAMILIES, make_stack, write_stack
 from gpufocus.write import check_output
 
@@ -122,8 +122,10 @@ def fuse_files(
     depth_map: Path | None = None,
     consistency: int = 0,
     tile: int | None = None,
+    memory_budget: str | None = None,
 ) -> None:
     """Fuse a stack of files into ``output``, checking everything before the work starts."""
+    budget = None if memory_budget is None else parse_size(memory_budget)
     fmt = check_output(output, bits or 8, overwrite)
     if depth_map is not None:
         check_output(depth_map, 8, overwrite)
@@ -138,7 +140,7 @@ def fuse_files(
         fuser = StackFuser(
             method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
             align=align, names=[p.name for p in stack.paths], depth_map=depth_map is not None,
-            consistency=consistency, tile=tile,
+            consistency=consistency, tile=tile, memory_budget=budget,
         )
         image = fuse(
             stack,
@@ -204,6 +206,9 @@ def fuse_command(
     tile: int | None = typer.Option(
         None, "--tile", min=0, help="Fuse in tiles of this size (same result). Default: only when memory needs it; 0: never."
     ),
+    memory_budget: str | None = typer.Option(
+        None, "--memory-budget", help="Memory the fusion may use, e.g. 4G: sizes chunks and tiles. Default: 1/4 of free."
+    ),
 ) -> None:
     """Fuse a focus stack into one image that is sharp throughout."""
     with _user_errors():
@@ -227,6 +232,7 @@ def fuse_command(
             depth_map=depth_map,
             consistency=consistency,
             tile=tile,
+            memory_budget=memory_budget,
         )
 
 

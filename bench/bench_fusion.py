@@ -1,7 +1,7 @@
 """Whole-command speed against peer programs, and peak memory of a long stack.
 
     python bench/bench_fusion.py e2e    [--frames 10] [--size 2000x1500] [--repeat 5]
-    python bench/bench_fusion.py memory [--frames 100] [--size 3000x2000]
+    python bench/bench_fusion.py memory [--frames 100] [--size 3000x2000] [--memory-budget 4G]
 
 (The per-stage matrix, CPU against CUDA, is `gpufocus bench`.)
 
@@ -10,7 +10,8 @@ e2e:    a JPEG stack (synthetic, made once by gpufocus.benchmark.stack_files in
         command in a new process each time (start-up, reading, fusing and writing
         included), against the peers found on PATH (enfuse; focus-stack) in the same
         run, runs interleaved.
-memory: a child process streams --frames frames made on the fly into StackFuser and
+memory: a child process streams --frames frames made on the fly into StackFuser (defaults:
+        alignment on; chunk and tiles from --memory-budget, or from free memory) and
         reports its peak resident memory (ru_maxrss).
 Prints a markdown table with the machine's description.
 """
@@ -70,12 +71,12 @@ def bench_e2e(args) -> None:
         print(f"| {name} | {median:.2f} | {' '.join(f'{t:.2f}' for t in runs)} | {ours / median:.2f} |")
 
 
-def memory_child(frames: int, height: int, width: int, chunk: int) -> None:
+def memory_child(frames: int, height: int, width: int, chunk: int, budget: int) -> None:
     import numpy as np
 
     from gpufocus import StackFuser
 
-    fuser = StackFuser(device="cpu")
+    fuser = StackFuser(device="cpu", memory_budget=budget or None)
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     for start in range(0, frames, chunk):
@@ -87,27 +88,31 @@ def memory_child(frames: int, height: int, width: int, chunk: int) -> None:
 
 def bench_memory(args) -> None:
     from gpufocus.device import default_chunk, resolve_device
+    from gpufocus.device import parse_size as parse_bytes
 
     height, width = parse_size(args.size)
-    chunk = args.chunk or default_chunk(resolve_device("cpu"), 3, height, width, torch.float32)
+    budget = parse_bytes(args.memory_budget) if args.memory_budget else 0
+    chunk = args.chunk or default_chunk(resolve_device("cpu"), 3, height, width, torch.float32, budget or None)
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, __file__, "memory-child", str(args.frames), str(height), str(width), str(chunk)],
+        [sys.executable, __file__, "memory-child", str(args.frames), str(height), str(width), str(chunk), str(budget)],
         check=True, capture_output=True, text=True,
     )
     seconds = time.perf_counter() - start
     peak = int(done.stdout.split()[-1])
-    print("| device | frames | size | chunk | peak RSS | wall s |\n|---|---|---|---|---|---|")
-    print(f"| cpu | {args.frames} | {width}x{height} | {chunk} | {peak / 2**30:.2f} GiB | {seconds:.1f} |")
+    print("| device | frames | size | memory budget | chunk | peak RSS | wall s |\n|---|---|---|---|---|---|---|")
+    print(f"| cpu | {args.frames} | {width}x{height} | {args.memory_budget or '-'} | {chunk} | {peak / 2**30:.2f} GiB "
+          f"| {seconds:.1f} |")
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "memory-child":
-        memory_child(*map(int, sys.argv[2:6]))
+        memory_child(*map(int, sys.argv[2:7]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["e2e", "memory"])
     parser.add_argument("--chunk", type=int, default=None)
+    parser.add_argument("--memory-budget", default=None)
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--size", default="2000x1500")
     parser.add_argument("--repeat", type=int, default=5)

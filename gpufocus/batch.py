@@ -162,22 +162,22 @@ def _in_order(folders, outdir, settings, device, overwrite, on_result) -> list[S
             stack.prefetch(settings.chunk or 1)
             return stack
 
+        def report(running: tuple) -> None:
+            results.append(_finish(*running))
+            if on_result is not None:
+                on_result(results[-1])
+
         upcoming = reader.submit(open_stack, folders[0])
-        written = None  # the previous stack, its file still being written
+        writing = None  # the previous stack, its file still being written
         for n, folder in enumerate(folders):
             stack = upcoming.result()
             if n + 1 < len(folders):
                 upcoming = reader.submit(open_stack, folders[n + 1])
-            current = _run_stack(folder, outdir, settings, device, overwrite, stack, writer)
-            for done in [written] if written else []:
-                results.append(_finish(*done))
-                if on_result is not None:
-                    on_result(results[-1])
-            written = current
-        if written:
-            results.append(_finish(*written))
-            if on_result is not None:
-                on_result(results[-1])
+            running = _run_stack(folder, outdir, settings, device, overwrite, stack, writer)
+            if writing is not None:
+                report(writing)
+            writing = running
+        report(writing)
     return results
 
 
@@ -204,15 +204,19 @@ def _over_devices(folders, outdir, settings, devices, overwrite, on_result) -> l
     queue = context.Manager().Queue()
     for device in devices:
         queue.put(device)
-    results = []
     workers = len(devices)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_take_device, initargs=(queue, workers)) as pool:
         futures = [pool.submit(_fuse_on_worker_device, folder, outdir, settings, overwrite) for folder in folders]
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+        return _collect(as_completed(futures), on_result)
+
+
+def _collect(finished, on_result) -> list[StackResult]:
+    """Results of futures as they finish, each passed to ``on_result`` too."""
+    results = []
+    for future in finished:
+        results.append(future.result())
+        if on_result is not None:
+            on_result(results[-1])
     return results
 
 
@@ -228,13 +232,7 @@ def _on_cluster(folders, outdir, settings, scheduler, overwrite, on_result) -> l
             client.submit(fuse_stack, str(folder), str(outdir), settings, "auto", overwrite, pure=False)
             for folder in folders
         ]
-        results = []
-        for future in completed(futures):
-            result = future.result()
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-        return results
+        return _collect(completed(futures), on_result)
     finally:
         if client is not scheduler:
             client.close()

@@ -10,7 +10,16 @@ import torch
 
 from .errors import GpufocusError
 
-__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "free_memory", "frame_budget", "working_bytes", "default_chunk"]
+__all__ = [
+    "DTYPES",
+    "resolve_device",
+    "resolve_dtype",
+    "free_memory",
+    "frame_budget",
+    "parse_size",
+    "working_bytes",
+    "default_chunk",
+]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -78,9 +87,30 @@ def free_memory(device: torch.device) -> int:
     return 4 << 30  # no /proc: assume a modest machine
 
 
-def frame_budget(device: torch.device) -> int:
-    """Bytes that frames in flight may take: a share of the free memory."""
-    return int(free_memory(device) * _MEMORY_SHARE)
+# Of an explicit memory budget, what frames in flight may take: the rest is for the
+# running result (about 21 bytes a pixel), the frames decoding ahead and the program.
+_BUDGET_SHARE = 0.6
+
+
+def frame_budget(device: torch.device, memory_budget: int | None = None) -> int:
+    """Bytes that frames in flight may take: a share of ``memory_budget`` if given, and
+    never more than a share of the free memory."""
+    budget = int(free_memory(device) * _MEMORY_SHARE)
+    return budget if memory_budget is None else min(budget, int(memory_budget * _BUDGET_SHARE))
+
+
+def parse_size(text: str) -> int:
+    """``'4G'``, ``'512M'``, ``'2.5GB'`` or a number of bytes."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = number[-1] if number and number[-1] in units else ""
+    try:
+        value = float(number[: len(number) - len(unit)]) * units[unit]
+    except ValueError:
+        raise GpufocusError(f"--memory-budget {text}: use a size such as 4G or 512M") from None
+    if value <= 0:
+        raise GpufocusError(f"--memory-budget {text}: must be more than 0")
+    return int(value)
 
 
 def working_bytes(dtype: torch.dtype) -> int:
@@ -88,9 +118,11 @@ def working_bytes(dtype: torch.dtype) -> int:
     return torch.finfo(dtype).bits // 8 * _WORK_BYTES_PER_SAMPLE_AND_BYTE
 
 
-def default_chunk(device: torch.device, channels: int, height: int, width: int, dtype: torch.dtype) -> int:
-    """How many frames to fold in at once so that they fit in a share of free memory."""
-    fits = frame_budget(device) // max(channels * height * width * working_bytes(dtype), 1)
+def default_chunk(
+    device: torch.device, channels: int, height: int, width: int, dtype: torch.dtype, memory_budget: int | None = None
+) -> int:
+    """How many frames to fold in at once so that they fit in the budget for frames."""
+    fits = frame_budget(device, memory_budget) // max(channels * height * width * working_bytes(dtype), 1)
     return max(1, min(fits, _MAX_CHUNK[device.type]))
 
 

@@ -72,6 +72,8 @@ class StackFuser:
             the result the same as without (``gpufocus.tiling``); ``None`` tiles only when
             one frame's working memory would not fit in the device's budget, 0 never.
             Not for ``wang-chang``, whose entropy takes histograms of whole levels.
+        memory_budget: bytes the fusion may use; it sizes chunks (see ``fuse``) and
+            tiles. ``None``: a quarter of the free memory.
 
     Example:
         >>> fuser = StackFuser(device="cpu")
@@ -94,6 +96,7 @@ class StackFuser:
         depth_map: bool = False,
         consistency: int = 0,
         tile: int | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         if method not in METHODS:
             raise GpufocusError(f"--method {method}: use one of {', '.join(METHODS)}")
@@ -128,6 +131,7 @@ class StackFuser:
         if tile and method == "wang-chang":
             raise GpufocusError("--tile: wang-chang cannot be tiled (its entropy takes histograms of whole levels)")
         self.tile = tile
+        self.memory_budget = memory_budget
         self._want_depth = depth_map
         self._regions: list[_Region] = []
         self._covered: Tensor | None = None
@@ -189,7 +193,8 @@ class StackFuser:
         margin = tile_margin(self.levels, self.kernel_size)
         tile = self.tile
         if tile is None and self.method != "wang-chang":
-            tile = auto_tile(frame_budget(self.device), channels, height, width, working_bytes(self.dtype), margin)
+            budget = frame_budget(self.device, self.memory_budget)
+            tile = auto_tile(budget, channels, height, width, working_bytes(self.dtype), margin)
         if tile:
             tiles = plan_tiles(height, width, tile, self.levels, self.kernel_size)
         else:
@@ -329,13 +334,15 @@ def _names(source: Tensor | FrameStack) -> list[str] | None:
     return [p.name for p in source.paths] if isinstance(source, FrameStack) else None
 
 
-def _chunk_for(source: Tensor | FrameStack, chunk: int | None, device: torch.device, dtype: torch.dtype) -> int:
+def _chunk_for(
+    source: Tensor | FrameStack, chunk: int | None, device: torch.device, dtype: torch.dtype, budget: int | None = None
+) -> int:
     if chunk is not None and chunk < 1:
         raise GpufocusError(f"--chunk {chunk}: must be at least 1")
     if chunk is not None:
         return chunk
     channels, (height, width) = (source.shape[1], source.shape[-2:]) if isinstance(source, Tensor) else (3, source.size)
-    return default_chunk(device, channels, height, width, dtype)
+    return default_chunk(device, channels, height, width, dtype, budget)
 
 
 def align_stack(
@@ -466,6 +473,7 @@ def fuse(
     align: AlignOptions | bool | None = True,
     consistency: int = 0,
     tile: int | None = None,
+    memory_budget: int | None = None,
     progress: Progress | None = None,
     timer: StageTimer = NO_TIMER,
     fuser: StackFuser | None = None,
@@ -485,6 +493,8 @@ def fuse(
             stack is read once more.
         tile: tile size in pixels, ``None`` for tiles only where memory needs them, 0
             for none (see ``StackFuser``). The result does not depend on it.
+        memory_budget: bytes the fusion may use (chunks and tiles are sized to it);
+            ``None``: a quarter of the free memory.
         progress: called as ``progress(steps_done, steps_total)`` after each chunk (a
             step is a frame read; a reference other than 0 and halo control each add a
             pass over the stack).
@@ -507,9 +517,9 @@ def fuse(
     source = _as_source(source)
     fuser = fuser or StackFuser(
         method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
-        align=align, names=_names(source), consistency=consistency, tile=tile,
+        align=align, names=_names(source), consistency=consistency, tile=tile, memory_budget=memory_budget,
     )
-    total, chunk = len(source), _chunk_for(source, chunk, fuser.device, fuser.dtype)
+    total, chunk = len(source), _chunk_for(source, chunk, fuser.device, fuser.dtype, fuser.memory_budget)
     passes = ([fuser.estimate] if fuser.needs_estimate else []) + [fuser.add]
     if fuser.needs_refold:
         passes.append(fuser.refold)

@@ -56,3 +56,19 @@ def test_automatic_tiles_only_when_a_frame_does_not_fit():
 def test_wang_chang_cannot_be_tiled(moving):
     with pytest.raises(GpufocusError, match="wang-chang cannot be tiled"):
         fuse(moving.frames, method="wang-chang", tile=64)
+
+
+def test_a_small_memory_budget_tiles_by_itself(moving):
+    whole, _ = fused(moving, 0, align=None)
+    budget = 200 * 264 * 3 * 32 // 2  # half of what one frame takes (in bytes)
+    fuser = StackFuser(device="cpu", levels=3, align=None, memory_budget=budget)
+    tiled = fuse(moving.frames, fuser=fuser)
+    assert len(fuser.tiles) > 1 and torch.equal(tiled, whole)
+
+
+def test_memory_sizes():
+    from gpufocus.device import parse_size
+
+    assert parse_size("4G") == 4 * 2**30 and parse_size("512M") == 512 * 2**20 and parse_size("2.5GB") == int(2.5 * 2**30)
+    with pytest.raises(GpufocusError, match="--memory-budget"):
+        parse_size("lots")
