@@ -128,7 +128,7 @@ def fuse_files(
     budget = None if memory_budget is None else parse_size(memory_budget)
     fmt = check_output(output, bits or 8, overwrite)
     if depth_map is not None:
-        check_output(depth_map, 8, overwrite)
+        depth_bits = 8 if check_output(depth_map, 8, overwrite) == "JPEG" else 16
     if save_transforms is not None:
         _check_json_output(save_transforms, overwrite)
     stack = FrameStack(inputs)
@@ -155,7 +155,6 @@ def fuse_files(
     if save_transforms is not None:
         _write_transforms(save_transforms, fuser.transforms, stack, align)
     if depth_map is not None:
-        depth_bits = 8 if check_output(depth_map, 8, overwrite=True) == "JPEG" else 16
         scale = (fuser.depth_map() / max(len(stack) - 1, 1))[None]
         write_image(depth_map, scale, bits=depth_bits, overwrite=overwrite)
     if not quiet:

@@ -16,21 +16,16 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gpufocus import fuse, list_frames, read_image
 from gpufocus.benchmark import machine_description
-from gpufocus.metrics import border_crop, psnr
+from gpufocus.metrics import as_unit_float, border_crop, psnr
 
 HERE = Path(__file__).resolve().parent
 STACKS = ["syn_astronaut_object_512", "syn_mosaic_object_2048x1536"]
 
-
-def as_tensor(pixels: np.ndarray) -> torch.Tensor:
-    top = 65535.0 if pixels.dtype == np.uint16 else 255.0
-    return torch.from_numpy(pixels.astype(np.float32) / top).permute(2, 0, 1)
 
 
 def edge_band(depth: torch.Tensor, reach: int = 8) -> torch.Tensor:
@@ -52,8 +47,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in STACKS:
         folder = args.shared / "data" / "synthetic" / name
-        truth = as_tensor(read_image(folder / "ground_truth.png"))
-        band = edge_band(as_tensor(read_image(folder / "depth.png")))
+        truth = as_unit_float(read_image(folder / "ground_truth.png")).float()
+        band = edge_band(as_unit_float(read_image(folder / "depth.png")).float())
         for consistency in (0, 1, 2):
             start = time.perf_counter()
             with warnings.catch_warnings():

@@ -32,6 +32,11 @@ class DemoReport:
     comparison: Path
 
 
+def _as_written(image: torch.Tensor) -> torch.Tensor:
+    """An image as an 8-bit file holds it, back in [0, 1]."""
+    return image.float().clamp(0, 1).mul(255).round() / 255
+
+
 def _labelled(tiles: list[tuple[str, torch.Tensor]]) -> Image.Image:
     """Tiles side by side, each with a caption above it."""
     font = ImageFont.load_default(size=18)
@@ -68,9 +73,8 @@ def run_demo(outdir: str | os.PathLike, device: str = "auto", frames: int = 6) -
     fused = fuse(paths, device=device)
     fused_path = write_image(outdir / "fused.png", fused, overwrite=True)
     # Compare what was written: the 8-bit files, as a user would see them.
-    as_written = torch.from_numpy(to_array(fused, 8)).permute(2, 0, 1) / 255
-    truth = torch.from_numpy(to_array(stack.ground_truth, 8)).permute(2, 0, 1) / 255
-    frame_psnr = [psnr(torch.from_numpy(to_array(f, 8)).permute(2, 0, 1) / 255, truth) for f in stack.frames]
+    truth = _as_written(stack.ground_truth)
+    frame_psnr = [psnr(_as_written(frame), truth) for frame in stack.frames]
     sheet = _labelled(
         [
             ("frame 0 (near focus)", stack.frames[0]),
@@ -86,7 +90,7 @@ def run_demo(outdir: str | os.PathLike, device: str = "auto", frames: int = 6) -
         width=stack.frames.shape[-1],
         height=stack.frames.shape[-2],
         device=str(device),
-        psnr_fused=psnr(as_written, truth),
+        psnr_fused=psnr(_as_written(fused), truth),
         psnr_best_frame=max(frame_psnr),
         frames_dir=frames_dir,
         fused=fused_path,

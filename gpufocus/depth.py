@@ -9,19 +9,17 @@ coarse index map is enlarged by bilinear interpolation, so depth steps are smoot
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from gpufocus.kernels import fold_max, mask_unusable
 from torch import Tensor
 
 from .color import luminance
-from .pyramid import build_gaussian_pyramid, max_levels, pyr_down, pyr_up, separable_filter
+from .pyramid import binomial_taps, build_gaussian_pyramid, max_levels, pyr_down, pyr_up, separable_filter
 
 __all__ = ["DepthMap"]
 
 _LEVEL = 2
-_WINDOW = tuple(math.comb(8, k) / 256 for k in range(9))
+_WINDOW = binomial_taps(9)
 _COVERED = 0.9  # share of valid pixels under a coefficient, as the fusion asks
 
 

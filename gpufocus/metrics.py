@@ -27,12 +27,12 @@ from torch import Tensor
 from .color import luminance
 from .load import FrameStack, read_image
 
-__all__ = ["average_gradient", "psnr", "ssim", "qabf", "QabfAccumulator", "border_crop", "evaluate"]
+__all__ = ["as_unit_float", "average_gradient", "psnr", "ssim", "qabf", "QabfAccumulator", "border_crop", "evaluate"]
 
 _BORDER = 0.02
 
 
-def _as_float(image) -> Tensor:
+def as_unit_float(image) -> Tensor:
     """``(H, W, C)`` uint8/uint16 array or ``(C, H, W)`` tensor to ``(C, H, W)`` float64 in [0, 1]."""
     if isinstance(image, Tensor):
         return image.double()
@@ -144,8 +144,8 @@ def evaluate(
         and ``ssim``.
     """
     stack = inputs if isinstance(inputs, FrameStack) else FrameStack(inputs)
-    result = _as_float(read_image(fused))
-    truth = None if ground_truth is None else _as_float(read_image(ground_truth))
+    result = as_unit_float(read_image(fused))
+    truth = None if ground_truth is None else as_unit_float(read_image(ground_truth))
     sizes = [stack.size, tuple(result.shape[-2:])] + ([] if truth is None else [tuple(truth.shape[-2:])])
     height, width = min(h for h, _ in sizes), min(w for _, w in sizes)
 
@@ -154,7 +154,7 @@ def evaluate(
     accumulator = QabfAccumulator(border_crop(result))
     source_gradients = []
     for chunk in stack.chunks(1):
-        source = _centre(_as_float(chunk[0]), height, width)
+        source = _centre(as_unit_float(chunk[0]), height, width)
         accumulator.add(border_crop(source))
         source_gradients.append(average_gradient(source))
     scores = {

@@ -31,6 +31,8 @@ __all__ = [
     "reflect_pad",
     "correlate1d",
     "separable_filter",
+    "binomial_taps",
+    "check_levels",
     "pyr_down",
     "pyr_up",
     "build_gaussian_pyramid",
@@ -140,6 +142,12 @@ def correlate1d(x: Tensor, taps: tuple[float, ...], dim: int, stride: int = 1) -
     return out
 
 
+def binomial_taps(size: int) -> tuple[float, ...]:
+    """The normalised binomial filter of ``size`` taps (odd): a smooth local window."""
+    row = [math.comb(size - 1, k) for k in range(size)]
+    return tuple(w / sum(row) for w in row)
+
+
 def separable_filter(x: Tensor, taps: tuple[float, ...]) -> Tensor:
     """Filter the last two dimensions with ``taps`` along each (rows first), reflect borders."""
     return correlate1d(correlate1d(x, taps, dim=-2), taps, dim=-1)
@@ -237,7 +245,7 @@ def build_gaussian_pyramid(x: Tensor, levels: int) -> list[Tensor]:
         - x: ``(B, C, H, W)``
         - level ``l``: ``(B, C, H_l, W_l)`` with ``H_l = ceil(H_{l-1} / 2)``.
     """
-    _check_levels(x, levels)
+    check_levels(x, levels)
     pyramid = [x]
     for _ in range(levels):
         pyramid.append(pyr_down(pyramid[-1]))
@@ -271,7 +279,8 @@ def collapse_laplacian_pyramid(pyramid: list[Tensor]) -> Tensor:
     return image
 
 
-def _check_levels(x: Tensor, levels: int) -> None:
+def check_levels(x: Tensor, levels: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(B, C, H, W)`` and deep enough for ``levels``."""
     if x.dim() != 4:
         raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]

@@ -16,7 +16,6 @@ loop over pixels, and the winner of a tie is the frame with the lowest index.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -25,7 +24,14 @@ from gpufocus.kernels import RunningMax, energy_fold, fold_max, laplacian_pyrami
 from torch import Tensor
 
 from .color import luminance
-from .pyramid import build_gaussian_pyramid, collapse_laplacian_pyramid, correlate1d, pyr_up, separable_filter
+from .pyramid import (
+    binomial_taps,
+    build_gaussian_pyramid,
+    collapse_laplacian_pyramid,
+    correlate1d,
+    pyr_up,
+    separable_filter,
+)
 
 __all__ = ["METHODS", "DEFAULT_KERNEL_SIZE", "SelectionRule", "MaxEnergy", "WangChang", "MaxLoG", "make_rule"]
 
@@ -38,9 +44,6 @@ class SelectionRule(ABC):
         per_channel: decide for every colour channel on its own (the seed program's
             behaviour) instead of once per pixel from the luminance.
     """
-
-    #: Passes over the stack the rule needs (a second one goes through ``refold``).
-    passes = 1
 
     def __init__(self, kernel_size: int, per_channel: bool = False) -> None:
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -67,7 +70,7 @@ class SelectionRule(ABC):
         """The fused image, ``(1, C, H, W)``."""
 
     def refold(self, frames: Tensor, valid: Tensor | None = None) -> None:
-        """The second pass, for rules with ``passes == 2``."""
+        """The second pass, for rules that make one (max-energy with consistency)."""
         raise NotImplementedError(f"{type(self).__name__} takes one pass")
 
     def _measured(self, x: Tensor) -> Tensor:
@@ -168,11 +171,6 @@ def _usable_coefficients(valid: Tensor, levels: int) -> tuple[list[Tensor], Tens
 
 
 
-def _binomial(size: int) -> tuple[float, ...]:
-    row = [math.comb(size - 1, k) for k in range(size)]
-    return tuple(w / sum(row) for w in row)
-
-
 
 class MaxEnergy(_PyramidRule):
     """Per detail coefficient, the frame with the largest local energy wins.
@@ -194,8 +192,7 @@ class MaxEnergy(_PyramidRule):
         if consistency not in (0, 1, 2):
             raise ValueError(f"consistency must be 0, 1 or 2, got {consistency}")
         self.consistency = consistency
-        self.passes = 2 if consistency else 1
-        self._window = _binomial(kernel_size)
+        self._window = binomial_taps(kernel_size)
         self._best: list[RunningMax | None] = [None] * levels
         self._changes: list[tuple[Tensor, Tensor]] | None = None  # per level: chosen index, where it changed
         self._refolded = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from gpufocus.pyramid import build_laplacian_pyramid, pyr_down, pyr_up
+from gpufocus.pyramid import build_laplacian_pyramid, check_levels, pyr_down, pyr_up
 
 from .dispatch import use_triton
 
@@ -29,7 +29,7 @@ def laplacian_pyramid(frames: Tensor, levels: int) -> list[Tensor]:
     """``gpufocus.pyramid.build_laplacian_pyramid``, level by level through ``laplacian_level``."""
     if not use_triton(frames):
         return build_laplacian_pyramid(frames, levels)
-    build_laplacian_pyramid(frames[:0], levels)  # the same checks of the shape and depth
+    check_levels(frames, levels)
     pyramid, g = [], frames
     for _ in range(levels):
         detail, g = laplacian_level(g)
