@@ -1,32 +1,45 @@
 """gpufocus: focus stacking by Laplacian-pyramid fusion on torch, CUDA or CPU.
 
 The public surface: ``fuse`` for a whole stack, ``StackFuser`` for frames fed by
-the caller, reading and writing helpers, and the pyramid functions.
+the caller, reading and writing helpers, and the pyramid functions. Names are
+loaded on first use, so ``import gpufocus`` (and the command line's ``--help``)
+does not pay for importing torch.
 """
 
-from .align import AlignOptions
-from .engine import StackFuser, align_stack, fuse
+from __future__ import annotations
+
+import importlib
+
 from .errors import GpufocusError
-from .load import FrameStack, list_frames, probe_image, read_image
-from .pyramid import build_laplacian_pyramid, collapse_laplacian_pyramid
-from .rules import METHODS
-from .write import write_image
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "METHODS",
-    "AlignOptions",
-    "align_stack",
-    "FrameStack",
-    "GpufocusError",
-    "StackFuser",
-    "build_laplacian_pyramid",
-    "collapse_laplacian_pyramid",
-    "fuse",
-    "list_frames",
-    "probe_image",
-    "read_image",
-    "write_image",
-    "__version__",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "METHODS": "rules",
+    "AlignOptions": "align",
+    "align_stack": "engine",
+    "FrameStack": "load",
+    "StackFuser": "engine",
+    "build_laplacian_pyramid": "pyramid",
+    "collapse_laplacian_pyramid": "pyramid",
+    "fuse": "engine",
+    "list_frames": "load",
+    "probe_image": "load",
+    "read_image": "load",
+    "write_image": "write",
+}
+
+__all__ = ["GpufocusError", "__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gpufocus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -31,10 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .color import luminance
+from .errors import GpufocusWarning
 from .pyramid import pyr_down, separable_filter
 
 __all__ = [
     "MODELS",
+    "MIN_ALIGN_SIDE",
     "AlignOptions",
     "AlignmentWarning",
     "FrameTransform",
@@ -50,6 +52,9 @@ __all__ = [
 #: Motion models and their number of parameters.
 MODELS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8}
 
+#: Frames whose shorter side is smaller than this are fused as they are: too few pixels
+#: to register (the band-pass filter alone reaches 12 pixels).
+MIN_ALIGN_SIDE = 32
 _WORK_SIDE = 1024  # estimate on images whose longer side is at most this
 _COARSEST_SIDE = 40  # LK pyramid: stop reducing below this shorter side
 _ITERATIONS_COARSE, _ITERATIONS_FINE = 10, 4
@@ -90,7 +95,7 @@ class AlignOptions:
     crop: bool = False
 
 
-class AlignmentWarning(UserWarning):
+class AlignmentWarning(GpufocusWarning):
     """An estimate was rejected and replaced; the message names the frame."""
 
 
@@ -363,6 +368,7 @@ class StackAligner:
         self._last_step: Tensor | None = None
         self._previous: _Features | None = None
         self._reference_low: Tensor | None = None
+        self._too_small = False  # frames below MIN_ALIGN_SIDE pass as they are
         self.results: list[FrameTransform] = []
         self.names: list[str] | None = None
 
@@ -376,9 +382,20 @@ class StackAligner:
 
         Returns the step and, where the estimate was replaced, why.
         """
+        identity = torch.eye(3, dtype=torch.float64, device=frame.device)
+        height, width = frame.shape[-2:]
+        if index == 0 and min(height, width) < MIN_ALIGN_SIDE:
+            self._too_small = True
+            warnings.warn(
+                f"{width}x{height} frames are too small to align (at least {MIN_ALIGN_SIDE}x{MIN_ALIGN_SIDE}); "
+                "fusing them as they are",
+                AlignmentWarning,
+                stacklevel=4,
+            )
+        if self._too_small:
+            return identity, None
         features = _features(frame)
         previous, self._previous = self._previous, features
-        identity = torch.eye(3, dtype=torch.float64, device=frame.device)
         if previous is None:
             return identity, None
         step, residual, still = estimate_pair(previous, features, self.model, self._last_step)
@@ -434,7 +451,7 @@ class StackAligner:
             to_reference = self._chain[index] @ torch.linalg.inv(self._chain[self.reference])
         else:
             raise ValueError(f"frame {index} has no estimate: run estimate() over the stack first")
-        gain = self._gain(frame, to_reference, index) if self.match_exposure else None
+        gain = self._gain(frame, to_reference, index) if self.match_exposure and not self._too_small else None
         offset = None if gain is None else torch.zeros_like(gain)
         result = FrameTransform(to_reference.cpu(), gain, offset, self._fallbacks[index])
         if index < len(self.results):  # a frame seen again (a retried chunk, a second pass)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from .align import AlignOptions
 from .engine import StackFuser, fuse
-from .errors import GpufocusError
+from .errors import GpufocusError, GpufocusWarning
 from .load import FrameStack, natural_key
-from .write import check_output, write_image
+from .write import check_distinct, check_output, write_image
 
 __all__ = ["FuseSettings", "StackResult", "find_stacks", "fuse_stack", "run_batch", "summarize"]
 
@@ -100,7 +100,8 @@ def fuse_stack(
 
 def _run_stack(folder, outdir, settings, device, overwrite, stack=None, writer=None):
     """``fuse_stack``'s work. ``stack``: the folder's ``FrameStack`` if read already (and
-    decoding ahead); ``writer``: encode and write there, and return the pending write."""
+    decoding ahead), or the exception that reading it raised; ``writer``: encode and
+    write there, and return the pending write."""
     output = _output(folder, outdir, settings)
     result = StackResult(folder.name, str(output), "written", device=device)
     if output.exists() and not overwrite:
@@ -110,10 +111,13 @@ def _run_stack(folder, outdir, settings, device, overwrite, stack=None, writer=N
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            if isinstance(stack, BaseException):
+                raise stack
             stack = stack or FrameStack([folder])
             result.frames = len(stack)
             bits = settings.bits or (stack.bits if settings.format != "jpg" else 8)
             check_output(output, bits, overwrite)
+            check_distinct([output], stack.paths)
             fuser = StackFuser(
                 settings.method, levels=settings.levels, kernel_size=settings.kernel_size,
                 per_channel=settings.per_channel, device=device, dtype=settings.dtype, align=settings.align,
@@ -126,13 +130,18 @@ def _run_stack(folder, outdir, settings, device, overwrite, stack=None, writer=N
                 write_image(output, image, **options)
             else:
                 pending = writer.submit(write_image, output, image, **options)
-        result.warnings = [str(w.message) for w in caught]
-    except GpufocusError as error:
-        result.status, result.error = "failed", str(error)
+        result.warnings = [str(w.message) for w in caught if issubclass(w.category, GpufocusWarning)]
     except Exception as error:  # noqa: BLE001 - one broken stack must not stop the batch
-        result.status, result.error = "failed", f"{type(error).__name__}: {error}"
+        _failed(result, error)
     result.seconds = time.perf_counter() - start
     return result, pending
+
+
+def _failed(result: StackResult, error: BaseException) -> StackResult:
+    """Mark a stack failed: our errors say it in their own words, others name their type."""
+    text = str(error) if isinstance(error, GpufocusError) else f"{type(error).__name__}: {error}"
+    result.status, result.error = "failed", " ".join(text.split())
+    return result
 
 
 def _finish(result: StackResult, pending) -> StackResult:
@@ -140,8 +149,8 @@ def _finish(result: StackResult, pending) -> StackResult:
     if pending is not None:
         try:
             pending.result()
-        except GpufocusError as error:
-            result.status, result.error = "failed", str(error)
+        except Exception as error:  # noqa: BLE001 - as in _run_stack
+            _failed(result, error)
     return result
 
 
@@ -152,13 +161,13 @@ def _in_order(folders, outdir, settings, device, overwrite, on_result) -> list[S
         max_workers=1, thread_name_prefix="gpufocus-next"
     ) as reader:
 
-        def open_stack(folder: Path) -> FrameStack | None:
+        def open_stack(folder: Path) -> FrameStack | Exception | None:
             if _output(folder, outdir, settings).exists() and not overwrite:
                 return None
             try:
                 stack = FrameStack([folder])
-            except GpufocusError:
-                return None  # fuse_stack reads it again and reports the error
+            except Exception as error:  # noqa: BLE001 - _run_stack reports it as this stack's failure
+                return error
             stack.prefetch(settings.chunk or 1)
             return stack
 
@@ -206,17 +215,24 @@ def _over_devices(folders, outdir, settings, devices, overwrite, on_result) -> l
         queue.put(device)
     workers = len(devices)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_take_device, initargs=(queue, workers)) as pool:
-        futures = [pool.submit(_fuse_on_worker_device, folder, outdir, settings, overwrite) for folder in folders]
-        return _collect(as_completed(futures), on_result)
+        futures = {pool.submit(_fuse_on_worker_device, folder, outdir, settings, overwrite): folder for folder in folders}
+        return _collect(futures, as_completed(futures), outdir, settings, on_result)
 
 
-def _collect(finished, on_result) -> list[StackResult]:
-    """Results of futures as they finish, each passed to ``on_result`` too."""
+def _collect(futures: dict, finished, outdir: Path, settings: FuseSettings, on_result) -> list[StackResult]:
+    """Results of ``futures`` (future -> folder) as they finish, each passed to
+    ``on_result`` too. A future that failed (a worker process died, a cluster lost
+    its task) fails its stack."""
     results = []
     for future in finished:
-        results.append(future.result())
+        try:
+            result = future.result()
+        except Exception as error:  # noqa: BLE001 - one lost stack must not stop the batch
+            folder = futures[future]
+            result = _failed(StackResult(folder.name, str(_output(folder, outdir, settings)), "failed"), error)
+        results.append(result)
         if on_result is not None:
-            on_result(results[-1])
+            on_result(result)
     return results
 
 
@@ -228,11 +244,11 @@ def _on_cluster(folders, outdir, settings, scheduler, overwrite, on_result) -> l
         raise GpufocusError("--scheduler: needs Dask's distributed package (pip install 'gpufocus[cluster]')") from None
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
-        futures = [
-            client.submit(fuse_stack, str(folder), str(outdir), settings, "auto", overwrite, pure=False)
+        futures = {
+            client.submit(fuse_stack, str(folder), str(outdir), settings, "auto", overwrite, pure=False): folder
             for folder in folders
-        ]
-        return _collect(completed(futures), on_result)
+        }
+        return _collect(futures, completed(list(futures)), outdir, settings, on_result)
     finally:
         if client is not scheduler:
             client.close()
@@ -263,6 +279,10 @@ def run_batch(
     folders, outdir = [Path(f) for f in folders], Path(outdir)
     if settings.format not in ("jpg", "png", "tif"):
         raise GpufocusError(f"--format {settings.format}: use jpg, png or tif")
+    target = outdir.resolve()
+    for folder in folders:
+        if target == folder.resolve() or folder.resolve() in target.parents:
+            raise GpufocusError(f"{outdir}: is inside the stack folder {folder}; its results would become frames")
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -331,8 +331,8 @@ def _nice_step(rough: float) -> float:
     return next(m * power for m in (1, 2, 5, 10) if m * power >= rough)
 
 
-def draw_chart(report: dict, path: str | os.PathLike) -> None:
-    """A PNG line chart: throughput against frame count, one line per device/kind/dtype/size."""
+def draw_chart(report: dict):
+    """A line chart (a PIL image): throughput against frame count, one line per device/kind/dtype/size."""
     from PIL import Image, ImageDraw, ImageFont
 
     series: dict[str, list[tuple[int, float]]] = {}
@@ -377,7 +377,7 @@ def draw_chart(report: dict, path: str | os.PathLike) -> None:
         legend_y = top + 10 + n * 22
         draw.line((left + plot_w + 15, legend_y, left + plot_w + 40, legend_y), fill=colour, width=3)
         draw.text((left + plot_w + 48, legend_y), name, fill="black", font=small, anchor="lm")
-    image.save(path)
+    return image
 
 
 def _child_main(job: str) -> None:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -83,8 +84,7 @@ def run_demo(outdir: str | os.PathLike, device: str = "auto", frames: int = 6) -
             ("ground truth", stack.ground_truth),
         ]
     )
-    comparison = outdir / "comparison.png"
-    sheet.save(comparison)
+    comparison = write_image(outdir / "comparison.png", np.asarray(sheet), overwrite=True)
     return DemoReport(
         frames=frames,
         width=stack.frames.shape[-1],

@@ -1,6 +1,6 @@
-"""The one exception type the engine raises for problems the user can fix."""
+"""The exception the library raises for problems the user can fix, and its warnings."""
 
-__all__ = ["GpufocusError"]
+__all__ = ["GpufocusError", "GpufocusWarning"]
 
 
 class GpufocusError(Exception):
@@ -9,3 +9,8 @@ class GpufocusError(Exception):
     ``str(error)`` is a single line that names the file (or option) and the problem,
     fit to show to a user as it is.
     """
+
+
+class GpufocusWarning(UserWarning):
+    """Something the user should know about a result (a frame not aligned, say); the
+    message is one line that names the file or frame."""

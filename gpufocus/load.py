@@ -8,6 +8,7 @@ stay 16-bit (``uint16``), 8-bit files are ``uint8``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -22,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import GpufocusError
+from .pyramid import MIN_LEVEL_SIDE
 from .timing import NO_TIMER, StageTimer
 
 __all__ = [
@@ -63,11 +65,16 @@ def list_frames(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         inputs = [inputs]
     frames: list[Path] = []
     for item in map(Path, inputs):
+        _check_reachable(item)
         if item.is_dir():
+            try:
+                entries = list(item.iterdir())
+            except OSError as error:
+                raise GpufocusError(f"{item}: cannot list this directory ({error.strerror or error})") from None
             found = sorted(
                 (
                     p
-                    for p in item.iterdir()
+                    for p in entries
                     if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES and p.name not in SIDE_FILES
                 ),
                 key=natural_key,
@@ -84,6 +91,22 @@ def list_frames(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     if len(frames) < 2:
         raise GpufocusError(f"{frames[0] if frames else 'input'}: a stack needs at least 2 frames, got {len(frames)}")
     return frames
+
+
+def _check_reachable(path: Path) -> None:
+    """Name the real reason a path cannot be used: a symlink loop, a file where a
+    folder should be, no permission; ``is_dir``/``is_file`` would only say False."""
+    try:
+        path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise GpufocusError(f"{path}: a loop of symbolic links") from None
+        if error.errno == errno.ENOTDIR:
+            raise GpufocusError(f"{path}: a part of this path is a file, not a folder") from None
+        if error.errno == errno.ENOENT:
+            broken = " (a broken symbolic link)" if path.is_symlink() else ""
+            raise GpufocusError(f"{path}: no such file or directory{broken}") from None
+        raise GpufocusError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 @dataclass(frozen=True)
@@ -105,15 +128,43 @@ class ImageInfo:
     format: str = ""
 
 
-def _open(path: Path) -> Image.Image:
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """The one place where a decoder's failure becomes a ``GpufocusError`` naming the file.
+
+    Decoders raise almost any built-in exception on malformed bytes (Pillow's plugins:
+    ``SyntaxError`` for a broken PNG chunk, ``ValueError`` for a short header,
+    ``struct.error``, ``EOFError``, ``zlib.error``, ``IndexError``, ``KeyError``, ...;
+    OpenCV its ``cv2.error``), so everything but our own errors and an interrupt is
+    taken as "the file is broken". Only calls into decoders run inside this.
+    """
     try:
-        image = Image.open(path)
+        yield
+    except (GpufocusError, KeyboardInterrupt):
+        raise
     except Image.DecompressionBombError as error:
         raise GpufocusError(f"{path}: too many pixels, refused as a possible decompression bomb ({error})") from None
     except UnidentifiedImageError:
         raise GpufocusError(f"{path}: not an image, or a format that cannot be read") from None
+    except MemoryError:
+        raise GpufocusError(f"{path}: its header asks for more memory than there is (corrupt?)") from None
     except OSError as error:
-        raise GpufocusError(f"{path}: cannot read ({error.strerror or error})") from None
+        if error.errno is not None:  # the file system's error, not the decoder's
+            raise GpufocusError(f"{path}: cannot read ({error.strerror or error})") from None
+        raise GpufocusError(f"{path}: truncated or corrupt image data ({_one_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 - see above: any decoder exception means bad bytes
+        raise GpufocusError(f"{path}: corrupt image data ({type(error).__name__}: {_one_line(error)})") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line, and not endless (decoders quote bytes)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _open(path: Path) -> Image.Image:
+    with _decoding(path):
+        image = Image.open(path)
     if image.format not in _FORMATS:
         image.close()
         raise GpufocusError(f"{path}: {image.format} is not a supported format (JPEG, PNG, TIFF, BMP, WebP)")
@@ -139,7 +190,7 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
         GpufocusError: not an image, an unsupported format, or too many pixels.
     """
     path = Path(path)
-    with _open(path) as image, _corrupt_data_is_named(path):
+    with _open(path) as image, _decoding(path):
         # Before getexif(): for PNG it may read the whole file, which clears the tiles.
         bits = 16 if image.mode.startswith("I;16") or _is_16bit_colour(image) else 8
         found = image.getexif()
@@ -148,6 +199,8 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
             orientation = 1
         exif = _portable_exif(found)
         width, height = image.size
+        if image.format in ("JPEG", "MPO"):
+            _check_jpeg_structure(path, width, height)
         if orientation >= 5:  # a quarter turn swaps the sides
             width, height = height, width
         return ImageInfo(
@@ -162,12 +215,52 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
         )
 
 
-@contextmanager
-def _corrupt_data_is_named(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except OSError as error:
-        raise GpufocusError(f"{path}: truncated or corrupt image data ({error})") from None
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length
+
+
+def _check_jpeg_structure(path: Path, width: int, height: int) -> None:
+    """Walk a JPEG's marker segments up to the scan and check the decoder's size.
+
+    A broken segment length (an APP1 of length 0, say) can make a decoder skip into
+    the EXIF block and read its thumbnail as the image: the frame (the first SOF
+    found by following the segment lengths) must be the one that is decoded.
+    """
+    with open(path, "rb") as file:
+        if file.read(2) != b"\xff\xd8":
+            raise GpufocusError(f"{path}: corrupt JPEG (no start-of-image marker)")
+        while True:
+            byte = file.read(1)
+            if not byte:
+                raise GpufocusError(f"{path}: truncated JPEG (ends before the image data)")
+            if byte != b"\xff":
+                raise GpufocusError(f"{path}: corrupt JPEG (a marker segment is broken before the image data)")
+            marker = file.read(1)
+            while marker == b"\xff":  # fill bytes
+                marker = file.read(1)
+            if not marker:
+                raise GpufocusError(f"{path}: truncated JPEG (ends before the image data)")
+            code = marker[0]
+            if code in _STANDALONE_MARKERS:
+                continue
+            header = file.read(2)
+            length = int.from_bytes(header, "big") if len(header) == 2 else 0
+            if length < 2:
+                raise GpufocusError(f"{path}: corrupt JPEG (marker 0x{code:02X} has a segment length of {length})")
+            if code in _SOF_MARKERS:
+                frame = file.read(5)
+                if len(frame) < 5:
+                    raise GpufocusError(f"{path}: truncated JPEG (ends in its frame header)")
+                found = (int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big"))
+                if found != (width, height):
+                    raise GpufocusError(
+                        f"{path}: corrupt JPEG (the decoder found a {width}x{height} image, the file's frame "
+                        f"header says {found[0]}x{found[1]}: an embedded thumbnail instead of the image?)"
+                    )
+                return
+            if code == 0xDA:  # start of scan before any frame header
+                raise GpufocusError(f"{path}: corrupt JPEG (image data before a frame header)")
+            file.seek(length - 2, os.SEEK_CUR)
 
 
 # What of a file's first IFD an output takes: the description of the picture, not the
@@ -192,15 +285,21 @@ def _portable_exif(found: Image.Exif) -> Image.Exif:
 
 
 def _decode(path: Path) -> np.ndarray:
-    with _open(path) as image, _corrupt_data_is_named(path):
+    with _open(path) as image, _decoding(path):
+        size = image.size
         if _is_16bit_colour(image):
-            return _decode_16bit_colour(path)
-        if image.mode.startswith("I;16"):
+            pixels = _decode_16bit_colour(path)
+        elif image.mode.startswith("I;16"):
             grey = np.asarray(image).astype(np.uint16)
-            return np.repeat(grey[:, :, None], 3, axis=2)
-        if image.mode in ("I", "F"):
+            pixels = np.repeat(grey[:, :, None], 3, axis=2)
+        elif image.mode in ("I", "F"):
             raise GpufocusError(f"{path}: {image.mode} images (32-bit) are not supported")
-        return np.asarray(image.convert("RGB"))
+        else:
+            pixels = np.asarray(image.convert("RGB"))
+    if pixels.shape[1::-1] != size:
+        found = f"{pixels.shape[1]}x{pixels.shape[0]}"
+        raise GpufocusError(f"{path}: corrupt image (decoded {found}, the header says {size[0]}x{size[1]})")
+    return pixels
 
 
 def _decode_16bit_colour(path: Path) -> np.ndarray:
@@ -251,6 +350,11 @@ class FrameStack:
         self.infos = [probe_image(path) for path in self.paths]
         self._early: list = []  # frames decoding ahead, from prefetch
         first = self.infos[0]
+        if min(first.width, first.height) < MIN_LEVEL_SIDE:
+            raise GpufocusError(
+                f"{first.path}: {first.width}x{first.height} is too small to fuse "
+                f"(at least {MIN_LEVEL_SIDE}x{MIN_LEVEL_SIDE})"
+            )
         for info in self.infos[1:]:
             if (info.width, info.height) != (first.width, first.height):
                 raise GpufocusError(

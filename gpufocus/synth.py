@@ -16,9 +16,9 @@ so the ground truth is in frame 0's geometry.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -283,32 +283,37 @@ def _depth_of(t: Tensor | float) -> Tensor | float:
 
 
 def write_stack(
-    stack: SyntheticStack, outdir: str | os.PathLike, *, fmt: str = "png", quality: int = 95, overwrite: bool = False
+    stack: SyntheticStack,
+    outdir: str | os.PathLike,
+    *,
+    fmt: str = "png",
+    quality: int = 95,
+    overwrite: bool = False,
+    keep: Sequence[str | os.PathLike] = (),
 ) -> list[Path]:
-    """Write a stack as ``gpufocus fuse`` and ``score.py`` read it.
+    """Write a stack as ``gpufocus fuse`` and ``score.py`` read it: all files or none.
 
     Files: ``frame_000.{png,jpg}``..., ``ground_truth.png``, ``depth.png`` (16-bit, see
     ``params['depth_png']``), ``focus_index.png`` (8-bit frame index) and ``params.json``.
+    ``keep``: files that must not be replaced (the scene image the stack was made from).
 
     Returns:
         The frame files, in order.
     """
-    from .write import write_image
+    from .write import Outputs, check_distinct, output_folder
 
     if fmt not in ("png", "jpg"):
         raise GpufocusError(f"--format {fmt}: use png or jpg")
     outdir = Path(outdir)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise GpufocusError(f"{outdir}: cannot create the folder ({error.strerror or error})") from None
-    paths = [
-        write_image(outdir / f"frame_{i:03d}.{fmt}", frame, quality=quality, overwrite=overwrite)
-        for i, frame in enumerate(stack.frames)
-    ]
-    write_image(outdir / "ground_truth.png", stack.ground_truth, overwrite=overwrite)
+    paths = [outdir / f"frame_{i:03d}.{fmt}" for i in range(len(stack.frames))]
+    side = {name: outdir / name for name in ("ground_truth.png", "depth.png", "focus_index.png", "params.json")}
+    check_distinct([*paths, *side.values()], keep)
     depth = (_depth_of(stack.depth.double()) - NEAR) / (FAR - NEAR)
-    write_image(outdir / "depth.png", depth.float()[None], bits=16, overwrite=overwrite)
-    write_image(outdir / "focus_index.png", stack.focus_index.numpy().astype(np.uint8), overwrite=overwrite)
-    (outdir / "params.json").write_text(json.dumps(stack.params, indent=1) + "\n")
+    with output_folder(outdir), Outputs() as out:
+        for path, frame in zip(paths, stack.frames):
+            out.image(path, frame, quality=quality, overwrite=overwrite)
+        out.image(side["ground_truth.png"], stack.ground_truth, overwrite=overwrite)
+        out.image(side["depth.png"], depth.float()[None], bits=16, overwrite=overwrite)
+        out.image(side["focus_index.png"], stack.focus_index.numpy().astype(np.uint8), overwrite=overwrite)
+        out.json(side["params.json"], stack.params, overwrite)
     return paths

@@ -1,11 +1,24 @@
-"""Writing the fused image: format from the extension, 8 or 16 bits, atomic."""
+"""Writing results: format from the extension, 8 or 16 bits, atomic, never over an input.
+
+Every file is written to a temporary beside its target and renamed into place, so a
+failed or interrupted run leaves no partial file; ``Outputs`` does that for several
+files together (all or none). Temporaries are named after the writing process
+(``.NAME.gpufocus-HOST-PID-XXXX.part``): a later write into the same folder removes
+those of processes that are gone (killed mid-write).
+"""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import re
+import socket
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +27,18 @@ from PIL import Image
 
 from .errors import GpufocusError
 
-__all__ = ["OUTPUT_FORMATS", "output_format", "check_output", "to_array", "write_image"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "Outputs",
+    "output_format",
+    "check_output",
+    "check_output_file",
+    "check_distinct",
+    "output_folder",
+    "to_array",
+    "write_image",
+    "write_json",
+]
 
 #: Output extensions and the format each one writes.
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
@@ -38,31 +62,237 @@ def output_format(path: str | os.PathLike, bits: int = 8) -> str:
 
 
 def check_output(path: str | os.PathLike, bits: int = 8, overwrite: bool = False) -> str:
-    """Fail early, before any work, if ``path`` cannot be written.
+    """Fail early, before any work, if the image ``path`` cannot be written.
 
     Returns:
         The output format (see ``output_format``).
 
     Raises:
-        GpufocusError: bad extension, an existing file without ``overwrite``, or a
-            missing or unwritable folder.
+        GpufocusError: bad extension, or see ``check_output_file``.
+    """
+    fmt = output_format(path, bits)
+    check_output_file(path, overwrite)
+    return fmt
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Fail early, before any work, if the file ``path`` (any kind) cannot be written.
+
+    Raises:
+        GpufocusError: an existing file without ``overwrite``, a directory, a loop of
+            symbolic links, a missing folder or one that is a file, an unwritable folder.
     """
     path = Path(path)
-    fmt = output_format(path, bits)
-    if path.is_dir():
-        raise GpufocusError(f"{path}: is a directory; give an output file name")
-    if path.exists() and not overwrite:
-        raise GpufocusError(f"{path}: already exists (use --overwrite to replace it)")
-    folder = path.parent
-    if not folder.is_dir():
-        raise GpufocusError(f"{path}: the folder {folder} does not exist")
+    try:
+        if path.is_dir():
+            raise GpufocusError(f"{path}: is a directory; give an output file name")
+        if path.exists() and not overwrite:
+            raise GpufocusError(f"{path}: already exists (use --overwrite to replace it)")
+        path.parent.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise GpufocusError(f"{path}: a loop of symbolic links") from None
+        if error.errno == errno.ENOTDIR:
+            raise GpufocusError(f"{path}: a part of its folder path is a file, not a folder") from None
+        if error.errno == errno.ENOENT:
+            raise GpufocusError(f"{path}: the folder {path.parent} does not exist") from None
+        raise GpufocusError(f"{path}: cannot use this path ({error.strerror or error})") from None
+    if not path.parent.is_dir():
+        raise GpufocusError(f"{path}: {path.parent} is a file, not a folder")
     # Try it: permission bits do not tell (root, read-only mounts, ACLs).
     try:
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as error:
-        raise GpufocusError(f"{path}: the folder {folder} is not writable ({error.strerror or error})") from None
-    return fmt
+        raise GpufocusError(f"{path}: the folder {path.parent} is not writable ({error.strerror or error})") from None
+
+
+def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
+    """Where a path really leads (symbolic links followed) and, if it exists, its inode."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a loop of links: check_output_file names it
+        resolved = path.absolute()
+    try:
+        found = os.stat(path)
+    except OSError:
+        return resolved, None
+    return resolved, (found.st_dev, found.st_ino)
+
+
+def check_distinct(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse an output that is an input or another output (with or without ``--overwrite``).
+
+    Paths are compared as resolved (symbolic links followed) and, where they exist,
+    by inode, so links of either kind count as the same file.
+
+    Raises:
+        GpufocusError: naming the output and what it would replace.
+    """
+    seen: dict[object, tuple[str, Path]] = {}
+    for path in map(Path, inputs):
+        resolved, inode = _identity(path)
+        seen[resolved] = seen[inode] = ("input", path)
+    for path in map(Path, outputs):
+        resolved, inode = _identity(path)
+        for key in (resolved, inode):
+            if key is not None and key in seen:
+                kind, other = seen[key]
+                what = f"the input {other}" if kind == "input" else f"another output ({other})"
+                raise GpufocusError(f"{path}: is the same file as {what}; choose another output path")
+        seen[resolved] = ("output", path)
+        if inode is not None:
+            seen[inode] = ("output", path)
+
+
+@contextmanager
+def output_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Make ``folder`` (and its parents) if missing; if the block then fails, remove it
+    again where it stayed empty, so a failed command leaves no trace."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise GpufocusError(f"{folder}: not a directory")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise GpufocusError(f"{folder}: cannot create the folder ({error.strerror or error})") from None
+    try:
+        yield folder
+    except BaseException:
+        if created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+_TEMPORARY = re.compile(r"^\..+\.gpufocus-(?P<host>[^-]+)-(?P<pid>\d+)-[^-]*\.part$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale(folder: Path) -> None:
+    """Remove temporaries that processes of this host left when they were killed."""
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.name.endswith(".part")]
+    except OSError:
+        return
+    for name in names:
+        found = _TEMPORARY.match(name)
+        if found and found["host"] == _HOST and not _alive(int(found["pid"])):
+            try:
+                os.unlink(folder / name)
+            except OSError:
+                pass
+
+
+class Outputs:
+    """Files written to temporaries and put in place together when the block ends.
+
+    If anything fails (an encoder, a full disk, an interrupt) before the end of the
+    ``with`` block, every temporary is removed and no target is touched.
+
+    Example:
+        >>> with Outputs() as out:
+        ...     out.image("fused.png", image, bits=16)
+        ...     out.json("transforms.json", report)
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, Path]] = []
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def _start(self, path: Path) -> tuple[int, str]:
+        _remove_stale(path.parent)
+        try:
+            handle, temporary = tempfile.mkstemp(
+                prefix=f".{path.name}.gpufocus-{_HOST}-{os.getpid()}-", suffix=".part", dir=path.parent
+            )
+        except OSError as error:
+            raise GpufocusError(f"{path}: cannot write ({error.strerror or error})") from None
+        self._pending.append((temporary, path))
+        return handle, temporary
+
+    def write(self, path: str | os.PathLike, data: bytes | None = None, *, encode=None) -> None:
+        """Write ``data``, or what ``encode(file)`` writes, to ``path`` (on commit)."""
+        path = Path(path)
+        handle, temporary = self._start(path)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                if encode is not None:
+                    encode(out)
+                else:
+                    out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, 0o666 & ~_umask())
+        except OSError as error:
+            raise GpufocusError(f"{path}: cannot write ({error.strerror or error})") from None
+
+    def image(
+        self,
+        path: str | os.PathLike,
+        image: torch.Tensor | np.ndarray,
+        *,
+        bits: int = 8,
+        quality: int = 95,
+        exif: bytes | None = None,
+        icc: bytes | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        """An image, as ``write_image`` takes it, put in place on commit."""
+        path = Path(path)
+        fmt = check_output(path, bits, overwrite)
+        if not 1 <= quality <= 100:
+            raise GpufocusError(f"{path}: --quality must be between 1 and 100, not {quality}")
+        pixels = to_array(image, bits) if isinstance(image, torch.Tensor) else image
+        self.write(path, encode=lambda out: _encode(out, pixels, fmt, bits, quality, exif, icc))
+
+    def json(self, path: str | os.PathLike, report, overwrite: bool = False) -> None:
+        """``report`` as indented JSON, put in place on commit."""
+        check_output_file(path, overwrite)
+        self.write(path, (json.dumps(report, indent=1) + "\n").encode())
+
+    def commit(self) -> None:
+        """Rename every temporary onto its target."""
+        try:
+            while self._pending:
+                temporary, path = self._pending[0]
+                try:
+                    os.replace(temporary, path)
+                except OSError as error:
+                    raise GpufocusError(f"{path}: cannot write ({error.strerror or error})") from None
+                self._pending.pop(0)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove every temporary not yet put in place."""
+        for temporary, _ in self._pending:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+        self._pending.clear()
 
 
 def to_array(image: torch.Tensor, bits: int) -> np.ndarray:
@@ -104,35 +334,29 @@ def write_image(
     Raises:
         GpufocusError: see ``check_output``; also a failed write (disk full, ...).
     """
-    path = Path(path)
-    fmt = check_output(path, bits, overwrite)
-    if not 1 <= quality <= 100:
-        raise GpufocusError(f"{path}: --quality must be between 1 and 100, not {quality}")
-    pixels = to_array(image, bits) if isinstance(image, torch.Tensor) else image
-    temporary = None
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        with os.fdopen(handle, "wb") as out:
-            if bits == 16 and pixels.ndim == 3:
-                out.write(_encode_16bit(pixels, fmt, exif, icc))
-            else:
-                options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2} if fmt == "JPEG" else {}
-                if exif:
-                    options["exif"] = exif
-                if icc:
-                    options["icc_profile"] = icc
-                # RGB, L or (grey, 16 bits) I;16, from the array's shape and type
-                Image.fromarray(pixels.astype(np.uint16 if bits == 16 else np.uint8)).save(out, format=fmt, **options)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except OSError as error:
-        raise GpufocusError(f"{path}: cannot write ({error.strerror or error})") from None
-    finally:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
+    with Outputs() as out:
+        out.image(path, image, bits=bits, quality=quality, exif=exif, icc=icc, overwrite=overwrite)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, report, overwrite: bool = False) -> Path:
+    """Write ``report`` as JSON, atomically (see ``write_image``)."""
+    with Outputs() as out:
+        out.json(path, report, overwrite)
+    return Path(path)
+
+
+def _encode(out, pixels: np.ndarray, fmt: str, bits: int, quality: int, exif: bytes | None, icc: bytes | None) -> None:
+    if bits == 16 and pixels.ndim == 3:
+        out.write(_encode_16bit(pixels, fmt, exif, icc))
+        return
+    options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2} if fmt == "JPEG" else {}
+    if exif:
+        options["exif"] = exif
+    if icc:
+        options["icc_profile"] = icc
+    # RGB, L or (grey, 16 bits) I;16, from the array's shape and type
+    Image.fromarray(pixels.astype(np.uint16 if bits == 16 else np.uint8)).save(out, format=fmt, **options)
 
 
 def _umask() -> int:

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from gpufocus.app.cli import app
+from gpufocus.cli import app
 from gpufocus.batch import FuseSettings, find_stacks, run_batch
 from gpufocus.load import FrameStack
 from gpufocus.synth import make_stack, write_stack

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import exif_of
 from gpufocus import probe_image, read_image, write_image
-from gpufocus.app.cli import app
+from gpufocus.cli import app
 from gpufocus.synth import make_stack, move_frames, write_stack
 from test_write import _unwritable_folder
 

@@ -1,1 +1,0 @@
-"""Checkout root: installed, cli.py becomes gpufocus.app.cli (see pyproject.toml)."""

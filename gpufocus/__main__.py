@@ -1,0 +1,69 @@
+"""The ``gpufocus`` command (and ``python -m gpufocus``): start the command line.
+
+Nothing heavy is imported before the guard is in place, so a Ctrl-C while torch
+loads ends like one during the work: ``interrupted`` and exit code 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def main() -> None:
+    """Run the command line on ``sys.argv`` and exit with its code."""
+    try:
+        _native_stderr_off()
+        from gpufocus.cli import run
+
+        code = run(sys.argv[1:])
+    except KeyboardInterrupt:
+        code = interrupted()
+    except Exception as error:  # noqa: BLE001 - a bug: one line here, the traceback in a file
+        code = _internal_error(error)
+    sys.exit(code)
+
+
+def interrupted() -> int:
+    """Say so once, ignore further Ctrl-C while the process winds down, give 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("interrupted", file=sys.stderr, flush=True)
+    return 130
+
+
+def _internal_error(error: Exception) -> int:
+    """A bug is no reason for 40 lines on the user's terminal: one line that says where
+    the traceback went, for the report."""
+    import tempfile
+    import traceback
+
+    text = " ".join(str(error).split())[:200]
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="gpufocus-crash-", suffix=".txt", delete=False) as report:
+            traceback.print_exception(error, file=report)
+        where = f"; details in {report.name}"
+    except OSError:
+        where = ""
+    print(f"error: internal error ({type(error).__name__}: {text}){where}; please report it", file=sys.stderr)
+    return 70  # EX_SOFTWARE: not the user's input
+
+
+def _native_stderr_off() -> None:
+    """C libraries (libtiff, libpng, OpenCV) print warnings straight to file descriptor
+    2, around our one-line error. Point descriptor 2 at the null device and give
+    Python's ``sys.stderr`` a copy of the real one: our messages still reach the user,
+    the libraries' chatter does not."""
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except (OSError, AttributeError, ValueError):  # no descriptor 2 at all: nothing to protect
+        return
+    sys.stderr = open(real, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+
+
+if __name__ == "__main__":
+    main()

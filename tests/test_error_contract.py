@@ -1,0 +1,429 @@
+"""The error contract, case by case: one line naming the file, exit code 1, nothing
+written, inputs never touched; interrupts end with ``interrupted`` and 130."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gpufocus import GpufocusError, read_image, write_image
+from gpufocus.cli import app
+from gpufocus.synth import make_stack, write_stack
+from gpufocus.write import Outputs, check_distinct
+from test_write import _unwritable_folder
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def digests(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def one_error(result, *parts: str) -> None:
+    assert result.exit_code == 1, (result.exit_code, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+
+
+@pytest.fixture
+def stack(tmp_path) -> Path:
+    write_stack(make_stack(48, 64, 3, max_blur=3.0, seed=2), tmp_path / "S")
+    return tmp_path / "S"
+
+
+# -- outputs never replace an input, nor each other ---------------------------------
+
+
+def _same_path(s, t):
+    return s / "frame_000.png"
+
+
+def _symlink_to_input(s, t):
+    (t / "link.png").symlink_to(s / "frame_000.png")
+    return t / "link.png"
+
+
+def _hard_link_to_input(s, t):
+    os.link(s / "frame_001.png", t / "hard.png")
+    return t / "hard.png"
+
+
+def _relative_spelling(s, t):
+    return s / ".." / s.name / "frame_002.png"
+
+
+@pytest.mark.parametrize("make_output", [_same_path, _symlink_to_input, _hard_link_to_input, _relative_spelling])
+@pytest.mark.parametrize("option", ["-o", "--depth-map", "--save-transforms"])
+def test_an_output_that_is_an_input_is_refused(stack, tmp_path, make_output, option):
+    target = make_output(stack, tmp_path)
+    before = digests(stack)
+    others = {"-o": tmp_path / "out.png"}
+    others[option] = target
+    args = [a for pair in others.items() for a in pair]
+    result = run("fuse", stack, *args, "--overwrite", "-q")
+    one_error(result, str(target), "is the same file as the input")
+    assert digests(stack) == before
+    assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("other", ["--depth-map", "--save-transforms"])
+def test_two_outputs_on_one_file_are_refused(stack, tmp_path, other):
+    out = tmp_path / "out.png"
+    one_error(run("fuse", stack, "-o", out, other, out, "-q"), "is the same file as another output")
+    assert not out.exists()
+
+
+def test_align_command_never_writes_over_its_frames(stack, tmp_path):
+    before = digests(stack)
+    one_error(run("align", stack, "-o", stack, "--overwrite", "-q"), "is the same file as the input")
+    one_error(
+        run("align", stack, "-o", tmp_path / "A", "--save-transforms", stack / "frame_001.png", "--overwrite"),
+        "is the same file as the input",
+    )
+    assert digests(stack) == before and not (tmp_path / "A").exists()
+
+
+def test_synth_never_writes_over_its_scene(tmp_path):
+    scene = tmp_path / "S" / "frame_000.png"
+    scene.parent.mkdir()
+    write_image(scene, np.full((40, 56, 3), 128, np.uint8))
+    before = scene.read_bytes()
+    one_error(run("synth", tmp_path / "S", "--image", scene, "--frames", "2", "--overwrite"), "same file as the input")
+    assert scene.read_bytes() == before
+
+
+def test_check_distinct_compares_real_files(tmp_path):
+    a = tmp_path / "a.png"
+    a.write_bytes(b"x")
+    check_distinct([tmp_path / "b.png", tmp_path / "c.png"], [a])  # distinct: no error
+    with pytest.raises(GpufocusError, match="same file as another output"):
+        check_distinct([tmp_path / "b.png", tmp_path / "sub" / ".." / "b.png"])
+
+
+# -- every check before any file is written ----------------------------------------
+
+
+def test_save_transforms_without_alignment_writes_nothing(stack, tmp_path):
+    result = run("fuse", stack, "-o", tmp_path / "out.png", "--no-align", "--save-transforms", tmp_path / "t.json")
+    one_error(result, "t.json", "needs alignment")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S"]
+
+
+def test_unwritable_transforms_path_writes_nothing(stack, tmp_path):
+    folder = _unwritable_folder(tmp_path)
+    if folder is None:
+        pytest.skip("found no folder that this user cannot write")
+    try:
+        result = run("fuse", stack, "-o", tmp_path / "out.png", "--save-transforms", folder / "t.json")
+        one_error(result, "t.json", "not writable")
+        assert not (tmp_path / "out.png").exists()
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+
+
+def test_a_failed_second_output_leaves_no_first(stack, tmp_path, monkeypatch):
+    # The depth map's write fails after the fused image was encoded: neither appears.
+    real = Outputs.write
+
+    def failing(self, path, data=None, *, encode=None):
+        if Path(path).name == "depth.png":
+            raise GpufocusError(f"{path}: cannot write (No space left on device)")
+        return real(self, path, data, encode=encode)
+
+    monkeypatch.setattr(Outputs, "write", failing)
+    result = run("fuse", stack, "-o", tmp_path / "out.png", "--depth-map", tmp_path / "depth.png", "-q")
+    one_error(result, "depth.png: cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S"]
+
+
+def test_paths_that_cannot_be_used_are_named(stack, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    one_error(run("fuse", stack, "-o", tmp_path / "afile" / "out.png"), "afile is a file, not a folder")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    one_error(run("fuse", tmp_path / "loop1", stack, "-o", tmp_path / "out.png"), "loop1: a loop of symbolic links")
+    one_error(run("fuse", stack, "-o", tmp_path / "loop1"), "loop1")  # an output path that loops
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    one_error(run("fuse", stack, tmp_path / "dangling.png", "-o", tmp_path / "o.png"), "broken symbolic link")
+
+
+# -- frames too small to align; frames too small to fuse ----------------------------
+
+
+@pytest.mark.parametrize("side", [8, 9, 31])
+def test_frames_too_small_to_align_are_fused_as_they_are(tmp_path, side):
+    rng = np.random.default_rng(side)
+    paths = write_stack_files(tmp_path / "tiny", rng.integers(0, 256, (3, side, side, 3), dtype=np.uint8))
+    aligned, plain = tmp_path / "aligned.png", tmp_path / "plain.png"
+    result = run("fuse", *paths, "-o", aligned)
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: {side}x{side} frames are too small to align (at least 32x32); fusing them as they are"]
+    assert run("fuse", *paths, "-o", plain, "--no-align", "-q").exit_code == 0
+    assert np.array_equal(read_image(aligned), read_image(plain))
+
+
+def test_frames_too_small_to_fuse_are_named(tmp_path):
+    paths = write_stack_files(tmp_path / "tiny", np.zeros((2, 7, 9, 3), np.uint8))
+    one_error(run("fuse", *paths, "-o", tmp_path / "o.png"), "frame_0.png: 9x7 is too small to fuse")
+
+
+def write_stack_files(folder: Path, frames: np.ndarray) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = [folder / f"frame_{i}.png" for i in range(len(frames))]
+    for path, frame in zip(paths, frames):
+        Image.fromarray(frame).save(path)
+    return paths
+
+
+# -- decoders' failures --------------------------------------------------------------
+
+
+def _png_with_bad_chunk(path: Path) -> None:
+    """A PNG whose IDAT length is zeroed: Pillow opens it, then raises ``SyntaxError``
+    ("broken PNG file") when it reads on into the image data as if it were chunks."""
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    idat = 8 + 12 + 13  # after the signature and IHDR
+    assert data[idat + 4 : idat + 8] == b"IDAT"
+    data[idat : idat + 4] = bytes(4)
+    path.write_bytes(bytes(data))
+
+
+def _png_with_short_header(path: Path) -> None:
+    """IHDR shorter than 13 bytes (Pillow: ValueError)."""
+    chunk = b"IHDR" + b"\x00" * 6
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + (6).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big"))
+
+
+def _jpeg_with_zeroed_app1(path: Path) -> None:
+    """A JPEG whose EXIF segment length is 0: Pillow would read the embedded thumbnail."""
+    from mutate import seed_files
+
+    data = bytearray(seed_files()["jpeg_thumb"])
+    at = data.find(b"\xff\xe1")
+    data[at + 2 : at + 4] = b"\x00\x00"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_png_with_bad_chunk, "broken PNG file"),
+        (_png_with_short_header, "Truncated IHDR chunk"),
+        (_jpeg_with_zeroed_app1, "marker 0xE1 has a segment length of 0"),
+    ],
+)
+def test_decoder_exceptions_are_one_line_errors(tmp_path, damage, message):
+    bad = tmp_path / "bad.png"
+    damage(bad)
+    with pytest.raises(GpufocusError, match=message) as caught:
+        read_image(bad)
+    assert str(caught.value).startswith(f"{bad}: ") and "\n" not in str(caught.value)
+
+
+def test_a_thumbnail_is_never_taken_for_the_image(tmp_path):
+    from mutate import seed_files
+
+    good = tmp_path / "good.jpg"
+    good.write_bytes(seed_files()["jpeg_thumb"])
+    assert read_image(good).shape == (40, 48, 3)  # the thumbnail (12x10) is not what is read
+
+
+# -- batch: one broken stack is that stack's failure ---------------------------------
+
+
+@pytest.fixture
+def twelve_stacks(tmp_path) -> Path:
+    root = tmp_path / "root"
+    for i in range(12):
+        write_stack(make_stack(40, 48, 3, max_blur=2.0, seed=i), root / f"s{i:02d}")
+    _png_with_bad_chunk(root / "s03" / "frame_001.png")  # Pillow: SyntaxError
+    (root / "s07" / "frame_002.png").write_bytes((root / "s07" / "frame_002.png").read_bytes()[:150])
+    Image.new("RGB", (20, 20)).save(root / "s10" / "frame_002.png")  # another size
+    return root
+
+
+def test_a_batch_with_broken_stacks_goes_on(twelve_stacks, tmp_path):
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    result = run("batch", twelve_stacks, "-o", out, "--no-align", "--report", report)
+    assert result.exit_code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    written = sorted(p.stem for p in out.iterdir())
+    assert written == [f"s{i:02d}" for i in range(12) if i not in (3, 7, 10)]
+    summary = json.loads(report.read_text())
+    failed = {r["name"]: r["error"] for r in summary["results"] if r["status"] == "failed"}
+    assert sorted(failed) == ["s03", "s07", "s10"]
+    assert "frame_001.png: corrupt" in failed["s03"] and "frame_002.png" in failed["s07"]
+    assert "differs from the first frame" in failed["s10"]
+    assert [line for line in result.stderr.splitlines() if line.startswith("failed: ")] == [
+        f"failed: {name}: {failed[name]}" for name in ("s03", "s07", "s10")
+    ]
+
+
+def test_any_exception_fails_only_its_stack(twelve_stacks, tmp_path, monkeypatch):
+    import gpufocus.batch as batch
+
+    real_fuse, real_write = batch.fuse, batch.write_image
+
+    def fuse(stack, **kwargs):
+        if stack.paths[0].parent.name == "s01":
+            raise RuntimeError("a bug in fusing")
+        return real_fuse(stack, **kwargs)
+
+    def write_image(path, *args, **kwargs):
+        if Path(path).stem == "s02":
+            raise ValueError("an encoder's bug")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "fuse", fuse)
+    monkeypatch.setattr(batch, "write_image", write_image)
+    results = batch.run_batch(batch.find_stacks(twelve_stacks), tmp_path / "out", batch.FuseSettings(align=None))
+    status = {r.name: (r.status, r.error) for r in results}
+    assert status["s01"] == ("failed", "RuntimeError: a bug in fusing")
+    assert status["s02"] == ("failed", "ValueError: an encoder's bug")
+    assert sum(s == "written" for s, _ in status.values()) == 7
+
+
+def test_an_unwritable_report_is_refused_before_any_work(twelve_stacks, tmp_path):
+    folder = _unwritable_folder(tmp_path)
+    if folder is None:
+        pytest.skip("found no folder that this user cannot write")
+    try:
+        result = run("batch", twelve_stacks, "-o", tmp_path / "out", "--report", folder / "r.json")
+        one_error(result, "r.json", "not writable")
+        assert not (tmp_path / "out").exists()
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+
+
+def test_results_may_not_land_in_a_stack(twelve_stacks):
+    one_error(run("batch", twelve_stacks, "-o", twelve_stacks / "s00" / "fused"), "is inside the stack folder")
+
+
+# -- temporaries and interrupts ------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    from gpufocus.write import _HOST
+
+    stale = tmp_path / f".old.jpg.gpufocus-{_HOST}-{_dead_pid()}-x1y2.part"
+    live = tmp_path / f".other.jpg.gpufocus-{_HOST}-{os.getppid()}-a1b2.part"  # its writer is still running
+    foreign = tmp_path / ".notes.txt.part"  # not ours
+    for path in (stale, live, foreign):
+        path.write_bytes(b"half a file")
+    write_image(tmp_path / "new.png", np.zeros((8, 8, 3), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, foreign.name, "new.png"])
+
+
+_SLOW_CHILD = """
+import sys, time
+import gpufocus.cli, gpufocus.write
+def slow(*args, **kwargs):
+    print("working", flush=True)
+    time.sleep(60)
+def slow_encode(out, *args):
+    out.write(b"half")
+    out.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+def crash(*args, **kwargs):
+    raise RuntimeError("a bug")
+gpufocus.cli.fuse = {"fuse": slow, "crash": crash}.get(sys.argv[1], gpufocus.cli.fuse)
+gpufocus.write._encode = slow_encode if sys.argv[1] == "write" else gpufocus.write._encode
+sys.argv = ["gpufocus", *sys.argv[2:]]
+from gpufocus.__main__ import main
+main()
+"""
+
+
+def _start_child(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_ctrl_c_while_starting(stack, tmp_path, delay):
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gpufocus", "fuse", str(stack), "-o", str(tmp_path / "out.png")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(delay)  # torch alone takes over a second to import here
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130 and stderr == "interrupted\n", stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_ctrl_c_while_working(stack, tmp_path):
+    child = _start_child("fuse", "fuse", str(stack), "-o", str(tmp_path / "out.png"))
+    assert child.stdout.readline() == "working\n"
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130 and stderr == "interrupted\n", stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S"]
+
+
+def test_ctrl_c_while_writing_leaves_no_temporary(stack, tmp_path):
+    child = _start_child("write", "fuse", str(stack), "-o", str(tmp_path / "out.png"), "--no-align")
+    assert child.stdout.readline() == "writing\n"
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130 and stderr == "interrupted\n", stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S"]
+
+
+def test_a_writer_killed_mid_write_is_cleaned_up_by_the_next(stack, tmp_path):
+    child = _start_child("write", "fuse", str(stack), "-o", str(tmp_path / "out.png"), "--no-align")
+    assert child.stdout.readline() == "writing\n"
+    child.kill()
+    child.communicate(timeout=60)
+    assert [p.name for p in tmp_path.glob(".out.png.gpufocus-*.part")], "the kill should leave a temporary"
+    assert run("fuse", stack, "-o", tmp_path / "other.png", "--no-align", "-q").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S", "other.png"]
+
+
+def test_a_bug_is_one_line_and_a_report_file(stack, tmp_path):
+    child = _start_child("crash", "fuse", str(stack), "-o", str(tmp_path / "out.png"))
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 70 and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("error: internal error (RuntimeError: a bug); details in ")
+    report = Path(stderr.split("details in ")[1].split(";")[0])
+    assert "Traceback" in report.read_text() and "a bug" in report.read_text()
+    report.unlink()
+
+
+def test_native_library_chatter_stays_off_stderr(tmp_path):
+    # A 16-bit TIFF whose deflate stream is broken: libtiff and OpenCV print about it.
+    good = tmp_path / "a.tif"
+    write_image(good, np.random.default_rng(0).integers(0, 65535, (40, 48, 3), dtype=np.uint16), bits=16)
+    data = bytearray(good.read_bytes())
+    data[-200:-100] = bytes(100)
+    bad = tmp_path / "b.tif"
+    bad.write_bytes(bytes(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufocus", "fuse", str(good), str(bad), "-o", str(tmp_path / "o.png")],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"error: {bad}: truncated or corrupt 16-bit image data"], done.stderr
