@@ -53,10 +53,10 @@ def residuals(shared: Path) -> None:
         stack = FrameStack(shared / "data" / "real" / name)
         device = torch.device("cpu")
         raw = [to_float(chunk, device, torch.float32)[0] for chunk in stack.chunks(1)]
-        aligner = StackAligner()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            aligned = [frame for _, frame in align_stack(stack, aligner, device="cpu")]
+            aligner, frames = align_stack(stack, device="cpu")
+            aligned = [frame for _, frame in frames]
         before, after = neighbour_residual(raw), neighbour_residual(aligned)
         height, width = stack.size
         motion = max(_largest_move(r.matrix, height, width) for r in aligner.results)
@@ -69,7 +69,8 @@ def residuals(shared: Path) -> None:
 def known_motion() -> None:
     import math
 
-    from gpufocus.align import AlignOptions, to_pixel_matrix, warp_frame
+    from gpufocus.align import to_pixel_matrix, warp_frame
+    from gpufocus.options import AlignOptions, FuseOptions
     from gpufocus.metrics import psnr
     from gpufocus.rules import make_rule
     from gpufocus.synth import make_stack
@@ -85,12 +86,12 @@ def known_motion() -> None:
     corners = torch.tensor([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
                            dtype=torch.float64).T
     errors = []
-    for found, truth in zip(StackAligner().estimate(stack.frames, 0), truths):
+    for found, truth in zip(StackAligner(AlignOptions()).estimate(stack.frames, 0), truths):
         a, b = to_pixel_matrix(found, height, width) @ corners, to_pixel_matrix(truth, height, width) @ corners
         errors.append(float((a[:2] / a[2] - b[:2] / b[2]).norm(dim=0).max()))
     estimated = psnr(fuse(stack.frames, device="cpu", align=AlignOptions(match_exposure=False)), stack.ground_truth)
     oracle = [warp_frame(f[None], t) for f, t in zip(stack.frames, truths)]
-    rule = make_rule("max-energy", levels=6)
+    rule = make_rule(FuseOptions(), levels=6)
     rule.fold(torch.cat([w for w, _ in oracle]), torch.cat([v for _, v in oracle]))
     best = psnr(rule.result()[0].clamp(0, 1), stack.ground_truth)
     print("\n| largest corner error (px) | PSNR, estimated motion | PSNR, true motion |\n|---|---|---|")

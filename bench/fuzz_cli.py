@@ -15,7 +15,10 @@ JPEG, PNG 8/16-bit, TIFF 8/16-bit, WebP), alignment on for even cases. Counted:
 
 Then ``--interrupts`` runs get SIGINT at a random moment (imports included) and as
 many get SIGKILL, each followed by a clean run into the same folder, which must
-remove what the killed one left. Prints a markdown table for bench/RESULTS.md.
+remove what the killed one left. A SIGINT in the first few dozen milliseconds, while
+Python itself starts (site-packages, before any gpufocus code runs), ends in Python's
+own traceback: counted on a line of its own. Prints a markdown table for
+bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -72,12 +75,19 @@ def _one(n: int, kind: str, suffix: str, mutation: str, data: bytes, good: bytes
     return found
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with Ctrl-C ignored, and children inherit that:
+    # give the command the default, as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(n: int, how: signal.Signals, rng: random.Random, stack: Path, root: Path) -> collections.Counter:
     folder = root / f"{how.name.lower()}{n:03d}"
     folder.mkdir()
     out = folder / "out.png"
     child = subprocess.Popen(
-        COMMAND + ["fuse", str(stack), "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        COMMAND + ["fuse", str(stack), "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
     )
     time.sleep(rng.uniform(0.0, 4.0))  # start-up (imports), reading, fusing or writing
     child.send_signal(how)
@@ -88,6 +98,8 @@ def _interrupt(n: int, how: signal.Signals, rng: random.Random, stack: Path, roo
             found["interrupted cleanly"] += 1
         elif child.returncode == 0 and out.exists():
             found["finished before the signal"] += 1
+        elif "<frozen site>" in stderr and not out.exists():  # Python's own start-up, before gpufocus runs
+            found["interrupted while Python itself started"] += 1
         else:
             found["tracebacks"] += 1
             print(f"SIGINT {n}: exit {child.returncode}: {stderr[-300:]}", file=sys.stderr)
@@ -125,7 +137,8 @@ def main() -> None:
             total.update(_interrupt(n, signal.SIGINT, rng, stack, root))
             total.update(_interrupt(n, signal.SIGKILL, rng, stack, root))
     keys = ["fused", "refused", "tracebacks", "noisy", "inputs changed or files left", "partial outputs",
-            "interrupted cleanly", "finished before the signal", "killed, rerun clean", "stale temporaries"]
+            "interrupted cleanly", "finished before the signal", "interrupted while Python itself started",
+            "killed, rerun clean", "stale temporaries"]
     print(f"\n{args.cases} damaged files (seed {args.seed}) and {args.interrupts} SIGINT + {args.interrupts} SIGKILL "
           f"runs, {time.perf_counter() - started:.0f} s; {machine_description()}\n")
     print("| outcome | count |\n|---|---|")

@@ -16,8 +16,11 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "METHODS": "rules",
-    "AlignOptions": "align",
+    "METHODS": "options",
+    "AlignOptions": "options",
+    "FuseOptions": "options",
+    "OutputOptions": "options",
+    "OptionError": "options",
     "align_stack": "engine",
     "FrameStack": "load",
     "StackFuser": "engine",

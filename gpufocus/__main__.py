@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import NoReturn
 
 
 def main() -> None:
@@ -16,20 +17,34 @@ def main() -> None:
     try:
         _native_stderr_off()
         from gpufocus.cli import run
+        from gpufocus.allocator import tune_host_allocator
+
+        tune_host_allocator()
 
         code = run(sys.argv[1:])
+        if code == 130:  # a Ctrl-C that the command line met
+            interrupted()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done: a Ctrl-C now changes nothing
     except KeyboardInterrupt:
-        code = interrupted()
+        interrupted()
     except Exception as error:  # noqa: BLE001 - a bug: one line here, the traceback in a file
         code = _internal_error(error)
     sys.exit(code)
 
 
-def interrupted() -> int:
-    """Say so once, ignore further Ctrl-C while the process winds down, give 130."""
+def interrupted() -> NoReturn:
+    """Say so once and end with 130, whatever else is pending.
+
+    By now the interrupt has unwound the work (temporaries removed, pools shut down).
+    The process ends here, not through Python's exit: CPython ends a process whose
+    KeyboardInterrupt ever passed through an ``exec`` of source text (dataclasses and
+    namedtuples are made that way while modules import) with a SIGINT of its own,
+    caught or not, and the exit code would not be 130.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     print("interrupted", file=sys.stderr, flush=True)
-    return 130
+    sys.stdout.flush()
+    os._exit(130)
 
 
 def _internal_error(error: Exception) -> int:

@@ -32,12 +32,12 @@ from torch import Tensor
 
 from .color import luminance
 from .errors import GpufocusWarning
+from .options import ALIGN_MODELS, AlignOptions
 from .pyramid import pyr_down, separable_filter
 
 __all__ = [
     "MODELS",
     "MIN_ALIGN_SIDE",
-    "AlignOptions",
     "AlignmentWarning",
     "FrameTransform",
     "StackAligner",
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: Motion models and their number of parameters.
-MODELS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8}
+MODELS = dict(zip(ALIGN_MODELS, (2, 4, 6, 8)))
 
 #: Frames whose shorter side is smaller than this are fused as they are: too few pixels
 #: to register (the band-pass filter alone reaches 12 pixels).
@@ -74,25 +74,6 @@ _WORSE = 1.02
 # Measured on the shared stacks: 0.50 for the worst real pair (mffw_04, strong defocus),
 # 0.69 and more for the others.
 _MIN_CORRELATION = 0.2
-
-
-@dataclass(frozen=True)
-class AlignOptions:
-    """How to align a stack.
-
-    Args:
-        model: motion model, one of ``MODELS``.
-        reference: index of the frame whose grid the output takes (0: the first).
-        match_exposure: scale each frame's channels so that their mean brightness matches
-            the reference's (exposure flicker must not look like sharpness).
-        crop: crop the result to the region that every frame covers (otherwise the
-            reference's size, uncovered parts filled from the frames that cover them).
-    """
-
-    model: str = "similarity"
-    reference: int = 0
-    match_exposure: bool = True
-    crop: bool = False
 
 
 class AlignmentWarning(GpufocusWarning):
@@ -158,6 +139,11 @@ def _steepest_descent(model: str, gx: Tensor, gy: Tensor, x: Tensor, y: Tensor) 
 
 
 def _gaussian_taps(sigma: float) -> tuple[float, ...]:
+    """Normalised Gaussian taps out to three sigma.
+
+    Not ``kornia.filters.get_gaussian_kernel1d``: its taps agree to the last bit or one
+    unit in it, but importing kornia would add 0.2 s to every command's start.
+    """
     radius = max(1, math.ceil(3 * sigma))
     taps = [math.exp(-(k * k) / (2 * sigma * sigma)) for k in range(-radius, radius + 1)]
     return tuple(t / sum(taps) for t in taps)
@@ -223,7 +209,11 @@ def _level_grid(shape: tuple[int, int], spacing: int, full: tuple[int, int], dev
 
 
 def _phase_shift(template: Tensor, image: Tensor) -> tuple[float, float]:
-    """Shift ``(dx, dy)`` in level pixels such that ``image(x + d) ~ template(x)``."""
+    """Shift ``(dx, dy)`` in level pixels such that ``image(x + d) ~ template(x)``.
+
+    The whole-pixel peak: it only starts Gauss-Newton, which finds the sub-pixel part.
+    Our own: kornia has no phase correlation, scikit-image's runs in numpy on the host.
+    """
     h, w = template.shape[-2:]
     window = torch.outer(torch.hann_window(h, device=template.device), torch.hann_window(w, device=template.device))
     a = torch.fft.rfft2(template[0, 0] * window)
@@ -341,28 +331,20 @@ class StackAligner:
     """Aligns frames to the reference as they stream in; memory stays one frame's features.
 
     Args:
-        model: one of ``MODELS``.
-        reference: index of the reference frame. With frame 0, one pass does it all;
-            otherwise every frame goes through ``estimate`` first, then ``align``.
-        match_exposure: also scale each frame's channels to the reference's mean
-            brightness, measured on a blurred copy where focus does not show.
+        options: the model; the reference frame (with frame 0, one pass does it all;
+            otherwise every frame goes through ``estimate`` first, then ``align``);
+            whether to scale each frame's channels to the reference's mean brightness,
+            measured on a blurred copy where focus does not show.
 
     The aligned frames are resampled bicubically; pixels that no frame data covers
     are marked invalid (and filled with the nearest edge values), so the fusion can
     leave them to the frames that do cover them.
     """
 
-    def __init__(
-        self,
-        model: str = "similarity",
-        reference: int = 0,
-        match_exposure: bool = True,
-    ) -> None:
-        if model not in MODELS:
-            raise ValueError(f"unknown alignment model {model!r}; use one of {', '.join(MODELS)}")
-        self.model = model
-        self.reference = reference
-        self.match_exposure = match_exposure
+    def __init__(self, options: AlignOptions) -> None:
+        self.model = options.model
+        self.reference = options.reference
+        self.match_exposure = options.match_exposure
         self._chain: list[Tensor] = []  # M_0->i of the frames estimated so far
         self._fallbacks: list[str | None] = []
         self._last_step: Tensor | None = None

@@ -25,31 +25,50 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .align import AlignOptions
-from .engine import StackFuser, fuse
 from .errors import GpufocusError, GpufocusWarning
+from .job import FusionJob, Targets
 from .load import FrameStack, natural_key
-from .write import check_distinct, check_output, write_image
+from .options import FuseOptions, OptionError, OutputOptions
 
-__all__ = ["FuseSettings", "StackResult", "find_stacks", "fuse_stack", "run_batch", "summarize"]
+__all__ = ["BatchOutput", "StackResult", "find_stacks", "fuse_stack", "run_batch", "summarize"]
+
+#: Result formats of a batch, by file extension.
+FORMATS = ("jpg", "png", "tif")
 
 
 @dataclass(frozen=True)
-class FuseSettings:
-    """How every stack of a batch is fused and written (see ``StackFuser`` and ``write_image``)."""
+class BatchOutput:
+    """Where and how every stack's result is written.
 
-    method: str = "max-energy"
-    levels: int | None = None
-    kernel_size: int | None = None
-    per_channel: bool = False
-    dtype: str = "float32"
-    chunk: int | None = None
-    align: AlignOptions | None = field(default_factory=AlignOptions)
-    consistency: int = 0
-    tile: int | None = None
-    bits: int | None = None
-    quality: int = 95
+    Args:
+        folder: results go to ``folder/<stack>.<format>``, with a depth map (when the
+            fusion makes one) ``<stack>.depth.png`` and the transforms (``save_transforms``)
+            ``<stack>.transforms.json``.
+        format: ``jpg``, ``png`` or ``tif``.
+        output: bits and JPEG quality.
+        save_transforms: also write each stack's per-frame transforms.
+        overwrite: fuse stacks whose result exists too (otherwise they are skipped).
+    """
+
+    folder: Path
     format: str = "jpg"
+    output: OutputOptions = OutputOptions()
+    save_transforms: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+        if self.format not in FORMATS:
+            raise OptionError("format", self.format, f"use one of {', '.join(FORMATS)}")
+
+    def targets(self, stack: Path, options: FuseOptions) -> Targets:
+        """The files of the stack in folder ``stack``."""
+        name = self.folder / stack.name
+        return Targets(
+            image=name.with_name(f"{stack.name}.{self.format}"),
+            depth=name.with_name(f"{stack.name}.depth.png") if options.depth_map else None,
+            transforms=name.with_name(f"{stack.name}.transforms.json") if self.save_transforms else None,
+        )
 
 
 @dataclass
@@ -59,9 +78,9 @@ class StackResult:
     name: str
     output: str
     status: str
+    device: str
     frames: int = 0
     seconds: float = 0.0
-    device: str = ""
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -81,30 +100,20 @@ def find_stacks(root: str | os.PathLike) -> list[Path]:
     return stacks
 
 
-def _output(folder: Path, outdir: Path, settings: FuseSettings) -> Path:
-    return outdir / f"{folder.name}.{settings.format}"
-
-
-def fuse_stack(
-    folder: str | os.PathLike,
-    outdir: str | os.PathLike,
-    settings: FuseSettings = FuseSettings(),
-    device: str = "auto",
-    overwrite: bool = False,
-) -> StackResult:
-    """Fuse the stack in ``folder`` into ``outdir/<folder name>.<format>``; never raises
-    for a bad stack: the result says what went wrong."""
-    result, pending = _run_stack(Path(folder), Path(outdir), settings, device, overwrite)
+def fuse_stack(folder: str | os.PathLike, options: FuseOptions, output: BatchOutput) -> StackResult:
+    """Fuse the stack in ``folder`` and write its files (see ``BatchOutput``); never
+    raises for a bad stack: the result says what went wrong."""
+    result, pending = _run_stack(Path(folder), options, output)
     return _finish(result, pending)
 
 
-def _run_stack(folder, outdir, settings, device, overwrite, stack=None, writer=None):
+def _run_stack(folder: Path, options: FuseOptions, output: BatchOutput, stack=None, writer=None):
     """``fuse_stack``'s work. ``stack``: the folder's ``FrameStack`` if read already (and
-    decoding ahead), or the exception that reading it raised; ``writer``: encode and
-    write there, and return the pending write."""
-    output = _output(folder, outdir, settings)
-    result = StackResult(folder.name, str(output), "written", device=device)
-    if output.exists() and not overwrite:
+    decoding ahead), or the exception that reading it raised; ``writer``: write there,
+    and return the pending write."""
+    targets = output.targets(folder, options)
+    result = StackResult(folder.name, str(targets.image), "written", options.device)
+    if targets.image.exists() and not output.overwrite:
         result.status = "skipped"
         return result, None
     start, pending = time.perf_counter(), None
@@ -115,24 +124,19 @@ def _run_stack(folder, outdir, settings, device, overwrite, stack=None, writer=N
                 raise stack
             stack = stack or FrameStack([folder])
             result.frames = len(stack)
-            bits = settings.bits or (stack.bits if settings.format != "jpg" else 8)
-            check_output(output, bits, overwrite)
-            check_distinct([output], stack.paths)
-            fuser = StackFuser(
-                settings.method, levels=settings.levels, kernel_size=settings.kernel_size,
-                per_channel=settings.per_channel, device=device, dtype=settings.dtype, align=settings.align,
-                names=[p.name for p in stack.paths], consistency=settings.consistency, tile=settings.tile,
-            )
-            image = fuse(stack, chunk=settings.chunk, fuser=fuser)
-            reference = stack.infos[settings.align.reference if settings.align else 0]
-            options = dict(bits=bits, quality=settings.quality, exif=reference.exif, icc=reference.icc, overwrite=overwrite)
+            job = FusionJob(stack, targets, options, output.output, output.overwrite)
+            job.fuse()
+            result.device = str(job.fuser.device)
             if writer is None:
-                write_image(output, image, **options)
+                job.write()
             else:
-                pending = writer.submit(write_image, output, image, **options)
+                pending = writer.submit(job.write)
         result.warnings = [str(w.message) for w in caught if issubclass(w.category, GpufocusWarning)]
     except Exception as error:  # noqa: BLE001 - one broken stack must not stop the batch
         _failed(result, error)
+    finally:
+        if isinstance(stack, FrameStack):
+            stack.close()  # a stack that failed before it was read still decodes ahead
     result.seconds = time.perf_counter() - start
     return result, pending
 
@@ -154,7 +158,7 @@ def _finish(result: StackResult, pending) -> StackResult:
     return result
 
 
-def _in_order(folders, outdir, settings, device, overwrite, on_result) -> list[StackResult]:
+def _in_order(folders, options: FuseOptions, output: BatchOutput, on_result) -> list[StackResult]:
     """One stack after another in this process, the next one read while this one fuses."""
     results = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-write") as writer, ThreadPoolExecutor(
@@ -162,13 +166,13 @@ def _in_order(folders, outdir, settings, device, overwrite, on_result) -> list[S
     ) as reader:
 
         def open_stack(folder: Path) -> FrameStack | Exception | None:
-            if _output(folder, outdir, settings).exists() and not overwrite:
+            if output.targets(folder, options).image.exists() and not output.overwrite:
                 return None
             try:
                 stack = FrameStack([folder])
             except Exception as error:  # noqa: BLE001 - _run_stack reports it as this stack's failure
                 return error
-            stack.prefetch(settings.chunk or 1)
+            stack.prefetch(options.chunk or 1)
             return stack
 
         def report(running: tuple) -> None:
@@ -177,12 +181,12 @@ def _in_order(folders, outdir, settings, device, overwrite, on_result) -> list[S
                 on_result(results[-1])
 
         upcoming = reader.submit(open_stack, folders[0])
-        writing = None  # the previous stack, its file still being written
+        writing = None  # the previous stack, its files still being written
         for n, folder in enumerate(folders):
             stack = upcoming.result()
             if n + 1 < len(folders):
                 upcoming = reader.submit(open_stack, folders[n + 1])
-            running = _run_stack(folder, outdir, settings, device, overwrite, stack, writer)
+            running = _run_stack(folder, options, output, stack, writer)
             if writing is not None:
                 report(writing)
             writing = running
@@ -190,36 +194,40 @@ def _in_order(folders, outdir, settings, device, overwrite, on_result) -> list[S
     return results
 
 
-_device_of_worker: str | None = None
+_worker_device: str | None = None
 
 
-def _take_device(devices, workers: int) -> None:
+def _start_worker(devices, workers: int) -> None:
     """Worker start: take a device, and a fair share of the CPU cores (else the workers'
     thread pools fight over them: seen 7 times slower with 2 workers on 2 cores)."""
-    global _device_of_worker
-    _device_of_worker = devices.get()
+    global _worker_device
+    _worker_device = devices.get()
     import torch
 
+    from .allocator import tune_host_allocator
+
+    tune_host_allocator()  # a process of our own
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def _fuse_on_worker_device(folder, outdir, settings, overwrite) -> StackResult:
-    return fuse_stack(folder, outdir, settings, _device_of_worker or "auto", overwrite)
+def _fuse_on_worker(folder: Path, options: FuseOptions, output: BatchOutput) -> StackResult:
+    return fuse_stack(folder, options.replace(device=_worker_device), output)
 
 
-def _over_devices(folders, outdir, settings, devices, overwrite, on_result) -> list[StackResult]:
+def _over_devices(folders, options: FuseOptions, output: BatchOutput, devices, on_result) -> list[StackResult]:
     """A worker process per device; each takes the next stack when it is done with one."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    queue = context.Manager().Queue()
-    for device in devices:
-        queue.put(device)
     workers = len(devices)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_take_device, initargs=(queue, workers)) as pool:
-        futures = {pool.submit(_fuse_on_worker_device, folder, outdir, settings, overwrite): folder for folder in folders}
-        return _collect(futures, as_completed(futures), outdir, settings, on_result)
+    with context.Manager() as manager:
+        queue = manager.Queue()
+        for device in devices:
+            queue.put(device)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(queue, workers)) as pool:
+            futures = {pool.submit(_fuse_on_worker, folder, options, output): folder for folder in folders}
+            return _collect(futures, as_completed(futures), options, output, on_result)
 
 
-def _collect(futures: dict, finished, outdir: Path, settings: FuseSettings, on_result) -> list[StackResult]:
+def _collect(futures: dict, finished, options: FuseOptions, output: BatchOutput, on_result) -> list[StackResult]:
     """Results of ``futures`` (future -> folder) as they finish, each passed to
     ``on_result`` too. A future that failed (a worker process died, a cluster lost
     its task) fails its stack."""
@@ -229,26 +237,24 @@ def _collect(futures: dict, finished, outdir: Path, settings: FuseSettings, on_r
             result = future.result()
         except Exception as error:  # noqa: BLE001 - one lost stack must not stop the batch
             folder = futures[future]
-            result = _failed(StackResult(folder.name, str(_output(folder, outdir, settings)), "failed"), error)
+            image = output.targets(folder, options).image
+            result = _failed(StackResult(folder.name, str(image), "failed", options.device), error)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
 
 
-def _on_cluster(folders, outdir, settings, scheduler, overwrite, on_result) -> list[StackResult]:
+def _on_cluster(folders, options: FuseOptions, output: BatchOutput, scheduler, on_result) -> list[StackResult]:
     """Every stack a Dask task (``pip install gpufocus[cluster]``)."""
     try:
         from distributed import Client, as_completed as completed
     except ImportError:
-        raise GpufocusError("--scheduler: needs Dask's distributed package (pip install 'gpufocus[cluster]')") from None
+        raise GpufocusError("the Dask scheduler needs Dask's distributed package (pip install 'gpufocus[cluster]')") from None
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
-        futures = {
-            client.submit(fuse_stack, str(folder), str(outdir), settings, "auto", overwrite, pure=False): folder
-            for folder in folders
-        }
-        return _collect(futures, completed(list(futures)), outdir, settings, on_result)
+        futures = {client.submit(fuse_stack, folder, options, output, pure=False): folder for folder in folders}
+        return _collect(futures, completed(list(futures)), options, output, on_result)
     finally:
         if client is not scheduler:
             client.close()
@@ -256,43 +262,44 @@ def _on_cluster(folders, outdir, settings, scheduler, overwrite, on_result) -> l
 
 def run_batch(
     folders: Sequence[str | os.PathLike],
-    outdir: str | os.PathLike,
-    settings: FuseSettings = FuseSettings(),
+    options: FuseOptions | None,
+    output: BatchOutput,
     *,
-    devices: Sequence[str] = ("auto",),
+    devices: Sequence[str] | None = None,
     scheduler=None,
-    overwrite: bool = False,
     on_result: Callable[[StackResult], None] | None = None,
 ) -> list[StackResult]:
     """Fuse every stack folder; return a result per stack, in the folders' order.
 
     Args:
         folders: the stack folders (``find_stacks(root)``, say).
-        outdir: where the outputs go (created if missing).
-        settings: how to fuse and write them.
-        devices: one device runs the stacks in this process; several get a worker
-            process each.
+        options: how to fuse them (``None``: the defaults).
+        output: where and how to write them (the folder is made if missing).
+        devices: several devices get a worker process each (the stacks go to them in
+            turn); ``None`` or one device runs the stacks in this process (on
+            ``options.device``, or that one device).
         scheduler: a Dask scheduler address or ``distributed.Client``: run there instead.
-        overwrite: fuse stacks whose output exists too (otherwise they are skipped).
         on_result: called with each stack's result as it is done.
     """
-    folders, outdir = [Path(f) for f in folders], Path(outdir)
-    if settings.format not in ("jpg", "png", "tif"):
-        raise GpufocusError(f"--format {settings.format}: use jpg, png or tif")
-    target = outdir.resolve()
+    options = options or FuseOptions()
+    folders = [Path(f) for f in folders]
+    target = output.folder.resolve()
     for folder in folders:
         if target == folder.resolve() or folder.resolve() in target.parents:
-            raise GpufocusError(f"{outdir}: is inside the stack folder {folder}; its results would become frames")
+            raise GpufocusError(f"{output.folder}: is inside the stack folder {folder}; its results would become frames")
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
+        output.folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise GpufocusError(f"{outdir}: cannot create the folder ({error.strerror or error})") from None
+        raise GpufocusError(f"{output.folder}: cannot create the folder ({error.strerror or error})") from None
+    devices = list(devices or [])
+    if len(devices) == 1:
+        options = options.replace(device=devices[0])
     if scheduler is not None:
-        results = _on_cluster(folders, outdir, settings, scheduler, overwrite, on_result)
+        results = _on_cluster(folders, options, output, scheduler, on_result)
     elif len(devices) > 1:
-        results = _over_devices(folders, outdir, settings, list(devices), overwrite, on_result)
+        results = _over_devices(folders, options, output, devices, on_result)
     else:
-        results = _in_order(folders, outdir, settings, devices[0], overwrite, on_result)
+        results = _in_order(folders, options, output, on_result)
     order = {folder.name: i for i, folder in enumerate(folders)}
     return sorted(results, key=lambda r: order[r.name])
 

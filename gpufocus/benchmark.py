@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 
-from .align import AlignOptions
 from .engine import StackFuser, fuse
 from .load import FrameStack
 from .timing import StageTimer
@@ -69,10 +68,10 @@ class Case:
     width: int
     height: int
     frames: int
-    dtype: str = "float32"
-    chunk: int | None = None
-    method: str = "max-energy"
-    align: bool = True
+    dtype: str
+    chunk: int | None
+    method: str
+    align: bool
 
 
 def machine_description() -> str:
@@ -125,7 +124,7 @@ def stack_files(folder: Path, height: int, width: int, frames: int) -> list[Path
 
 
 def _core_run(case: Case, pool: torch.Tensor, chunk: int, timer: StageTimer) -> None:
-    fuser = StackFuser(case.method, device=case.device, dtype=case.dtype, align=AlignOptions() if case.align else None)
+    fuser = StackFuser(method=case.method, device=case.device, dtype=case.dtype, align=case.align)
     for start in range(0, case.frames, chunk):
         offset = start % pool.shape[0]
         fuser.add(pool[offset : offset + min(chunk, case.frames - start)], timer)
@@ -159,7 +158,7 @@ def run_case(case: Case, repeat: int = 3, warmup: int = 1, cache: Path | None = 
 
     device = resolve_device(case.device)
     cache = Path(cache or DEFAULT_CACHE)
-    chunk = case.chunk or default_chunk(device, 3, case.height, case.width, torch.float32)
+    chunk = case.chunk or default_chunk(device, 3, case.height, case.width, torch.float32, None)
     if case.kind == "core":
         count = min(case.frames, max(_DISTINCT_FRAMES, chunk))
         count = -(-count // chunk) * chunk  # a whole number of chunks: slices never wrap
@@ -381,6 +380,9 @@ def draw_chart(report: dict):
 
 
 def _child_main(job: str) -> None:
+    from .allocator import tune_host_allocator
+
+    tune_host_allocator()  # as the command does: what users run is what is timed
     spec = json.loads(job)
     result = run_case(Case(**spec["case"]), spec["repeat"], spec["warmup"], Path(spec["cache"]))
     print(json.dumps(result))

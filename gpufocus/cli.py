@@ -1,46 +1,33 @@
-"""gpufocus command line: ``gpufocus fuse``, ``batch``, ``align``, ``eval``, ``synth``, ``bench``, ``demo``, ``info``.
+"""gpufocus command line: ``fuse``, ``batch``, ``align``, ``eval``, ``synth``, ``bench``, ``demo``, ``info``.
 
-A thin layer over the ``gpufocus`` library: it parses options, shows progress on
-stderr and turns ``GpufocusError`` into a one-line message and exit code 1. Every
-output path is checked (writable, not an input, not another output) before any
-work starts. The command starts at ``gpufocus.__main__.main``.
+A thin layer over the library: it parses options, shows progress on stderr and turns
+``GpufocusError`` into a one-line message and exit code 1 (an ``OptionError`` names
+the setting by its flag). Every option is declared once below; ``fuse`` and ``batch``
+take the same fusion options, which become one ``FuseOptions``. Nothing heavy is
+imported at the top: ``--help`` and ``--version`` never load torch, and each command
+imports what it uses. The command starts at ``gpufocus.__main__.main``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import math
-import os
-import platform
-import signal
-import sys
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
+from typing import Annotated, Optional
 
 import click
-import numpy as np
-import torch
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from . import __version__, benchmark, metrics
-from .align import MODELS as ALIGN_MODELS
-from .align import AlignOptions, StackAligner, transforms_to_json
-from .batch import FuseSettings, StackResult, find_stacks, run_batch, summarize
-from .device import DTYPES, parse_size
-from .engine import StackFuser, align_stack, fuse
+from . import __version__
 from .errors import GpufocusError, GpufocusWarning
-from .load import FrameStack, read_image
-from .rules import METHODS
-from .synth import FAMILIES, make_stack, write_stack
-from .write import Outputs, check_distinct, check_output, check_output_file, output_folder, write_json
+from .options import ALIGN_MODELS, DTYPES, METHODS, SYNTH_FAMILIES, FuseOptions, OptionError, OutputOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -48,12 +35,31 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Focus stacking by Laplacian-pyramid fusion, on CUDA or the CPU.",
 )
-_stderr = Console(stderr=True)
-_stdout = Console()
+
+
+def _console(stderr: bool = True, width: int | None = None):
+    from rich.console import Console
+
+    return Console(stderr=stderr, width=width)
+
+
+def _say(text: str) -> None:
+    """A message on stderr, as it is: no markup, no colours, no wrapping."""
+    _console().print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gpufocus {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _start() -> None:
+def _start(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and stop.")
+    ] = False,
+) -> None:
     """Focus stacking by Laplacian-pyramid fusion, on CUDA or the CPU."""
     # Libraries log what they find in bad files (Pillow: "More samples per pixel than
     # can be decoded"); with no handler, Python prints such records on stderr. The
@@ -63,22 +69,148 @@ def _start() -> None:
         root.addHandler(logging.NullHandler())
 
 
-def _say(text: str) -> None:
-    """A message on stderr, as it is: no markup, no colours, no wrapping."""
-    _stderr.print(text, markup=False, highlight=False, soft_wrap=True)
+# -- every option, declared once -----------------------------------------------------
 
-
-# Choices for Typer, made from the library's own lists.
 Method = Enum("Method", {name.replace("-", "_"): name for name in METHODS}, type=str)
 DType = Enum("DType", {name: name for name in DTYPES}, type=str)
-DepthFamily = Enum("DepthFamily", {name: name for name in FAMILIES}, type=str)
-BenchKind = Enum("BenchKind", {"core": "core", "e2e": "e2e"}, type=str)
 AlignModel = Enum("AlignModel", {name: name for name in ALIGN_MODELS}, type=str)
+Family = Enum("Family", {name: name for name in SYNTH_FAMILIES}, type=str)
+BenchKind = Enum("BenchKind", {"core": "core", "e2e": "e2e"}, type=str)
+
+_FUSE = FuseOptions()  # the defaults, from their one definition
+_ALIGN = _FUSE.align
+_OUTPUT = OutputOptions()
+
+StackArgument = Annotated[list[Path], typer.Argument(help="A directory of frames, or the frame files in order.")]
+MethodOption = Annotated[Method, typer.Option("-m", "--method", help="Selection rule.")]
+NaiveOption = Annotated[bool, typer.Option("--naive", help="Same as --method max-log (the seed program's spelling).")]
+LevelsOption = Annotated[
+    Optional[int], typer.Option("--levels", "-d", "--depth", min=1, help="Pyramid detail levels. Default: from the frame size.")
+]
+KernelOption = Annotated[
+    Optional[int],
+    typer.Option("-k", "--kernel-size", help="Window of the local measure, odd. Default: 9 max-energy, 5 wang-chang, 3 max-log."),
+]
+PerChannelOption = Annotated[bool, typer.Option("--per-channel", help="Decide per colour channel (the seed program's way).")]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; batch: several, comma-separated, a worker each.")
+]
+DTypeOption = Annotated[DType, typer.Option("--dtype", help="Arithmetic precision.")]
+ChunkOption = Annotated[Optional[int], typer.Option("--chunk", min=1, help="Frames per step. Default: from free memory.")]
+AlignOption = Annotated[
+    bool, typer.Option("--align/--no-align", help="Align the frames first (focus breathing, shift, rotation).")
+]
+AlignModelOption = Annotated[AlignModel, typer.Option("--align-model", help="Motion model.")]
+ReferenceOption = Annotated[
+    int, typer.Option("--reference", min=0, help="Index of the frame whose geometry the result takes.")
+]
+MatchExposureOption = Annotated[
+    bool, typer.Option("--match-exposure/--no-match-exposure", help="Match each frame's brightness to the reference.")
+]
+CropOption = Annotated[bool, typer.Option("--crop", help="Crop to the region every aligned frame covers.")]
+ConsistencyOption = Annotated[
+    int, typer.Option("--consistency", min=0, max=2, help="Halo control (max-energy): 0 off, 1 or 2; reads the stack twice.")
+]
+TileOption = Annotated[
+    Optional[int],
+    typer.Option("--tile", min=0, help="Fuse in tiles of this size (same result). Default: only when memory needs it; 0: never."),
+]
+MemoryOption = Annotated[
+    Optional[str],
+    typer.Option("--memory-budget", help="Memory the fusion may use, e.g. 4G: sizes chunks and tiles. Default: 1/4 of free."),
+]
+BitsOption = Annotated[Optional[int], typer.Option("--bits", help="8 or 16 bits per channel. Default: the input's (8 for JPEG).")]
+QualityOption = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+QuietOption = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or summary.")]
+TransformsOption = Annotated[Optional[Path], typer.Option("--save-transforms", help="Write the per-frame transforms (JSON).")]
 
 
-# Set by ``run``: this process is the command, so a Ctrl-C may change its signal handling.
-_standalone = False
+class _Setting:
+    """A fusion option of the command line: its parameter, and the FuseOptions field it sets."""
 
+    def __init__(self, field: str | None, annotation, default) -> None:
+        self.field, self.annotation, self.default = field, annotation, default
+
+    def flag(self) -> str:
+        option = self.annotation.__metadata__[0]
+        names = [part for decl in (option.default, *option.param_decls) for part in str(decl).split("/")]
+        return max((n for n in names if n.startswith("--")), key=len)
+
+
+# The options of ``fuse`` and ``batch`` that make a FuseOptions; parameter name -> setting.
+_FUSION = {
+    "method": _Setting("method", MethodOption, Method(_FUSE.method)),
+    "naive": _Setting(None, NaiveOption, False),
+    "levels": _Setting("levels", LevelsOption, _FUSE.levels),
+    "kernel_size": _Setting("kernel_size", KernelOption, _FUSE.kernel_size),
+    "per_channel": _Setting("per_channel", PerChannelOption, _FUSE.per_channel),
+    "device": _Setting("device", DeviceOption, _FUSE.device),
+    "dtype": _Setting("dtype", DTypeOption, DType(_FUSE.dtype)),
+    "chunk": _Setting("chunk", ChunkOption, _FUSE.chunk),
+    "align": _Setting("align", AlignOption, _FUSE.align is not None),
+    "align_model": _Setting("align.model", AlignModelOption, AlignModel(_ALIGN.model)),
+    "reference": _Setting("align.reference", ReferenceOption, _ALIGN.reference),
+    "match_exposure": _Setting("align.match_exposure", MatchExposureOption, _ALIGN.match_exposure),
+    "crop": _Setting("align.crop", CropOption, _ALIGN.crop),
+    "consistency": _Setting("consistency", ConsistencyOption, _FUSE.consistency),
+    "tile": _Setting("tile", TileOption, _FUSE.tile),
+    "memory_budget": _Setting("memory_budget", MemoryOption, _FUSE.memory_budget),
+}
+
+# Settings the library names in an OptionError -> the flag a user typed.
+_FLAGS = {setting.field: setting.flag() for setting in _FUSION.values() if setting.field}
+_FLAGS.update(bits="--bits", quality="--quality", format="--format", family="--family", frames="--frames",
+              depth_map="--depth-map")
+
+
+def _fuse_options(devices: bool = False, **values) -> FuseOptions:
+    """The FuseOptions that the fusion options' ``values`` describe."""
+    value = lambda name: getattr(values[name], "value", values[name])  # noqa: E731 - Enum or plain
+    align = None
+    if values["align"]:
+        from .options import AlignOptions
+
+        align = AlignOptions(value("align_model"), values["reference"], values["match_exposure"], values["crop"])
+    device = values["device"]
+    return FuseOptions(
+        method="max-log" if values["naive"] else value("method"),
+        levels=values["levels"],
+        kernel_size=values["kernel_size"],
+        per_channel=values["per_channel"],
+        device=device.split(",")[0].strip() if devices else device,
+        dtype=value("dtype"),
+        chunk=values["chunk"],
+        align=align,
+        consistency=values["consistency"],
+        tile=values["tile"],
+        memory_budget=values["memory_budget"],
+    )
+
+
+def _with_fusion_options(command):
+    """Give ``command`` every fusion option; it receives them as one ``options`` (and
+    as they were typed, ``fusion_values``)."""
+    own = inspect.signature(command, eval_str=True)
+    parameters = [p for p in own.parameters.values() if p.name not in ("options", "fusion_values")]
+    parameters += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=setting.default, annotation=setting.annotation)
+        for name, setting in _FUSION.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**values):
+        fusion = {name: values.pop(name) for name in _FUSION}
+        with _user_errors():
+            options = _fuse_options(devices=command.__name__ == "batch_command", **fusion)
+        return command(options=options, fusion_values=fusion, **values)
+
+    wrapper.__signature__ = own.replace(parameters=parameters)
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
+
+
+# -- errors, warnings, progress --------------------------------------------------------
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
@@ -89,19 +221,19 @@ def _user_errors() -> Iterator[None]:
             warnings.simplefilter("always", GpufocusWarning)
             warnings.showwarning = _show_warning
             yield
+    except OptionError as error:
+        _say(f"error: {_FLAGS.get(error.field, error.field)} {_shown(error.value)}: {error.problem}")
+        raise typer.Exit(1) from None
     except GpufocusError as error:
         _say(f"error: {error}")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        if _standalone:
-            from .__main__ import interrupted
-
-            raise typer.Exit(interrupted()) from None
-        _say("interrupted")
-        raise typer.Exit(130) from None
     except MemoryError:
         _say("error: out of memory; try a smaller --chunk or --memory-budget")
         raise typer.Exit(1) from None
+
+
+def _shown(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _show_warning(message, category, *args, **kwargs) -> None:
@@ -111,289 +243,146 @@ def _show_warning(message, category, *args, **kwargs) -> None:
         _say(f"warning: {message}")
 
 
-def _progress(quiet: bool) -> Progress:
+def _progress(quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = _console()
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=_stderr,
-        disable=quiet or not _stderr.is_terminal,  # no bars in logs and pipes
+        console=console,
+        disable=quiet or not console.is_terminal,  # no bars in logs and pipes
         transient=True,
     )
 
 
-def fuse_files(
-    inputs: list[Path],
-    output: Path,
-    *,
-    method: str,
-    levels: int | None,
-    kernel_size: int | None,
-    per_channel: bool,
-    device: str,
-    dtype: str,
-    chunk: int | None,
-    bits: int | None,
-    quality: int,
-    overwrite: bool,
-    quiet: bool,
-    evaluate: bool = False,
-    align: AlignOptions | None = None,
-    save_transforms: Path | None = None,
-    depth_map: Path | None = None,
-    consistency: int = 0,
-    tile: int | None = None,
-    memory_budget: str | None = None,
-) -> None:
-    """Fuse a stack of files into ``output``, checking everything before the work starts."""
-    budget = None if memory_budget is None else parse_size(memory_budget)
-    if save_transforms is not None and align is None:
-        raise GpufocusError(f"{save_transforms}: --save-transforms needs alignment (drop --no-align)")
-    fmt = check_output(output, bits or 8, overwrite)
-    if depth_map is not None:
-        depth_bits = 8 if check_output(depth_map, 8, overwrite) == "JPEG" else 16
-    if save_transforms is not None:
-        check_output_file(save_transforms, overwrite)
-    stack = FrameStack(inputs)
-    check_distinct([p for p in (output, depth_map, save_transforms) if p is not None], stack.paths)
-    if bits is None:  # the input's depth, where the output format can hold it
-        bits = stack.bits if fmt != "JPEG" else 8
-    started = time.perf_counter()
-    with _progress(quiet) as progress:
-        task = progress.add_task(f"fusing {len(stack)} frames", total=len(stack))
-        fuser = StackFuser(
-            method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
-            align=align, names=[p.name for p in stack.paths], depth_map=depth_map is not None,
-            consistency=consistency, tile=tile, memory_budget=budget,
-        )
-        image = fuse(
-            stack,
-            chunk=chunk,
-            fuser=fuser,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
-    reference = stack.infos[align.reference if align else 0]
-    with Outputs() as out:  # all or none
-        out.image(output, image, bits=bits, quality=quality, exif=reference.exif, icc=reference.icc, overwrite=overwrite)
-        if depth_map is not None:
-            scale = (fuser.depth_map() / max(len(stack) - 1, 1))[None]
-            out.image(depth_map, scale, bits=depth_bits, overwrite=overwrite)
-        if save_transforms is not None:
-            out.json(save_transforms, _transforms_report(fuser.transforms, stack, align), overwrite)
-    if not quiet:
-        height, width = stack.size
-        _say(
-            f"wrote {output} ({width}x{height}, {bits}-bit) from {len(stack)} frames, "
-            f"{method}, {time.perf_counter() - started:.2f} s"
-        )
-    if evaluate:
-        _print_scores(metrics.evaluate(stack, output))
+def _table(title: str, header: Sequence[str], rows, right: Sequence[str] = ()):
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold", pad_edge=False)
+    for name in header:
+        table.add_column(name, justify="right" if name in right else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+# -- commands --------------------------------------------------------------------------
 
 
 @app.command("fuse")
+@_with_fusion_options
 def fuse_command(
-    inputs: list[Path] = typer.Argument(..., help="A directory of frames, or the frame files in order."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output image: .jpg, .png or .tif."),
-    method: Method = typer.Option(Method.max_energy, "-m", "--method", help="Selection rule."),
-    naive: bool = typer.Option(False, "--naive", help="Same as --method max-log (the seed program's spelling)."),
-    levels: int | None = typer.Option(
-        None, "--levels", "-d", "--depth", min=1, help="Pyramid detail levels. Default: from the frame size."
-    ),
-    kernel_size: int | None = typer.Option(
-        None, "-k", "--kernel-size", help="Window of the local measure, odd. Default: 9 max-energy, 5 wang-chang, 3 max-log."
-    ),
-    per_channel: bool = typer.Option(False, "--per-channel", help="Decide per colour channel (the seed program's way)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: DType = typer.Option(DType.float32, "--dtype", help="Arithmetic precision."),
-    chunk: int | None = typer.Option(None, "--chunk", min=1, help="Frames per step. Default: from free memory."),
-    bits: int | None = typer.Option(None, "--bits", help="8 or 16 bits per channel. Default: the input's."),
-    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or summary."),
-    evaluate: bool = typer.Option(False, "--eval", help="Then print the sharpness table of the result (as gpufocus eval)."),
-    align: bool = typer.Option(True, "--align/--no-align", help="Align the frames first (focus breathing, shift, rotation)."),
-    align_model: AlignModel = typer.Option(AlignModel.similarity, "--align-model", help="Motion model."),
-    reference: int = typer.Option(0, "--reference", min=0, help="Index of the frame whose geometry the result takes."),
-    match_exposure: bool = typer.Option(
-        True, "--match-exposure/--no-match-exposure", help="Match each frame's brightness to the reference."
-    ),
-    crop: bool = typer.Option(False, "--crop", help="Crop to the region every aligned frame covers."),
-    save_transforms: Path | None = typer.Option(None, "--save-transforms", help="Write the per-frame transforms (JSON)."),
-    depth_map: Path | None = typer.Option(
-        None, "--depth-map", help="Also write which frame is in focus where: grey, 0 = first frame, white = last."
-    ),
-    consistency: int = typer.Option(
-        0, "--consistency", min=0, max=2, help="Halo control (max-energy): 0 off, 1 or 2; reads the stack twice."
-    ),
-    tile: int | None = typer.Option(
-        None, "--tile", min=0, help="Fuse in tiles of this size (same result). Default: only when memory needs it; 0: never."
-    ),
-    memory_budget: str | None = typer.Option(
-        None, "--memory-budget", help="Memory the fusion may use, e.g. 4G: sizes chunks and tiles. Default: 1/4 of free."
-    ),
+    inputs: StackArgument,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output image: .jpg, .png or .tif.")],
+    depth_file: Annotated[
+        Optional[Path],
+        typer.Option("--depth-map", help="Also write which frame is in focus where: grey, 0 = first frame, white = last."),
+    ] = None,
+    save_transforms: TransformsOption = None,
+    bits: BitsOption = _OUTPUT.bits,
+    quality: QualityOption = _OUTPUT.quality,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+    evaluate: Annotated[
+        bool, typer.Option("--eval", help="Then print the sharpness table of the result (as gpufocus eval).")
+    ] = False,
+    *,
+    options: FuseOptions,
+    fusion_values: dict,
 ) -> None:
     """Fuse a focus stack into one image that is sharp throughout."""
+    import time
+
+    from .job import FusionJob, Targets
+    from .load import FrameStack
+
     with _user_errors():
-        fuse_files(
-            inputs,
-            output,
-            method=Method.max_log.value if naive else method.value,
-            levels=levels,
-            kernel_size=kernel_size,
-            per_channel=per_channel,
-            device=device,
-            dtype=dtype.value,
-            chunk=chunk,
-            bits=bits,
-            quality=quality,
-            overwrite=overwrite,
-            quiet=quiet,
-            evaluate=evaluate,
-            align=_align_options(align, align_model, reference, match_exposure, crop),
-            save_transforms=save_transforms,
-            depth_map=depth_map,
-            consistency=consistency,
-            tile=tile,
-            memory_budget=memory_budget,
-        )
+        out = OutputOptions(bits=bits, quality=quality)
+        options = options.replace(depth_map=depth_file is not None)
+        targets = Targets(output, depth_file, save_transforms)
+        targets.check(options, out, overwrite)
+        stack = FrameStack(inputs)
+        job = FusionJob(stack, targets, options, out, overwrite)
+        started = time.perf_counter()
+        with _progress(quiet) as progress:
+            task = progress.add_task(f"fusing {len(stack)} frames", total=len(stack))
+            job.fuse(progress=lambda done, total: progress.update(task, completed=done, total=total))
+        job.write()
+        if not quiet:
+            height, width = stack.size
+            _say(
+                f"wrote {output} ({width}x{height}, {job.bits}-bit) from {len(stack)} frames, "
+                f"{options.method}, {time.perf_counter() - started:.2f} s"
+            )
+        if evaluate:
+            from .metrics import evaluate as score
 
-
-def _transforms_report(results, stack: FrameStack, align: AlignOptions) -> dict:
-    height, width = stack.size
-    return transforms_to_json(results, [p.name for p in stack.paths], height, width, align)
-
-
-def _align_options(align: bool, model: AlignModel, reference: int, match_exposure: bool, crop: bool):
-    return AlignOptions(model.value, reference, match_exposure, crop) if align else None
-
-
-def _print_scores(scores: dict) -> None:
-    """The seed program's sharpness table, then the fusion metrics."""
-    table = Table(title=f"{scores['frames']} frames, compared on {scores['width']}x{scores['height']}")
-    table.add_column("")
-    table.add_column("average gradient", justify="right")
-    table.add_row("average of source images", f"{scores['avg_gradient_sources']:.2f}")
-    table.add_row("final result", f"{scores['avg_gradient_fused']:.2f}")
-    table.add_row("result / sources", f"{scores['sharpness_gain']:.3f}")
-    _stdout.print(table)
-    extra = [f"Q^AB/F {scores['qabf']:.4f}"]
-    if "psnr" in scores:
-        extra += [f"PSNR {scores['psnr']:.2f} dB", f"SSIM {scores['ssim']:.4f}"]
-    _stdout.print(", ".join(extra), highlight=False)
-
-
-@app.command("eval")
-def eval_command(
-    inputs: list[Path] = typer.Argument(..., help="The stack: a directory of frames, or the frame files."),
-    result: Path = typer.Option(..., "-r", "--result", help="The fused image to score."),
-    ground_truth: Path | None = typer.Option(
-        None, "--gt", help="Ground truth image. Default: ground_truth.png in a stack directory, if there is one."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-) -> None:
-    """Score a fused image: sharpness against its sources, Q^AB/F, and PSNR/SSIM against a ground truth."""
-    with _user_errors():
-        if ground_truth is None and len(inputs) == 1 and (inputs[0] / "ground_truth.png").is_file():
-            ground_truth = inputs[0] / "ground_truth.png"
-        scores = metrics.evaluate(inputs, result, ground_truth)
-    if as_json:
-        # JSON has no infinity: identical images have no finite PSNR.
-        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in scores.items()}
-        typer.echo(json.dumps(clean, indent=1))
-    else:
-        _print_scores(scores)
-
-
-@app.command("synth")
-def synth_command(
-    outdir: Path = typer.Argument(..., help="Folder for the frames, ground_truth.png, depth.png and params.json."),
-    image: Path | None = typer.Option(None, "--image", help="Scene to use. Default: a procedural scene."),
-    size: str = typer.Option("640x480", "--size", help="WIDTHxHEIGHT of the procedural scene."),
-    frames: int = typer.Option(8, "--frames", min=2, help="Number of frames."),
-    family: DepthFamily = typer.Option(DepthFamily.objects, "--family", help="Depth map."),
-    max_blur: float = typer.Option(8.0, "--max-blur", min=0, help="Blur radius (pixels) across the depth range."),
-    noise: float = typer.Option(0.0, "--noise", min=0, help="Gaussian noise, standard deviation in 0-255 units."),
-    breathing: float = typer.Option(0.0, "--breathing", help="Magnification step per frame (0.002 = 0.2 %)."),
-    shift: float = typer.Option(0.0, "--shift", min=0, help="Largest random shift of a frame, pixels."),
-    exposure_jitter: float = typer.Option(0.0, "--exposure-jitter", min=0, help="Largest relative gain change."),
-    fmt: str = typer.Option("png", "--format", help="png or jpg frames."),
-    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality of jpg frames."),
-    seed: int = typer.Option(0, "--seed", help="The same seed gives the same stack."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
-) -> None:
-    """Generate a focus stack with known ground truth (thin-lens defocus model)."""
-    with _user_errors():
-        scene = None
-        if image is not None:
-            pixels = read_image(image)
-            scene = torch.from_numpy(pixels.astype("float32") / (65535 if pixels.dtype.itemsize == 2 else 255))
-            scene = scene.permute(2, 0, 1)
-        width, height = _size(size)
-        stack = make_stack(
-            height, width, frames, family=family.value, max_blur=max_blur, noise=noise, breathing=breathing,
-            shift=shift, exposure_jitter=exposure_jitter, seed=seed, scene=scene,
-        )
-        paths = write_stack(stack, outdir, fmt=fmt, quality=quality, overwrite=overwrite, keep=[image] if image else [])
-        _say(f"wrote {len(paths)} frames, ground_truth.png, depth.png, focus_index.png, params.json to {outdir}")
+            _print_scores(score(stack, output))
 
 
 @app.command("batch")
+@_with_fusion_options
 def batch_command(
-    root: Path = typer.Argument(..., help="A folder whose sub-folders are stacks."),
-    outdir: Path = typer.Option(..., "-o", "--output", help="Folder for the results, named after the stacks."),
-    fmt: str = typer.Option("jpg", "--format", help="jpg, png or tif."),
-    method: Method = typer.Option(Method.max_energy, "-m", "--method", help="Selection rule."),
-    levels: int | None = typer.Option(None, "--levels", "-d", "--depth", min=1, help="Pyramid detail levels."),
-    kernel_size: int | None = typer.Option(None, "-k", "--kernel-size", help="Window of the local measure, odd."),
-    align: bool = typer.Option(True, "--align/--no-align", help="Align the frames first."),
-    align_model: AlignModel = typer.Option(AlignModel.similarity, "--align-model", help="Motion model."),
-    consistency: int = typer.Option(0, "--consistency", min=0, max=2, help="Halo control (max-energy)."),
-    dtype: DType = typer.Option(DType.float32, "--dtype", help="Arithmetic precision."),
-    chunk: int | None = typer.Option(None, "--chunk", min=1, help="Frames per step. Default: from free memory."),
-    tile: int | None = typer.Option(None, "--tile", min=0, help="Tile size; 0: never. Default: when memory needs it."),
-    bits: int | None = typer.Option(None, "--bits", help="8 or 16. Default: each stack's (8 for jpg)."),
-    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality."),
-    devices: str = typer.Option("auto", "--devices", help="Comma-separated, e.g. cuda:0,cuda:1: a worker per device."),
-    scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address: run the stacks there."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Fuse stacks whose output exists too."),
-    report: Path | None = typer.Option(None, "--report", help="Write every stack's result as JSON."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or table."),
+    root: Annotated[Path, typer.Argument(help="A folder whose sub-folders are stacks.")],
+    outdir: Annotated[Path, typer.Option("-o", "--output", help="Folder for the results, named after the stacks.")],
+    fmt: Annotated[str, typer.Option("--format", help="jpg, png or tif.")] = "jpg",
+    depth_map: Annotated[
+        bool, typer.Option("--depth-map", help="Also write each stack's depth map, <stack>.depth.png.")
+    ] = _FUSE.depth_map,
+    save_transforms: Annotated[
+        bool, typer.Option("--save-transforms", help="Also write each stack's transforms, <stack>.transforms.json.")
+    ] = False,
+    bits: BitsOption = _OUTPUT.bits,
+    quality: QualityOption = _OUTPUT.quality,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Dask scheduler address: run the stacks there.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write every stack's result as JSON.")] = None,
+    *,
+    options: FuseOptions,
+    fusion_values: dict,
 ) -> None:
     """Fuse every stack (sub-folder) of ROOT; skip the ones done; report the ones that fail."""
+    import time
+
+    from .batch import BatchOutput, find_stacks, run_batch, summarize
+    from .write import check_output_file, write_json
+
     with _user_errors():
+        devices = [d.strip() for d in fusion_values["device"].split(",") if d.strip()]
+        for device in devices[1:]:
+            FuseOptions(device=device)  # each one checked, as the first is
+        options = options.replace(depth_map=depth_map)
+        output = BatchOutput(outdir, fmt, OutputOptions(bits=bits, quality=quality), save_transforms, overwrite)
         folders = find_stacks(root)
-        settings = FuseSettings(
-            method=method.value, levels=levels, kernel_size=kernel_size, dtype=dtype.value, chunk=chunk,
-            align=AlignOptions(align_model.value) if align else None, consistency=consistency, tile=tile,
-            bits=bits, quality=quality, format=fmt,
-        )
         if report is not None:
             check_output_file(report, overwrite=True)
         started = time.perf_counter()
         with _progress(quiet) as progress:
             task = progress.add_task(f"{len(folders)} stacks", total=len(folders))
 
-            def done(result: StackResult) -> None:
+            def done(result) -> None:
                 progress.advance(task)
                 if result.status == "failed":
                     _say(f"failed: {result.name}: {result.error}")
 
             results = run_batch(
-                folders, outdir, settings, devices=[d.strip() for d in devices.split(",") if d.strip()],
-                scheduler=scheduler, overwrite=overwrite, on_result=done,
+                folders, options, output, devices=devices if len(devices) > 1 else None, scheduler=scheduler,
+                on_result=done,
             )
         summary = summarize(results, time.perf_counter() - started)
         if report is not None:
             write_json(report, summary, overwrite=True)
     if not quiet:
-        table = Table(title=f"{root} -> {outdir}")
-        for name in ("stack", "status", "frames", "seconds", "note"):
-            table.add_column(name, justify="right" if name in ("frames", "seconds") else "left")
-        for r in results:
-            note = r.error or ("; ".join(r.warnings) if r.warnings else "")
-            table.add_row(r.name, r.status, str(r.frames), f"{r.seconds:.2f}", note)
-        Console(stderr=True, width=None if _stderr.is_terminal else 200).print(table)
+        rows = [
+            (r.name, r.status, str(r.frames), f"{r.seconds:.2f}", r.error or "; ".join(r.warnings)) for r in results
+        ]
+        table = _table(f"{root} -> {outdir}", ("stack", "status", "frames", "seconds", "note"), rows, ("frames", "seconds"))
+        console = _console()
+        _console(width=None if console.is_terminal else 200).print(table)
         _say(
             f"{summary['written']} written, {summary['skipped']} skipped, {summary['failed']} failed "
             f"in {summary['seconds']:.1f} s"
@@ -404,24 +393,30 @@ def batch_command(
 
 @app.command("align")
 def align_command(
-    inputs: list[Path] = typer.Argument(..., help="A directory of frames, or the frame files in order."),
-    outdir: Path = typer.Option(..., "-o", "--output", help="Folder for the aligned frames."),
-    align_model: AlignModel = typer.Option(AlignModel.similarity, "--align-model", help="Motion model."),
-    reference: int = typer.Option(0, "--reference", min=0, help="Index of the frame the others are mapped onto."),
-    match_exposure: bool = typer.Option(
-        True, "--match-exposure/--no-match-exposure", help="Match each frame's brightness to the reference."
-    ),
-    fmt: str = typer.Option("png", "--format", help="png or tif (lossless; 16-bit stacks stay 16-bit)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    chunk: int | None = typer.Option(None, "--chunk", min=1, help="Frames per step. Default: from free memory."),
-    save_transforms: Path | None = typer.Option(None, "--save-transforms", help="Write the per-frame transforms (JSON)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or summary."),
+    inputs: StackArgument,
+    outdir: Annotated[Path, typer.Option("-o", "--output", help="Folder for the aligned frames.")],
+    align_model: AlignModelOption = AlignModel(_ALIGN.model),
+    reference: ReferenceOption = _ALIGN.reference,
+    match_exposure: MatchExposureOption = _ALIGN.match_exposure,
+    fmt: Annotated[str, typer.Option("--format", help="png or tif (lossless; 16-bit stacks stay 16-bit).")] = "png",
+    device: DeviceOption = _FUSE.device,
+    chunk: ChunkOption = _FUSE.chunk,
+    save_transforms: TransformsOption = None,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Align a stack and write the aligned frames, for fusing elsewhere."""
+    from .align import transforms_to_json
+    from .engine import align_stack
+    from .load import FrameStack
+    from .options import AlignOptions
+    from .write import Outputs, check_distinct, check_output, check_output_file, output_folder
+
     with _user_errors():
         if fmt not in ("png", "tif"):
-            raise GpufocusError(f"--format {fmt}: use png or tif")
+            raise OptionError("format", fmt, "use png or tif")
+        align = AlignOptions(align_model.value, reference, match_exposure)
+        options = FuseOptions(device=device, chunk=chunk, align=align)
         stack = FrameStack(inputs)
         targets = [outdir / f"{path.stem}.{fmt}" for path in stack.paths]
         if len(set(targets)) < len(targets):
@@ -429,44 +424,136 @@ def align_command(
         if save_transforms is not None:
             check_output_file(save_transforms, overwrite)
         check_distinct([*targets, *([save_transforms] if save_transforms else [])], stack.paths)
-        options = AlignOptions(align_model.value, reference, match_exposure)
-        aligner = StackAligner(options.model, options.reference, options.match_exposure)
         with output_folder(outdir), Outputs() as out, _progress(quiet) as progress:
             for target in targets:
                 check_output(target, stack.bits, overwrite)
             task = progress.add_task(f"aligning {len(stack)} frames", total=len(stack))
-            frames = align_stack(
-                stack, aligner, device=device, chunk=chunk,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            aligner, frames = align_stack(
+                stack, options, progress=lambda done, total: progress.update(task, completed=done, total=total)
             )
             for index, frame in frames:
                 info = stack.infos[index]
                 out.image(targets[index], frame, bits=stack.bits, exif=info.exif, icc=info.icc, overwrite=overwrite)
             if save_transforms is not None:
-                out.json(save_transforms, _transforms_report(aligner.results, stack, options), overwrite)
+                height, width = stack.size
+                names = [p.name for p in stack.paths]
+                out.json(save_transforms, transforms_to_json(aligner.results, names, height, width, align), overwrite)
         if not quiet:
             _say(f"wrote {len(targets)} aligned frames to {outdir} (reference: frame {reference})")
 
 
+def _print_scores(scores: dict) -> None:
+    """The seed program's sharpness table, then the fusion metrics."""
+    rows = [
+        ("average of source images", f"{scores['avg_gradient_sources']:.2f}"),
+        ("final result", f"{scores['avg_gradient_fused']:.2f}"),
+        ("result / sources", f"{scores['sharpness_gain']:.3f}"),
+    ]
+    title = f"{scores['frames']} frames, compared on {scores['width']}x{scores['height']}"
+    console = _console(stderr=False)
+    console.print(_table(title, ("", "average gradient"), rows, ("average gradient",)))
+    extra = [f"Q^AB/F {scores['qabf']:.4f}"]
+    if "psnr" in scores:
+        extra += [f"PSNR {scores['psnr']:.2f} dB", f"SSIM {scores['ssim']:.4f}"]
+    console.print(", ".join(extra), highlight=False)
+
+
+@app.command("eval")
+def eval_command(
+    inputs: StackArgument,
+    result: Annotated[Path, typer.Option("-r", "--result", help="The fused image to score.")],
+    ground_truth: Annotated[
+        Optional[Path],
+        typer.Option("--gt", help="Ground truth image. Default: ground_truth.png in a stack directory, if there is one."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Score a fused image: sharpness against its sources, Q^AB/F, and PSNR/SSIM against a ground truth."""
+    from .metrics import evaluate
+
+    with _user_errors():
+        if ground_truth is None and len(inputs) == 1 and (inputs[0] / "ground_truth.png").is_file():
+            ground_truth = inputs[0] / "ground_truth.png"
+        scores = evaluate(inputs, result, ground_truth)
+    if as_json:
+        # JSON has no infinity: identical images have no finite PSNR.
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in scores.items()}
+        typer.echo(json.dumps(clean, indent=1))
+    else:
+        _print_scores(scores)
+
+
+@app.command("synth")
+def synth_command(
+    outdir: Annotated[Path, typer.Argument(help="Folder for the frames, ground_truth.png, depth.png and params.json.")],
+    image: Annotated[Optional[Path], typer.Option("--image", help="Scene to use. Default: a procedural scene.")] = None,
+    size: Annotated[str, typer.Option("--size", help="WIDTHxHEIGHT of the procedural scene.")] = "640x480",
+    frames: Annotated[int, typer.Option("--frames", min=2, help="Number of frames.")] = 8,
+    family: Annotated[Family, typer.Option("--family", help="Depth map.")] = Family.objects,
+    max_blur: Annotated[float, typer.Option("--max-blur", min=0, help="Blur radius (pixels) across the depth range.")] = 8.0,
+    noise: Annotated[float, typer.Option("--noise", min=0, help="Gaussian noise, standard deviation in 0-255 units.")] = 0.0,
+    breathing: Annotated[float, typer.Option("--breathing", help="Magnification step per frame (0.002 = 0.2 %).")] = 0.0,
+    shift: Annotated[float, typer.Option("--shift", min=0, help="Largest random shift of a frame, pixels.")] = 0.0,
+    exposure_jitter: Annotated[
+        float, typer.Option("--exposure-jitter", min=0, help="Largest relative gain change.")
+    ] = 0.0,
+    fmt: Annotated[str, typer.Option("--format", help="png or jpg frames.")] = "png",
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality of jpg frames.")] = _OUTPUT.quality,
+    seed: Annotated[int, typer.Option("--seed", help="The same seed gives the same stack.")] = 0,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Generate a focus stack with known ground truth (thin-lens defocus model)."""
+    with _user_errors():
+        width, height = _size(size)
+        import torch
+
+        from .load import read_image
+        from .synth import make_stack, write_stack
+
+        scene = None
+        if image is not None:
+            pixels = read_image(image)
+            scene = torch.from_numpy(pixels.astype("float32") / (65535 if pixels.dtype.itemsize == 2 else 255))
+            scene = scene.permute(2, 0, 1)
+        stack = make_stack(
+            height, width, frames, family=family.value, max_blur=max_blur, noise=noise, breathing=breathing,
+            shift=shift, exposure_jitter=exposure_jitter, seed=seed, scene=scene,
+        )
+        paths = write_stack(stack, outdir, fmt=fmt, quality=quality, overwrite=overwrite, keep=[image] if image else [])
+        _say(f"wrote {len(paths)} frames, ground_truth.png, depth.png, focus_index.png, params.json to {outdir}")
+
+
 @app.command("bench")
 def bench_command(
-    quick: bool = typer.Option(False, "--quick", help="A small matrix that finishes in seconds (a smoke test)."),
-    devices: list[str] | None = typer.Option(None, "--device", help="Repeatable. Default: cpu, and cuda if available."),
-    sizes: list[str] | None = typer.Option(None, "--size", help="WIDTHxHEIGHT, repeatable. Default: 2000x1500."),
-    frames: list[int] | None = typer.Option(None, "--frames", help="Frame count, repeatable. Default: 10 and 30."),
-    dtypes: list[DType] | None = typer.Option(None, "--dtype", help="Repeatable. Default: float32."),
-    chunks: list[int] | None = typer.Option(None, "--chunk", help="Repeatable. Default: the engine's choice."),
-    methods: list[Method] | None = typer.Option(None, "--method", help="Repeatable. Default: max-energy."),
-    kinds: list[BenchKind] | None = typer.Option(None, "--kind", help="core, e2e; repeatable. Default: both."),
-    aligns: list[bool] | None = typer.Option(None, "--align/--no-align", help="With alignment (default) or without."),
-    repeat: int = typer.Option(3, "--repeat", min=1, help="Timed runs per case (the median is reported)."),
-    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed runs first."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON."),
-    markdown: Path | None = typer.Option(None, "--markdown", help="Write the tables as markdown."),
-    chart: Path = typer.Option(Path("gpufocus-bench.png"), "--chart", help="PNG chart of throughput."),
-    cache: Path = typer.Option(benchmark.DEFAULT_CACHE, "--cache", help="Folder for the e2e JPEG stacks."),
+    quick: Annotated[bool, typer.Option("--quick", help="A small matrix that finishes in seconds (a smoke test).")] = False,
+    devices: Annotated[
+        Optional[list[str]], typer.Option("--device", help="Repeatable. Default: cpu, and cuda if available.")
+    ] = None,
+    sizes: Annotated[Optional[list[str]], typer.Option("--size", help="WIDTHxHEIGHT, repeatable. Default: 2000x1500.")] = None,
+    frames: Annotated[Optional[list[int]], typer.Option("--frames", help="Frame count, repeatable. Default: 10 and 30.")] = None,
+    dtypes: Annotated[Optional[list[DType]], typer.Option("--dtype", help="Repeatable. Default: float32.")] = None,
+    chunks: Annotated[Optional[list[int]], typer.Option("--chunk", help="Repeatable. Default: the engine's choice.")] = None,
+    methods: Annotated[Optional[list[Method]], typer.Option("--method", help="Repeatable. Default: max-energy.")] = None,
+    kinds: Annotated[Optional[list[BenchKind]], typer.Option("--kind", help="core, e2e; repeatable. Default: both.")] = None,
+    aligns: Annotated[
+        Optional[list[bool]], typer.Option("--align/--no-align", help="With alignment (default) or without.")
+    ] = None,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs per case (the median is reported).")] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 1,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the tables as markdown.")] = None,
+    chart: Annotated[Path, typer.Option("--chart", help="PNG chart of throughput.")] = Path("gpufocus-bench.png"),
+    cache: Annotated[
+        Optional[Path], typer.Option("--cache", help="Folder for the e2e JPEG stacks. Default: in the temporary folder.")
+    ] = None,
 ) -> None:
     """Time the fusion on CPU and CUDA: per stage, median of repeats, peak memory."""
+    import numpy as np
+    import torch
+
+    from . import benchmark
+    from .write import Outputs, check_distinct, check_output, check_output_file
+
     with _user_errors():
         check_output(chart, overwrite=True)
         for path in (json_out, markdown):
@@ -494,22 +581,19 @@ def bench_command(
             cases,
             repeat=repeat,
             warmup=warmup,
-            cache=cache,
+            cache=cache or benchmark.DEFAULT_CACHE,
             on_result=lambda r: _say(
                 f"  {r['kind']} {r['device']} {r['width']}x{r['height']} x{r['frames']}: "
                 + (f"error: {r['error']}" if "error" in r else f"{r['seconds']:.3f} s")
             ),
         )
     header, rows = benchmark.table_rows(report, compact=True)
-    table = Table(title=report["machine"], header_style="bold", pad_edge=False)
-    for name in header:
-        table.add_column(name, justify="left" if name in ("kind", "device", "dtype", "size") else "right")
-    for row in rows:
-        table.add_row(*row)
     # Logs and pipes get the whole table rather than columns cut to 80 characters.
-    Console(width=None if _stdout.is_terminal else 240).print(table)
+    stdout = _console(stderr=False)
+    stdout = _console(stderr=False, width=None if stdout.is_terminal else 240)
+    stdout.print(_table(report["machine"], header, rows, [h for h in header if h not in ("kind", "device", "dtype", "size")]))
     for pair in report["cuda_vs_cpu"]:
-        _stdout.print(
+        stdout.print(
             f"CUDA over CPU, {pair['kind']} {pair['width']}x{pair['height']} x{pair['frames']} {pair['dtype']}: "
             f"{pair['speedup']:.1f}x",
             highlight=False,
@@ -538,13 +622,13 @@ def _size(text: str) -> tuple[int, int]:
 
 @app.command("demo")
 def demo_command(
-    outdir: Path = typer.Argument(Path("gpufocus-demo"), help="Folder for the demo's files."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    outdir: Annotated[Path, typer.Argument(help="Folder for the demo's files.")] = Path("gpufocus-demo"),
+    device: DeviceOption = _FUSE.device,
 ) -> None:
     """Make a synthetic stack, fuse it, and write a side-by-side comparison."""
-    from gpufocus.demo import run_demo
-
     with _user_errors():
+        from .demo import run_demo
+
         report = run_demo(outdir, device=device)
         _say(
             f"fused {report.frames} synthetic frames ({report.width}x{report.height}) on {report.device}\n"
@@ -557,10 +641,15 @@ def demo_command(
 @app.command("info")
 def info_command() -> None:
     """Versions and devices."""
+    import os
+    import platform
+    import sys
+
     import cv2
     import kornia
     import numpy
     import PIL
+    import torch
 
     lines = [
         f"gpufocus {__version__}",
@@ -582,18 +671,15 @@ def info_command() -> None:
 def run(args: Sequence[str]) -> int:
     """Run the command line on ``args`` in this process; return the exit code.
 
-    Usage errors print Click's message; Ctrl-C prints ``interrupted`` (130).
+    Usage errors print Click's message; Ctrl-C gives 130, for the caller to say so.
     """
-    global _standalone
-    _standalone = True
     command = typer.main.get_command(app)
     try:
         code = command.main(list(args), prog_name="gpufocus", standalone_mode=False)
-    except click.exceptions.Abort:  # Ctrl-C while Click parsed, or end of input at a prompt
-        from .__main__ import interrupted
-
-        return interrupted()
+    except click.exceptions.Abort:  # end of input at a prompt, or Ctrl-C while Click parsed
+        code = 130
     except click.ClickException as error:
         error.show()
         return error.exit_code
+    # Typer turns a Ctrl-C in a command into exit code 130, silently: the caller says it.
     return code if isinstance(code, int) else 0

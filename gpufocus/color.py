@@ -10,14 +10,20 @@ __all__ = ["LUMA", "luminance"]
 LUMA = (0.299, 0.587, 0.114)
 
 
-def luminance(images: Tensor, dim: int = -3) -> Tensor:
-    """The luma of RGB images, keeping ``dim`` (size 1); other channel counts are averaged.
+def luminance(images: Tensor) -> Tensor:
+    """The luma of RGB images; other channel counts are averaged.
+
+    Our own rather than ``kornia.color.rgb_to_grayscale``: the same weights and, inside a
+    fusion, the same speed (0.79 s against 0.82 s for 10 frames of 2000x1500 here, within
+    the noise), but kornia's ``addcmul`` rounds the last bit differently, which changes
+    the winner of near-ties and so fused pixels; and importing kornia would add 0.2 s
+    to every command's start.
 
     Shape:
-        - images: ``(..., 3, H, W)`` (channels at ``dim``)
+        - images: ``(..., C, H, W)``
         - output: ``(..., 1, H, W)``
     """
-    if images.shape[dim] != 3:
-        return images.mean(dim=dim, keepdim=True)
-    red, green, blue = images.unbind(dim)
-    return (red * LUMA[0] + green * LUMA[1] + blue * LUMA[2]).unsqueeze(dim)
+    if images.shape[-3] != 3:
+        return images.mean(dim=-3, keepdim=True)
+    red, green, blue = images.unbind(-3)
+    return (red * LUMA[0] + green * LUMA[1] + blue * LUMA[2]).unsqueeze(-3)

@@ -14,6 +14,7 @@ from .device import resolve_device
 from .engine import fuse
 from .errors import GpufocusError
 from .metrics import psnr
+from .options import FuseOptions
 from .synth import make_stack
 from .write import to_array, write_image
 
@@ -53,7 +54,7 @@ def _labelled(tiles: list[tuple[str, torch.Tensor]]) -> Image.Image:
     return sheet
 
 
-def run_demo(outdir: str | os.PathLike, device: str = "auto", frames: int = 6) -> DemoReport:
+def run_demo(outdir: str | os.PathLike, device: str = FuseOptions.device, frames: int = 6) -> DemoReport:
     """Write a synthetic stack to ``outdir/frames``, fuse it from those files, compare.
 
     Files: ``frames/frame_NN.png``, ``ground_truth.png``, ``fused.png`` and

@@ -10,10 +10,10 @@ coarse index map is enlarged by bilinear interpolation, so depth steps are smoot
 from __future__ import annotations
 
 import torch.nn.functional as F
-from gpufocus.kernels import fold_max, mask_unusable
 from torch import Tensor
 
 from .color import luminance
+from .kernels import fold_max, mask_unusable
 from .pyramid import binomial_taps, build_gaussian_pyramid, max_levels, pyr_down, pyr_up, separable_filter
 
 __all__ = ["DepthMap"]

@@ -1,4 +1,11 @@
-"""The streaming fusion engine and the ``fuse`` entry point."""
+"""The streaming fusion engine: ``StackFuser`` and the ``fuse`` entry point.
+
+``StackFuser.run(source)`` reads a stack as many times as its settings need (once; a
+first pass to estimate motion when the reference is not frame 0; a second pass for
+halo control) and returns the fused image. The passes are also open to callers that
+feed frames themselves (``estimate``, ``add``, ``refold``, then ``result``); a pass
+the settings need but that was skipped is an error, not a silently different image.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +17,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .align import MODELS as ALIGN_MODELS
-from .align import AlignOptions, FrameTransform, StackAligner, apply_transform, inner_rectangle
+from .align import FrameTransform, StackAligner, apply_transform, inner_rectangle
 from .depth import DepthMap
 from .device import default_chunk, frame_budget, resolve_device, resolve_dtype, working_bytes
 from .errors import GpufocusError
 from .load import FrameStack
+from .options import FuseOptions, OptionError
 from .pyramid import auto_levels, max_levels
-from .rules import DEFAULT_KERNEL_SIZE, METHODS, SelectionRule, make_rule
+from .rules import SelectionRule, make_rule
 from .tiling import Tile, auto_tile, plan_tiles, tile_margin
 from .timing import NO_TIMER, StageTimer
 
 __all__ = ["StackFuser", "fuse", "align_stack", "to_float"]
 
-_MAX_KERNEL_SIZE = 15
-
 Progress = Callable[[int, int], None]
+Source = Tensor | FrameStack | Sequence[str | os.PathLike] | str | os.PathLike
 
 
 def to_float(frames: Tensor | np.ndarray, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -51,91 +57,85 @@ def to_float(frames: Tensor | np.ndarray, device: torch.device, dtype: torch.dty
 
 
 class StackFuser:
-    """Fuses a stack fed chunk by chunk; memory stays that of one chunk plus the result.
+    """Fuses a stack; memory stays that of one chunk plus the result.
 
     Args:
-        method: ``'max-energy'`` (default), ``'wang-chang'`` or ``'max-log'``.
-        levels: detail levels of the pyramid; ``None`` chooses from the frame size.
-        kernel_size: window of the rule's local measure (odd); ``None`` for the
-            method's default.
-        per_channel: decide per colour channel instead of once per pixel.
-        device: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
-        dtype: ``'float32'``, ``'float16'`` or ``'bfloat16'``.
-        align: how to align the frames (``gpufocus.align.AlignOptions``), or ``None``
-            to fuse them as they are. With a reference other than frame 0, every
-            chunk goes through ``estimate`` before any goes through ``add``.
-        names: frame names for warnings (file names, say).
-        depth_map: also work out which frame is in focus where (``depth_map()``).
-        consistency: halo control for ``max-energy``, 0, 1 or 2 (see ``rules.MaxEnergy``);
-            above 0, every chunk goes through ``refold`` after all went through ``add``.
-        tile: fuse in tiles of about this many pixels a side, with overlaps that make
-            the result the same as without (``gpufocus.tiling``); ``None`` tiles only when
-            one frame's working memory would not fit in the device's budget, 0 never.
-            Not for ``wang-chang``, whose entropy takes histograms of whole levels.
-        memory_budget: bytes the fusion may use; it sizes chunks (see ``fuse``) and
-            tiles. ``None``: a quarter of the free memory.
+        options: the fusion settings (``FuseOptions``); ``None`` for the defaults.
+        names: frame names for warnings (file names, say); ``run`` takes them from a
+            stack on disk by itself.
+        **changes: settings that replace those of ``options`` (``method='wang-chang'``).
+
+    ``run(source)`` does everything. To feed frames yourself: with ``align.reference``
+    other than 0, every frame goes through ``estimate`` first; then every frame through
+    ``add``; with ``consistency`` above 0, every frame through ``refold`` again; then
+    ``result``.
 
     Example:
-        >>> fuser = StackFuser(device="cpu")
+        >>> image = StackFuser(device="cpu").run("stack/")   # (C, H, W) float32 in [0, 1]
+        >>> fuser = StackFuser(FuseOptions(align=None))
         >>> for chunk in chunks:          # (B, C, H, W) uint8, uint16 or float tensors
         ...     fuser.add(chunk)
-        >>> image = fuser.result()        # (C, H, W) float32 in [0, 1]
+        >>> image = fuser.result()
     """
 
-    def __init__(
-        self,
-        method: str = "max-energy",
-        *,
-        levels: int | None = None,
-        kernel_size: int | None = None,
-        per_channel: bool = False,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "float32",
-        align: AlignOptions | None = AlignOptions(),
-        names: list[str] | None = None,
-        depth_map: bool = False,
-        consistency: int = 0,
-        tile: int | None = None,
-        memory_budget: int | None = None,
-    ) -> None:
-        if method not in METHODS:
-            raise GpufocusError(f"--method {method}: use one of {', '.join(METHODS)}")
-        if kernel_size is not None and not (1 <= kernel_size <= _MAX_KERNEL_SIZE and kernel_size % 2):
-            raise GpufocusError(f"--kernel-size {kernel_size}: must be odd, from 1 to {_MAX_KERNEL_SIZE}")
-        if levels is not None and levels < 1:
-            raise GpufocusError(f"--levels {levels}: must be at least 1")
-        if consistency not in (0, 1, 2):
-            raise GpufocusError(f"--consistency {consistency}: use 0, 1 or 2")
-        if consistency and method != "max-energy":
-            raise GpufocusError(f"--consistency {consistency}: halo control is for max-energy, not {method}")
-        self.consistency = consistency
-        self._refolded = 0
-        self.method = method
-        self.levels = levels
-        self.kernel_size = kernel_size or DEFAULT_KERNEL_SIZE[method]
-        self.per_channel = per_channel
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
-        self.align = align
-        self._aligner = None
-        if align is not None:
-            if align.model not in ALIGN_MODELS:
-                raise GpufocusError(f"--align-model {align.model}: use one of {', '.join(ALIGN_MODELS)}")
-            if align.reference < 0:
-                raise GpufocusError(f"--reference {align.reference}: must be a frame index, 0 or more")
-            self._aligner = StackAligner(align.model, align.reference, align.match_exposure)
-            self._aligner.names = names
+    def __init__(self, options: FuseOptions | None = None, *, names: list[str] | None = None, **changes) -> None:
+        self.options = FuseOptions.of(options, **changes)
+        self.device = resolve_device(self.options.device)
+        self.dtype = resolve_dtype(self.options.dtype)
+        self.levels = self.options.levels  # chosen from the frame size when None
+        self.kernel_size = self.options.window
+        align = self.options.align
+        self._aligner = None if align is None else StackAligner(align)
+        self.names = names
         self._estimated = 0
-        if tile is not None and tile < 0:
-            raise GpufocusError(f"--tile {tile}: must be 0 (never) or a size in pixels")
-        if tile and method == "wang-chang":
-            raise GpufocusError("--tile: wang-chang cannot be tiled (its entropy takes histograms of whole levels)")
-        self.tile = tile
-        self.memory_budget = memory_budget
-        self._want_depth = depth_map
+        self._refolded = 0
         self._regions: list[_Region] = []
         self._covered: Tensor | None = None
         self._shape: tuple[int, int, int] | None = None
+
+    @property
+    def names(self) -> list[str] | None:
+        """Frame names used in warnings."""
+        return self._names
+
+    @names.setter
+    def names(self, names: list[str] | None) -> None:
+        self._names = names
+        if self._aligner is not None:
+            self._aligner.names = names
+
+    def run(self, source: Source, *, progress: Progress | None = None, timer: StageTimer = NO_TIMER) -> Tensor:
+        """Fuse a whole stack, reading it as many times as the settings need.
+
+        Args:
+            source: an ``(N, C, H, W)`` tensor (``uint8``, ``uint16`` or float in [0, 1]),
+                a ``FrameStack``, a directory, or a list of image files.
+            progress: called as ``progress(frames_read, frames_to_read)`` after each
+                chunk, over all passes.
+            timer: charges the stages ``decode``, ``upload``, ``align``, ``fuse``,
+                ``collapse`` and ``download`` (see ``gpufocus.timing``).
+
+        Returns:
+            The fused image, ``(C, H, W)`` float32 in [0, 1], on the CPU.
+        """
+        if self.count or self._estimated:
+            raise GpufocusError("run(): this StackFuser has taken frames already; make a new one for another stack")
+        source = _as_source(source)
+        if self.names is None:
+            self.names = _names(source)
+        total = len(source)
+        passes = [self.add]
+        if self._needs_estimate:
+            _check_reference(self.options.align.reference, total)
+            passes.insert(0, self.estimate)
+        if self.options.consistency:
+            passes.append(self.refold)
+        chunk = _chunk_for(source, self.options.chunk, self.device, self.dtype, self.options.memory_budget)
+        for _ in _passes(source, chunk, passes, total, progress, timer, self.device):
+            pass
+        image = self.result(timer)
+        with timer.stage("download"):
+            return image.cpu()
 
     @property
     def count(self) -> int:
@@ -148,17 +148,14 @@ class StackFuser:
         return [region.tile for region in self._regions]
 
     @property
-    def needs_estimate(self) -> bool:
-        """Whether every frame must go through ``estimate`` before ``add``."""
-        return self.align is not None and self.align.reference != 0
-
-    @property
-    def needs_refold(self) -> bool:
-        """Whether every frame must go through ``refold`` after ``add``."""
-        return self.consistency > 0
+    def _needs_estimate(self) -> bool:
+        """Every frame must go through ``estimate`` before ``add``."""
+        return self.options.align is not None and self.options.align.reference != 0
 
     def refold(self, frames: Tensor | np.ndarray, timer: StageTimer = NO_TIMER) -> None:
         """Second pass (halo control): the frames again, in order, after all were added."""
+        if not self.options.consistency:
+            raise GpufocusError("refold(): only halo control (consistency 1 or 2) reads the stack twice")
         with timer.stage("upload"):
             frames = to_float(_batch(frames), self.device, self.dtype)
         for region, part, valid in self._regions_of(frames, self._refolded, timer):
@@ -173,8 +170,8 @@ class StackFuser:
 
     def estimate(self, frames: Tensor | np.ndarray, timer: StageTimer = NO_TIMER) -> None:
         """First pass, for a reference other than frame 0: estimate the next frames' motion."""
-        if not self.needs_estimate:
-            return
+        if not self._needs_estimate:
+            raise GpufocusError("estimate(): only a reference other than frame 0 needs a first pass")
         with timer.stage("upload"):
             frames = to_float(_batch(frames), self.device, self.dtype)
         with timer.stage("align"):
@@ -182,26 +179,27 @@ class StackFuser:
         self._estimated += frames.shape[0]
 
     def _start(self, channels: int, height: int, width: int) -> None:
+        options = self.options
         deepest = max_levels(height, width)
         if deepest < 1:
             raise GpufocusError(f"{width}x{height} frames are too small (at least 8x8)")
         if self.levels is None:
             self.levels = auto_levels(height, width)
-        elif self.levels > deepest and self.method != "max-log":
-            raise GpufocusError(f"--levels {self.levels}: too deep for {width}x{height} frames (at most {deepest})")
+        elif self.levels > deepest and options.method != "max-log":
+            raise OptionError("levels", self.levels, f"too deep for {width}x{height} frames (at most {deepest})")
         self._shape = (channels, height, width)
         margin = tile_margin(self.levels, self.kernel_size)
-        tile = self.tile
-        if tile is None and self.method != "wang-chang":
-            budget = frame_budget(self.device, self.memory_budget)
+        tile = options.tile
+        if tile is None and options.method != "wang-chang":
+            budget = frame_budget(self.device, options.memory_budget)
             tile = auto_tile(budget, channels, height, width, working_bytes(self.dtype), margin)
         if tile:
             tiles = plan_tiles(height, width, tile, self.levels, self.kernel_size)
         else:
             tiles = [Tile((0, 0, height, width), (0, 0, height, width))]
         for t in tiles:
-            rule = make_rule(self.method, self.levels, self.kernel_size, self.per_channel, self.consistency)
-            self._regions.append(_Region(t, rule, DepthMap(*t.padded[2:]) if self._want_depth else None))
+            rule = make_rule(options, self.levels)
+            self._regions.append(_Region(t, rule, DepthMap(*t.padded[2:]) if options.depth_map else None))
 
     def add(self, frames: Tensor | np.ndarray, timer: StageTimer = NO_TIMER) -> None:
         """Fold in the next frames: ``(B, C, H, W)`` or one ``(C, H, W)`` frame.
@@ -241,8 +239,11 @@ class StackFuser:
                 f"frame {self.count}: shape {shape} differs from the first frame's {self._shape}; "
                 "frames must be aligned to the same size"
             )
-        if self._aligner is not None and self.needs_estimate and self.align.reference >= self._estimated:
-            raise GpufocusError(f"--reference {self.align.reference}: the stack has {self._estimated} frames")
+        if self._needs_estimate and self.options.align.reference >= self._estimated:
+            raise GpufocusError(
+                f"reference frame {self.options.align.reference}: estimate() must see the stack up to it "
+                f"before add() (it saw {self._estimated} frames; or use run())"
+            )
         first = self.count
         for region, part, valid in self._regions_of(frames, first, timer):
             with timer.stage("fuse"):
@@ -268,7 +269,7 @@ class StackFuser:
             with timer.stage("align"):
                 parts = [apply_transform(frame[None], t, region.tile.padded) for frame, t in zip(frames, transforms)]
             part, valid = torch.cat([p for p, _ in parts]), torch.cat([v for _, v in parts])
-            if self.align.crop:
+            if self.options.align.crop:
                 if self._covered is None:
                     self._covered = torch.ones(self._shape[1:], dtype=torch.bool, device=frames.device)
                 self._covered[top : top + height, left : left + width] &= valid.all(dim=0)[0]
@@ -281,6 +282,11 @@ class StackFuser:
         """
         if self.count < 2:
             raise GpufocusError(f"a stack needs at least 2 frames, got {self.count}")
+        if self.options.consistency and self._refolded < self.count:
+            raise GpufocusError(
+                f"halo control (consistency {self.options.consistency}) reads the stack twice: refold() has seen "
+                f"{self._refolded} of {self.count} frames (or use run())"
+            )
         with timer.stage("collapse"):
             image = self._assemble(lambda region: region.rule.result()[0].float().clamp_(0, 1))
         return self._cropped(image)
@@ -288,8 +294,8 @@ class StackFuser:
     def depth_map(self) -> Tensor:
         """``(H, W)`` float32 on the CPU: the index of the frame in focus at each pixel,
         interpolated between frames (0 = the first frame), cropped as the result is."""
-        if not self._want_depth:
-            raise ValueError("this StackFuser was made without depth_map=True")
+        if not self.options.depth_map:
+            raise GpufocusError("depth_map(): this StackFuser was made without depth_map=True")
         return self._cropped(self._assemble(lambda region: region.depth.result()[None]))[0].cpu()
 
     def _assemble(self, part_of) -> Tensor:
@@ -337,8 +343,6 @@ def _names(source: Tensor | FrameStack) -> list[str] | None:
 def _chunk_for(
     source: Tensor | FrameStack, chunk: int | None, device: torch.device, dtype: torch.dtype, budget: int | None = None
 ) -> int:
-    if chunk is not None and chunk < 1:
-        raise GpufocusError(f"--chunk {chunk}: must be at least 1")
     if chunk is not None:
         return chunk
     channels, (height, width) = (source.shape[1], source.shape[-2:]) if isinstance(source, Tensor) else (3, source.size)
@@ -346,29 +350,28 @@ def _chunk_for(
 
 
 def align_stack(
-    source: Tensor | FrameStack | Sequence[str | os.PathLike] | str | os.PathLike,
-    aligner: StackAligner,
-    *,
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "float32",
-    chunk: int | None = None,
-    progress: Progress | None = None,
-) -> Iterator[tuple[int, Tensor]]:
+    source: Source, options: FuseOptions | None = None, *, progress: Progress | None = None, **changes
+) -> tuple[StackAligner, Iterator[tuple[int, Tensor]]]:
     """Align a stack to its reference frame without fusing it.
 
     Args:
-        source: as for ``fuse``.
-        aligner: the ``StackAligner`` to use; its ``results`` hold the transforms after.
-        device, dtype, chunk, progress: as for ``fuse``.
+        source: as for ``StackFuser.run``.
+        options: its ``align``, ``device``, ``dtype`` and ``chunk`` are used
+            (``align=None`` is taken for the default alignment).
+        progress: as for ``StackFuser.run``.
 
-    Yields:
-        ``(index, frame)``: each frame, ``(C, H, W)`` float32 in [0, 1] on the CPU, on
-        the reference's grid (pixels no data covers are filled from the frame's edge).
+    Returns:
+        The aligner (its ``results`` hold the transforms once the frames are read) and
+        the frames, ``(index, frame)``, each ``(C, H, W)`` float32 in [0, 1] on the CPU,
+        on the reference's grid (pixels no data covers are filled from the frame's edge).
     """
+    options = FuseOptions.of(options, **changes)
+    align = options.align or FuseOptions().align
     source = _as_source(source)
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
-    aligner.names = aligner.names or _names(source)
-    total, chunk = len(source), _chunk_for(source, chunk, device, dtype)
+    device, dtype = resolve_device(options.device), resolve_dtype(options.dtype)
+    aligner = StackAligner(align)
+    aligner.names = _names(source)
+    total, chunk = len(source), _chunk_for(source, options.chunk, device, dtype)
     counters = {"estimated": 0, "aligned": 0}
 
     def estimate(frames, timer):
@@ -377,24 +380,28 @@ def align_stack(
         counters["estimated"] += len(frames)
         return ()
 
-    def align(frames, timer):
+    def align_frames(frames, timer):
         frames = to_float(_batch(frames), device, dtype)
         start = counters["aligned"]
         counters["aligned"] += len(frames)
         aligned, _ = aligner.align(frames, start)
         return [(start + i, frame.float().clamp(0, 1).cpu()) for i, frame in enumerate(aligned)]
 
-    passes = [align]
-    if aligner.reference != 0:
-        _check_reference(aligner.reference, total)
+    passes = [align_frames]
+    if align.reference != 0:
+        _check_reference(align.reference, total)
         passes.insert(0, estimate)
-    for frames in _passes(source, chunk, passes, total, progress, NO_TIMER, device):
-        yield from frames
+
+    def frames() -> Iterator[tuple[int, Tensor]]:
+        for done in _passes(source, chunk, passes, total, progress, NO_TIMER, device):
+            yield from done
+
+    return aligner, frames()
 
 
 def _check_reference(reference: int, total: int) -> None:
     if not 0 <= reference < total:
-        raise GpufocusError(f"--reference {reference}: the stack has {total} frames (0 to {total - 1})")
+        raise OptionError("align.reference", reference, f"the stack has {total} frames (0 to {total - 1})")
 
 
 def _upload_ahead(chunks: Iterable[np.ndarray], device: torch.device) -> Iterator[Tensor]:
@@ -426,7 +433,7 @@ def _arrived(copied: Tensor, done: torch.cuda.Event, host: Tensor) -> Tensor:
     return copied.permute(0, 3, 1, 2)  # (B, H, W, C) as decoded -> (B, C, H, W), a view
 
 
-def _passes(source, chunk: int, passes, total: int, progress: Progress | None, timer: StageTimer, device=None):
+def _passes(source, chunk: int, passes, total: int, progress: Progress | None, timer: StageTimer, device):
     """Read the stack once per pass, feeding each chunk to the pass; yield after each chunk.
 
     ``progress`` counts frames over all passes. For a CUDA ``device``, JPEG stacks are
@@ -461,72 +468,28 @@ def _tensor_chunks(frames: Tensor, chunk: int) -> Iterable[Tensor]:
 
 
 def fuse(
-    source: Tensor | FrameStack | Sequence[str | os.PathLike] | str | os.PathLike,
+    source: Source,
+    options: FuseOptions | None = None,
     *,
-    method: str = "max-energy",
-    levels: int | None = None,
-    kernel_size: int | None = None,
-    per_channel: bool = False,
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "float32",
-    chunk: int | None = None,
-    align: AlignOptions | bool | None = True,
-    consistency: int = 0,
-    tile: int | None = None,
-    memory_budget: int | None = None,
     progress: Progress | None = None,
     timer: StageTimer = NO_TIMER,
-    fuser: StackFuser | None = None,
+    **changes,
 ) -> Tensor:
-    """Fuse a focus stack into one image sharp throughout.
+    """Fuse a focus stack into one image sharp throughout: ``StackFuser(options).run(source)``.
 
     Args:
         source: an ``(N, C, H, W)`` tensor (``uint8``, ``uint16`` or float in [0, 1]),
             a ``FrameStack``, a directory, or a list of image files.
-        method, levels, kernel_size, per_channel, device, dtype: see ``StackFuser``.
-        chunk: frames folded in at once; ``None`` chooses from free memory. The
-            result does not depend on it.
-        align: ``True`` (default: similarity, reference frame 0, exposure matched),
-            ``False``/``None`` for none, or ``gpufocus.align.AlignOptions``. A reference
-            other than 0 reads the stack twice: once to estimate, once to fuse.
-        consistency: halo control, 0 (none), 1 or 2 (see ``StackFuser``); above 0 the
-            stack is read once more.
-        tile: tile size in pixels, ``None`` for tiles only where memory needs them, 0
-            for none (see ``StackFuser``). The result does not depend on it.
-        memory_budget: bytes the fusion may use (chunks and tiles are sized to it);
-            ``None``: a quarter of the free memory.
-        progress: called as ``progress(steps_done, steps_total)`` after each chunk (a
-            step is a frame read; a reference other than 0 and halo control each add a
-            pass over the stack).
-        timer: charges the stages ``decode``, ``upload``, ``fuse``, ``collapse`` and
-            ``download`` (see ``gpufocus.timing``), and ``align``.
-        fuser: fuse with this ``StackFuser`` (its settings then replace the ones
-            above), to read its ``transforms`` afterwards.
+        options: the settings (``FuseOptions``); ``None`` for the defaults.
+        progress, timer: see ``StackFuser.run``.
+        **changes: settings that replace those of ``options``, by name
+            (``fuse(frames, method="wang-chang", align=False)``).
 
     Returns:
         The fused image, ``(C, H, W)`` float32 in [0, 1], on the CPU.
 
     Raises:
         GpufocusError: bad input (fewer than 2 frames, unreadable files, frames of
-            different sizes, ...) or settings.
+            different sizes, ...); ``OptionError`` for settings.
     """
-    if align is True:
-        align = AlignOptions()
-    elif align is False:
-        align = None
-    source = _as_source(source)
-    fuser = fuser or StackFuser(
-        method, levels=levels, kernel_size=kernel_size, per_channel=per_channel, device=device, dtype=dtype,
-        align=align, names=_names(source), consistency=consistency, tile=tile, memory_budget=memory_budget,
-    )
-    total, chunk = len(source), _chunk_for(source, chunk, fuser.device, fuser.dtype, fuser.memory_budget)
-    passes = ([fuser.estimate] if fuser.needs_estimate else []) + [fuser.add]
-    if fuser.needs_refold:
-        passes.append(fuser.refold)
-    if fuser.needs_estimate:
-        _check_reference(fuser.align.reference, total)
-    for _ in _passes(source, chunk, passes, total, progress, timer, fuser.device):
-        pass
-    image = fuser.result(timer)
-    with timer.stage("download"):
-        return image.cpu()
+    return StackFuser(options, **changes).run(source, progress=progress, timer=timer)

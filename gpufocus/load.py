@@ -313,7 +313,11 @@ def _decode_16bit_colour(path: Path) -> np.ndarray:
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1-8) to an (H, W, C) array."""
+    """Apply an EXIF orientation (1-8) to an (H, W, C) array.
+
+    Not ``PIL.ImageOps.exif_transpose``: it turns PIL images, and 16-bit colour frames
+    never are one (Pillow has no such mode); one way for every frame.
+    """
     if orientation in (2, 4, 5, 7):  # mirrored ones: flip first
         pixels = pixels[:, ::-1]
     turns = {3: 2, 4: 2, 5: 1, 6: 3, 7: 3, 8: 1}.get(orientation, 0)  # quarter turns counter-clockwise
@@ -349,6 +353,7 @@ class FrameStack:
         self.paths = list_frames(inputs)
         self.infos = [probe_image(path) for path in self.paths]
         self._early: list = []  # frames decoding ahead, from prefetch
+        self._prefetcher: ThreadPoolExecutor | None = None
         first = self.infos[0]
         if min(first.width, first.height) < MIN_LEVEL_SIDE:
             raise GpufocusError(
@@ -384,9 +389,16 @@ class FrameStack:
         """Start decoding the first ``2 * chunk`` frames now (in a thread of their own), for
         the ``chunks`` call that comes later: a batch reads the next stack while it fuses
         this one."""
-        early = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-prefetch")
-        self._early = [early.submit(self._load, i) for i in range(min(len(self), 2 * chunk))]
-        early.shutdown(wait=False)
+        self.close()
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-prefetch")
+        self._early = [self._prefetcher.submit(self._load, i) for i in range(min(len(self), 2 * chunk))]
+
+    def close(self) -> None:
+        """Stop decoding ahead (``prefetch``) and wait for its thread; ``chunks`` does this
+        once it has taken the frames."""
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
+            self._prefetcher = None
 
     def chunks(self, chunk: int, workers: int = 2, timer: StageTimer = NO_TIMER) -> Iterator[np.ndarray]:
         """Frames as ``(B, H, W, 3)`` arrays of ``B <= chunk`` frames, in order.
@@ -395,7 +407,8 @@ class FrameStack:
         next chunk is read while the caller works on this one. ``timer`` charges the
         time spent waiting for decoded frames to the stage ``decode``.
         """
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpufocus-decode") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpufocus-decode")
+        try:
             early, self._early = self._early, []
             pending = early + [pool.submit(self._load, i) for i in range(len(early), min(len(self), 2 * chunk))]
             next_index = len(pending)
@@ -409,6 +422,9 @@ class FrameStack:
                 for i in range(start, min(start + chunk, len(self))):
                     pending[i] = None  # let finished frames go
                 yield np.stack(batch)
+        finally:  # also when the reader stops early: no decoding goes on for nobody
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.close()
 
     def decodable_on(self, device: torch.device) -> bool:
         """Whether ``chunks_on`` can decode this stack on ``device`` (nvJPEG).

@@ -20,20 +20,22 @@ from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
-from gpufocus.kernels import RunningMax, energy_fold, fold_max, laplacian_pyramid, mask_unusable
 from torch import Tensor
 
 from .color import luminance
+from .kernels import RunningMax, energy_fold, fold_max, mask_unusable
+from .options import FuseOptions
 from .pyramid import (
     binomial_taps,
     build_gaussian_pyramid,
+    build_laplacian_pyramid,
     collapse_laplacian_pyramid,
     correlate1d,
     pyr_up,
     separable_filter,
 )
 
-__all__ = ["METHODS", "DEFAULT_KERNEL_SIZE", "SelectionRule", "MaxEnergy", "WangChang", "MaxLoG", "make_rule"]
+__all__ = ["SelectionRule", "MaxEnergy", "WangChang", "MaxLoG", "make_rule"]
 
 
 class SelectionRule(ABC):
@@ -45,7 +47,7 @@ class SelectionRule(ABC):
             behaviour) instead of once per pixel from the luminance.
     """
 
-    def __init__(self, kernel_size: int, per_channel: bool = False) -> None:
+    def __init__(self, kernel_size: int, per_channel: bool) -> None:
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel size must be odd and positive, got {kernel_size}")
         self.kernel_size = kernel_size
@@ -81,7 +83,7 @@ class SelectionRule(ABC):
 class _PyramidRule(SelectionRule):
     """Shared by the pyramid rules: per-level running winners, a mean of the base."""
 
-    def __init__(self, levels: int, kernel_size: int, per_channel: bool = False) -> None:
+    def __init__(self, levels: int, kernel_size: int, per_channel: bool) -> None:
         super().__init__(kernel_size, per_channel)
         if levels < 1:
             raise ValueError(f"a pyramid rule needs at least one level, got {levels}")
@@ -91,7 +93,7 @@ class _PyramidRule(SelectionRule):
         self._base = _RunningMean()
 
     def _fold(self, frames: Tensor, valid: Tensor | None) -> None:
-        pyramid = laplacian_pyramid(frames, self.levels)
+        pyramid = build_laplacian_pyramid(frames, self.levels)
         usable, coverage = (None, None) if valid is None else _usable_coefficients(valid, self.levels)
         for level, coefficients in enumerate(pyramid[:-1]):
             self._fold_level(level, coefficients, None if usable is None else usable[level])
@@ -187,7 +189,7 @@ class MaxEnergy(_PyramidRule):
     stack (``refold``), so memory still does not grow with the number of frames.
     """
 
-    def __init__(self, levels: int, kernel_size: int = 9, per_channel: bool = False, consistency: int = 0) -> None:
+    def __init__(self, levels: int, kernel_size: int, per_channel: bool, consistency: int) -> None:
         super().__init__(levels, kernel_size, per_channel)
         if consistency not in (0, 1, 2):
             raise ValueError(f"consistency must be 0, 1 or 2, got {consistency}")
@@ -221,7 +223,7 @@ class MaxEnergy(_PyramidRule):
         """
         if self._changes is None:
             self._settle()
-        pyramid = laplacian_pyramid(frames, self.levels)
+        pyramid = build_laplacian_pyramid(frames, self.levels)
         usable = None if valid is None else _usable_coefficients(valid, self.levels)[0]
         for level, coefficients in enumerate(pyramid[:-1]):
             chosen, changed = self._changes[level]
@@ -280,7 +282,7 @@ class WangChang(_PyramidRule):
       otherwise decisions are made on the luminance and taken for all channels.
     """
 
-    def __init__(self, levels: int, kernel_size: int = 5, per_channel: bool = False) -> None:
+    def __init__(self, levels: int, kernel_size: int, per_channel: bool) -> None:
         super().__init__(levels, kernel_size, per_channel)
         self._box = (1.0 / kernel_size,) * kernel_size
         self._best: list[RunningMax | None] = [None] * (levels - 1)
@@ -336,7 +338,7 @@ class MaxLoG(SelectionRule):
     ``Laplacian`` with ``ksize=3``), and the whole pixel, all channels, from the winner.
     """
 
-    def __init__(self, kernel_size: int = 3, per_channel: bool = False) -> None:
+    def __init__(self, kernel_size: int, per_channel: bool) -> None:
         super().__init__(kernel_size, per_channel)
         import kornia  # only here: importing it costs half a second of every start
 
@@ -358,21 +360,10 @@ class MaxLoG(SelectionRule):
         return self._best.value
 
 
-METHODS = ("max-energy", "wang-chang", "max-log")
-DEFAULT_KERNEL_SIZE = {"max-energy": 9, "wang-chang": 5, "max-log": 3}
-
-
-def make_rule(
-    method: str, levels: int, kernel_size: int | None = None, per_channel: bool = False, consistency: int = 0
-) -> SelectionRule:
-    """The rule called ``method`` (one of ``METHODS``); ``consistency`` is max-energy's only."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    size = DEFAULT_KERNEL_SIZE[method] if kernel_size is None else kernel_size
-    if method == "max-energy":
-        return MaxEnergy(levels, size, per_channel, consistency)
-    if consistency:
-        raise ValueError(f"consistency is for max-energy, not {method}")
-    if method == "wang-chang":
-        return WangChang(levels, size, per_channel)
-    return MaxLoG(size, per_channel)
+def make_rule(options: FuseOptions, levels: int) -> SelectionRule:
+    """The rule ``options.method`` names, with its window, channels and halo control."""
+    if options.method == "max-energy":
+        return MaxEnergy(levels, options.window, options.per_channel, options.consistency)
+    if options.method == "wang-chang":
+        return WangChang(levels, options.window, options.per_channel)
+    return MaxLoG(options.window, options.per_channel)

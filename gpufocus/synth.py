@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import GpufocusError
+from .options import SYNTH_FAMILIES, OptionError, OutputOptions
 
 __all__ = [
     "FAMILIES",
@@ -42,7 +42,7 @@ __all__ = [
     "write_stack",
 ]
 
-FAMILIES = ("objects", "plane", "smooth")
+FAMILIES = SYNTH_FAMILIES
 NEAR, FAR = 1.0, 3.0
 
 
@@ -107,7 +107,7 @@ def depth_map(height: int, width: int, family: str = "objects", seed: int = 0) -
         - ``objects``: raised discs over a tilted background: sharp depth edges.
     """
     if family not in FAMILIES:
-        raise GpufocusError(f"--family {family}: use one of {', '.join(FAMILIES)}")
+        raise OptionError("family", family, f"use one of {', '.join(FAMILIES)}")
     gen = torch.Generator().manual_seed(seed)
     y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
     if family == "plane":
@@ -226,7 +226,7 @@ def make_stack(
         scene: ``(3, H, W)`` image in [0, 1] to use instead of the procedural scene.
     """
     if frames < 2:
-        raise GpufocusError(f"--frames {frames}: a stack needs at least 2 frames")
+        raise OptionError("frames", frames, "a stack needs at least 2 frames")
     if scene is None:
         scene = procedural_scene(height, width, seed)
     height, width = scene.shape[-2:]
@@ -287,7 +287,7 @@ def write_stack(
     outdir: str | os.PathLike,
     *,
     fmt: str = "png",
-    quality: int = 95,
+    quality: int = OutputOptions.quality,
     overwrite: bool = False,
     keep: Sequence[str | os.PathLike] = (),
 ) -> list[Path]:
@@ -303,7 +303,7 @@ def write_stack(
     from .write import Outputs, check_distinct, output_folder
 
     if fmt not in ("png", "jpg"):
-        raise GpufocusError(f"--format {fmt}: use png or jpg")
+        raise OptionError("format", fmt, "use png or jpg")
     outdir = Path(outdir)
     paths = [outdir / f"frame_{i:03d}.{fmt}" for i in range(len(stack.frames))]
     side = {name: outdir / name for name in ("ground_truth.png", "depth.png", "focus_index.png", "params.json")}

@@ -23,7 +23,7 @@ class StageTimer:
         device: the device whose work is timed; synchronised if it is CUDA.
     """
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
+    def __init__(self, device: torch.device | str | None) -> None:
         device = torch.device(device) if device is not None else None
         self._cuda = device if device is not None and device.type == "cuda" else None
         self.seconds: dict[str, float] = defaultdict(float)

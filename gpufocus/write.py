@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from .errors import GpufocusError
+from .options import OutputOptions
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -254,7 +255,7 @@ class Outputs:
         image: torch.Tensor | np.ndarray,
         *,
         bits: int = 8,
-        quality: int = 95,
+        quality: int = OutputOptions.quality,
         exif: bytes | None = None,
         icc: bytes | None = None,
         overwrite: bool = False,
@@ -311,7 +312,7 @@ def write_image(
     image: torch.Tensor | np.ndarray,
     *,
     bits: int = 8,
-    quality: int = 95,
+    quality: int = OutputOptions.quality,
     exif: bytes | None = None,
     icc: bytes | None = None,
     overwrite: bool = False,

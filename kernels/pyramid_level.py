@@ -1,14 +1,13 @@
-"""One Laplacian pyramid level, and the whole pyramid built from it."""
+"""One Laplacian pyramid level: the detail and the next Gaussian level."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from gpufocus.pyramid import build_laplacian_pyramid, check_levels, pyr_down, pyr_up
-
 from .dispatch import use_triton
+from .filters import pyr_down, pyr_up
 
-__all__ = ["laplacian_level", "laplacian_pyramid"]
+__all__ = ["laplacian_level"]
 
 
 def laplacian_level(g: Tensor) -> tuple[Tensor, Tensor]:
@@ -23,15 +22,3 @@ def laplacian_level(g: Tensor) -> tuple[Tensor, Tensor]:
         return fused(g)
     coarser = pyr_down(g)
     return g - pyr_up(coarser, g.shape[-2:]), coarser
-
-
-def laplacian_pyramid(frames: Tensor, levels: int) -> list[Tensor]:
-    """``gpufocus.pyramid.build_laplacian_pyramid``, level by level through ``laplacian_level``."""
-    if not use_triton(frames):
-        return build_laplacian_pyramid(frames, levels)
-    check_levels(frames, levels)
-    pyramid, g = [], frames
-    for _ in range(levels):
-        detail, g = laplacian_level(g)
-        pyramid.append(detail)
-    return pyramid + [g]

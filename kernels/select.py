@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gpufocus.pyramid import separable_filter
-
 from .dispatch import use_triton
+from .filters import separable_filter
 
 __all__ = ["RunningMax", "fold_max", "mask_unusable", "energy_fold"]
 

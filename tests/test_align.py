@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gpufocus import AlignOptions, StackFuser, fuse
+from gpufocus.options import FuseOptions, OptionError
 from gpufocus.align import AlignmentWarning, StackAligner, inner_rectangle, to_pixel_matrix, warp_frame
 from gpufocus.metrics import psnr
 from gpufocus.rules import make_rule
@@ -36,7 +37,7 @@ def moving():
 
 
 def test_known_motion_is_recovered_within_a_tenth_of_a_pixel(moving):
-    estimates = StackAligner("similarity").estimate(moving.frames, 0)
+    estimates = StackAligner(AlignOptions("similarity")).estimate(moving.frames, 0)
     errors = [corner_error(m.cpu(), true_matrix(f, 384, 512), 384, 512)
               for m, f in zip(estimates, moving.params["frame_info"])]
     assert max(errors) <= 0.1, errors
@@ -47,7 +48,7 @@ def test_other_models(model, limit):
     shifted = make_stack(256, 320, 5, shift=2.5, max_blur=6.0, seed=4)
     if model != "translation":
         shifted = make_stack(256, 320, 5, breathing=0.003, shift=2.5, max_blur=6.0, seed=4)
-    estimates = StackAligner(model).estimate(shifted.frames, 0)
+    estimates = StackAligner(AlignOptions(model)).estimate(shifted.frames, 0)
     errors = [corner_error(m.cpu(), true_matrix(f, 256, 320), 256, 320)
               for m, f in zip(estimates, shifted.params["frame_info"])]
     assert max(errors) <= limit, errors
@@ -57,7 +58,7 @@ def test_an_implausible_estimate_falls_back_with_a_warning(moving):
     frames = moving.frames[:5].clone()
     # Frame 3 turned by 30 degrees: beyond any focus stack's motion between neighbours.
     frames[3:4] = move_frames(frames[3:4], torch.ones(1), torch.zeros(1, 2), torch.tensor([math.radians(30)]))
-    aligner = StackAligner("similarity")
+    aligner = StackAligner(AlignOptions("similarity"))
     aligner.names = [f"f{i}.png" for i in range(5)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -72,7 +73,7 @@ def test_an_implausible_estimate_falls_back_with_a_warning(moving):
 
 
 def test_alignment_off_is_the_plain_engine_bit_for_bit(moving):
-    plain = make_rule("max-energy", levels=5)
+    plain = make_rule(FuseOptions(), levels=5)
     plain.fold(moving.frames)
     expected = plain.result()[0].clamp(0, 1)
     assert torch.equal(fuse(moving.frames, device="cpu", align=False, levels=5, chunk=3), expected)
@@ -83,7 +84,7 @@ def test_alignment_is_as_good_as_the_true_motion(moving):
     aligned = psnr(fuse(moving.frames, device="cpu", align=AlignOptions(match_exposure=False)), moving.ground_truth)
     # The same fusion of the frames warped back with the motion synth applied:
     oracle = [warp_frame(f[None], true_matrix(info, 384, 512)) for f, info in zip(moving.frames, moving.params["frame_info"])]
-    rule = make_rule("max-energy", levels=6)
+    rule = make_rule(FuseOptions(), levels=6)
     rule.fold(torch.cat([w for w, _ in oracle]), torch.cat([v for _, v in oracle]))
     best = psnr(rule.result()[0].clamp(0, 1), moving.ground_truth)
     assert aligned > without + 5 and aligned > best - 0.3
@@ -96,7 +97,7 @@ def test_aligned_result_does_not_depend_on_the_chunk_size(moving):
 
 def test_another_reference_takes_its_geometry(moving):
     fuser = StackFuser(device="cpu", align=AlignOptions(reference=4))
-    fused = fuse(moving.frames, fuser=fuser)
+    fused = fuser.run(moving.frames)
     assert corner_error(fuser.transforms[4].matrix, torch.eye(3, dtype=torch.float64), 384, 512) < 1e-9
     # The ground truth as frame 4 sees it.
     truth = true_matrix(moving.params["frame_info"][4], 384, 512)
@@ -105,7 +106,7 @@ def test_another_reference_takes_its_geometry(moving):
                        torch.tensor([moving.params["frame_info"][4]["rotation_rad"]]))[0]
     inner = (slice(None), slice(20, -20), slice(20, -20))
     assert psnr(fused[inner], seen[inner]) > 30
-    with pytest.raises(Exception, match="--reference 9"):
+    with pytest.raises(OptionError, match="align.reference=9: the stack has 8 frames"):
         fuse(moving.frames, align=AlignOptions(reference=9))
 
 
@@ -121,7 +122,7 @@ def test_crop_keeps_only_what_every_frame_covers():
 def test_exposure_is_matched():
     flicker = make_stack(160, 200, 5, exposure_jitter=0.05, max_blur=4.0, seed=6)
     fuser = StackFuser(device="cpu")
-    fuse(flicker.frames, fuser=fuser)
+    fuser.run(flicker.frames)
     for result, info in zip(fuser.transforms[1:], flicker.params["frame_info"][1:]):
         assert torch.allclose(result.gain * info["gain"], torch.ones(3, dtype=result.gain.dtype), atol=0.01)
 

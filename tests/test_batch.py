@@ -6,7 +6,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gpufocus.cli import app
-from gpufocus.batch import FuseSettings, find_stacks, run_batch
+from gpufocus.batch import BatchOutput, find_stacks, run_batch
+from gpufocus.options import FuseOptions
 from gpufocus.load import FrameStack
 from gpufocus.synth import make_stack, write_stack
 
@@ -52,19 +53,19 @@ def test_batch_writes_the_good_reports_the_bad_and_resumes(root, tmp_path):
 def test_the_same_results_in_order_over_workers_and_on_a_cluster(root, tmp_path):
     distributed = pytest.importorskip("distributed")
     good = [f for f in find_stacks(root) if f.name.startswith("s")]
-    settings = FuseSettings(align=None, format="png")
-    in_order = run_batch(good, tmp_path / "in_order", settings)
-    workers = run_batch(good, tmp_path / "workers", settings, devices=["cpu", "cpu"])
+    options = FuseOptions(align=None, device="cpu")
+    in_order = run_batch(good, options, BatchOutput(tmp_path / "in_order", "png"))
+    workers = run_batch(good, options, BatchOutput(tmp_path / "workers", "png"), devices=["cpu", "cpu"])
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with distributed.Client(cluster) as client:
-            clustered = run_batch(good, tmp_path / "cluster", settings, scheduler=client)
+            clustered = run_batch(good, options, BatchOutput(tmp_path / "cluster", "png"), scheduler=client)
             assert len(client.scheduler_info()["workers"]) == 2
     for results, folder in [(workers, "workers"), (clustered, "cluster")]:
         assert [r.status for r in results] == ["written"] * 4
         assert [r.name for r in results] == [r.name for r in in_order]
         for r in results:
             assert np.array_equal(pixels(tmp_path / folder / f"{r.name}.png"), pixels(tmp_path / "in_order" / f"{r.name}.png"))
-    assert {r.device for r in workers} == {"cpu"}
+    assert {r.device for r in workers + clustered} == {"cpu"}  # the option reaches every backend
 
 
 def test_prefetched_frames_are_the_frames(root):

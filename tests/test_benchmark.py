@@ -22,7 +22,7 @@ def test_bench_frames_are_distinct_and_deterministic():
 
 
 def test_run_case_in_process(tmp_path):
-    report = run_case(Case("e2e", "cpu", 64, 48, 3, chunk=2), repeat=2, warmup=0, cache=tmp_path)
+    report = run_case(Case("e2e", "cpu", 64, 48, 3, "float32", 2, "max-energy", True), repeat=2, warmup=0, cache=tmp_path)
     assert len(report["runs"]) == 2 and report["chunk"] == 2
     assert report["stages"]["decode"] > 0 and report["stages"]["encode"] > 0 and report["stages"]["align"] > 0
     markdown = to_markdown({"machine": "m", "date": "d", "results": [report], "cuda_vs_cpu": []})

@@ -75,13 +75,13 @@ def test_result_is_in_range_and_shaped(synthetic):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"method": "median"}, "--method"),
-        ({"kernel_size": 4}, "--kernel-size"),
-        ({"levels": 0}, "--levels"),
-        ({"levels": 9}, "too deep"),
-        ({"chunk": 0}, "--chunk"),
-        ({"dtype": "float64"}, "--dtype"),
-        ({"device": "tpu"}, "--device"),
+        ({"method": "median"}, "method='median': use one of max-energy, wang-chang, max-log"),
+        ({"kernel_size": 4}, "kernel_size=4: must be odd, from 1 to 15"),
+        ({"levels": 0}, "levels=0: must be at least 1"),
+        ({"levels": 9}, "levels=9: too deep for 128x96 frames"),
+        ({"chunk": 0}, "chunk=0: must be at least 1"),
+        ({"dtype": "float64"}, "dtype='float64': use one of float32"),
+        ({"device": "tpu"}, "device='tpu': use auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_settings(kwargs, message, synthetic):
@@ -96,7 +96,7 @@ def test_cuda_requested_without_cuda(synthetic):
 
 
 def test_stack_errors():
-    fuser = StackFuser(device="cpu")
+    fuser = StackFuser(device="cpu", align=False)
     fuser.add(torch.rand(1, 3, 16, 16))
     with pytest.raises(GpufocusError, match="at least 2 frames"):
         fuser.result()
@@ -112,7 +112,7 @@ def test_running_out_of_memory_retries_with_smaller_chunks(monkeypatch, align):
 
     moving = make_stack(96, 128, 6, breathing=0.005, shift=1.0, max_blur=4.0, seed=12)
     expected = fuse(moving.frames, device="cpu", chunk=1, align=align)
-    real = gpufocus.rules.laplacian_pyramid
+    real = gpufocus.rules.build_laplacian_pyramid
     calls = []
 
     def scarce(frames, levels):  # as if only one frame fits
@@ -121,7 +121,7 @@ def test_running_out_of_memory_retries_with_smaller_chunks(monkeypatch, align):
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(frames, levels)
 
-    monkeypatch.setattr(gpufocus.rules, "laplacian_pyramid", scarce)
+    monkeypatch.setattr(gpufocus.rules, "build_laplacian_pyramid", scarce)
     assert torch.equal(fuse(moving.frames, device="cpu", chunk=4, align=align), expected)
     assert 4 in calls and 2 in calls
 
@@ -132,6 +132,6 @@ def test_out_of_memory_with_one_frame_is_a_clear_error(monkeypatch):
     def none_fits(frames, levels):
         raise torch.cuda.OutOfMemoryError("simulated")
 
-    monkeypatch.setattr(gpufocus.rules, "laplacian_pyramid", none_fits)
+    monkeypatch.setattr(gpufocus.rules, "build_laplacian_pyramid", none_fits)
     with pytest.raises(GpufocusError, match="out of GPU memory with a single frame"):
         fuse(torch.rand(2, 3, 32, 32), device="cpu", chunk=2, align=False)

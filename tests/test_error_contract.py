@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from gpufocus import GpufocusError, read_image, write_image
 from gpufocus.cli import app
+from gpufocus.options import FuseOptions
 from gpufocus.synth import make_stack, write_stack
 from gpufocus.write import Outputs, check_distinct
 from test_write import _unwritable_folder
@@ -277,22 +278,23 @@ def test_a_batch_with_broken_stacks_goes_on(twelve_stacks, tmp_path):
 
 def test_any_exception_fails_only_its_stack(twelve_stacks, tmp_path, monkeypatch):
     import gpufocus.batch as batch
+    from gpufocus.job import FusionJob
 
-    real_fuse, real_write = batch.fuse, batch.write_image
+    real_fuse, real_write = FusionJob.fuse, FusionJob.write
 
-    def fuse(stack, **kwargs):
-        if stack.paths[0].parent.name == "s01":
+    def fuse(job, *args, **kwargs):
+        if job.stack.paths[0].parent.name == "s01":
             raise RuntimeError("a bug in fusing")
-        return real_fuse(stack, **kwargs)
+        return real_fuse(job, *args, **kwargs)
 
-    def write_image(path, *args, **kwargs):
-        if Path(path).stem == "s02":
+    def write(job):
+        if job.targets.image.stem == "s02":
             raise ValueError("an encoder's bug")
-        return real_write(path, *args, **kwargs)
+        return real_write(job)
 
-    monkeypatch.setattr(batch, "fuse", fuse)
-    monkeypatch.setattr(batch, "write_image", write_image)
-    results = batch.run_batch(batch.find_stacks(twelve_stacks), tmp_path / "out", batch.FuseSettings(align=None))
+    monkeypatch.setattr(FusionJob, "fuse", fuse)
+    monkeypatch.setattr(FusionJob, "write", write)
+    results = batch.run_batch(batch.find_stacks(twelve_stacks), FuseOptions(align=None), batch.BatchOutput(tmp_path / "out"))
     status = {r.name: (r.status, r.error) for r in results}
     assert status["s01"] == ("failed", "RuntimeError: a bug in fusing")
     assert status["s02"] == ("failed", "ValueError: an encoder's bug")
@@ -337,19 +339,21 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
 
 _SLOW_CHILD = """
 import sys, time
-import gpufocus.cli, gpufocus.write
+import gpufocus.job, gpufocus.write
 def slow(*args, **kwargs):
     print("working", flush=True)
     time.sleep(60)
+def crash(*args, **kwargs):
+    raise RuntimeError("a bug")
 def slow_encode(out, *args):
     out.write(b"half")
     out.flush()
     print("writing", flush=True)
     time.sleep(60)
-def crash(*args, **kwargs):
-    raise RuntimeError("a bug")
-gpufocus.cli.fuse = {"fuse": slow, "crash": crash}.get(sys.argv[1], gpufocus.cli.fuse)
-gpufocus.write._encode = slow_encode if sys.argv[1] == "write" else gpufocus.write._encode
+if sys.argv[1] in ("fuse", "crash"):
+    gpufocus.job.FusionJob.fuse = slow if sys.argv[1] == "fuse" else crash
+if sys.argv[1] == "write":
+    gpufocus.write._encode = slow_encode
 sys.argv = ["gpufocus", *sys.argv[2:]]
 from gpufocus.__main__ import main
 main()
@@ -363,9 +367,10 @@ def _start_child(*args: str) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.0])
-def test_ctrl_c_while_starting(stack, tmp_path, delay):
+def test_ctrl_c_while_starting(tmp_path, delay):
+    write_stack(make_stack(480, 640, 6, max_blur=3.0, seed=2), tmp_path / "S")  # seconds of work after start-up
     child = subprocess.Popen(
-        [sys.executable, "-m", "gpufocus", "fuse", str(stack), "-o", str(tmp_path / "out.png")],
+        [sys.executable, "-m", "gpufocus", "fuse", str(tmp_path / "S"), "-o", str(tmp_path / "out.png")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     time.sleep(delay)  # torch alone takes over a second to import here

@@ -4,6 +4,7 @@ import reference
 import torch
 
 from gpufocus.pyramid import build_laplacian_pyramid
+from gpufocus.options import FuseOptions
 from gpufocus.rules import MaxEnergy, MaxLoG, WangChang, make_rule
 
 
@@ -31,7 +32,7 @@ def fold_in_chunks(rule, frames: np.ndarray, chunk: int) -> np.ndarray:
 @pytest.mark.parametrize("kernel_size", [3, 9])
 def test_max_energy_matches_reference(per_channel, kernel_size):
     frames = random_stack(seed=kernel_size)
-    ours = fold_in_chunks(MaxEnergy(2, kernel_size, per_channel), frames, chunk=2)
+    ours = fold_in_chunks(MaxEnergy(2, kernel_size, per_channel, 0), frames, chunk=2)
     np.testing.assert_allclose(ours, reference.max_energy(frames, 2, kernel_size, per_channel), atol=1e-9)
 
 
@@ -45,7 +46,7 @@ def test_wang_chang_matches_reference(per_channel):
 def test_wang_chang_top_level_uses_every_branch():
     # Check that the random test above is not passing on one branch only.
     frames = random_stack(n=4, h=19, w=22, seed=5)
-    rule = WangChang(2, 3)
+    rule = WangChang(2, 3, False)
     fold_in_chunks(rule, frames, chunk=4)
     top = rule._top
     same_max = (top["max_d"].index == top["max_e"].index)
@@ -57,14 +58,14 @@ def test_wang_chang_top_level_uses_every_branch():
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_max_log_matches_reference(kernel_size):
     frames = random_stack(seed=7)
-    ours = fold_in_chunks(MaxLoG(kernel_size), frames, chunk=1)
+    ours = fold_in_chunks(MaxLoG(kernel_size, False), frames, chunk=1)
     np.testing.assert_allclose(ours, reference.max_log(frames, kernel_size), atol=1e-9)
 
 
 @pytest.mark.parametrize("method", ["max-energy", "wang-chang", "max-log"])
 def test_each_rule_takes_the_sharp_frame(method):
     frames = random_stack(n=3, h=24, w=30, seed=11)
-    fused = fold_in_chunks(make_rule(method, levels=2), frames, chunk=3)
+    fused = fold_in_chunks(make_rule(FuseOptions(method=method), levels=2), frames, chunk=3)
     # Column band i is sharp in frame i only; the fused image must follow frame i there.
     for i in range(3):
         band = slice(i * 10 + 2, (i + 1) * 10 - 2)
@@ -75,16 +76,14 @@ def test_each_rule_takes_the_sharp_frame(method):
 def test_colours_come_from_one_frame_per_pixel():
     # max-log takes whole pixels: every fused pixel equals one frame's pixel exactly.
     frames = random_stack(seed=3)
-    fused = fold_in_chunks(make_rule("max-log", levels=1), frames, chunk=2)
+    fused = fold_in_chunks(make_rule(FuseOptions(method="max-log"), levels=1), frames, chunk=2)
     matches = np.stack([np.all(fused == f, axis=0) for f in frames])
     assert matches.any(axis=0).all()
 
 
-def test_unknown_method_and_bad_kernel():
+def test_bad_kernel():
     with pytest.raises(ValueError):
-        make_rule("median", levels=2)
-    with pytest.raises(ValueError):
-        MaxEnergy(2, kernel_size=4)
+        MaxEnergy(2, 4, False, 0)
 
 
 def test_majority_of_neighbourhoods():
@@ -104,13 +103,13 @@ def test_majority_of_neighbourhoods():
 @pytest.mark.parametrize("consistency", [1, 2])
 def test_consistency_reads_twice_and_takes_chosen_frames(consistency):
     frames = torch.from_numpy(random_stack(n=4, h=24, w=30, seed=2))
-    rule = make_rule("max-energy", levels=2, consistency=consistency)
+    rule = make_rule(FuseOptions(consistency=consistency), levels=2)
     rule.fold(frames[:2])
     rule.fold(frames[2:])
     rule.refold(frames[:3])
     rule.refold(frames[3:])
     fused = rule.result()[0]
-    plain = make_rule("max-energy", levels=2)
+    plain = make_rule(FuseOptions(), levels=2)
     plain.fold(frames)
     # Mostly the same choices; where they differ, the coefficient is the chosen frame's.
     assert (fused - plain.result()[0]).abs().mean() < 0.02

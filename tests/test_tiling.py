@@ -13,7 +13,7 @@ def moving():
 
 def fused(stack, tile, **settings):
     fuser = StackFuser(device="cpu", levels=3, tile=tile, **settings)
-    return fuse(stack.frames, fuser=fuser), fuser
+    return fuser.run(stack.frames), fuser
 
 
 @pytest.mark.parametrize(
@@ -62,13 +62,13 @@ def test_a_small_memory_budget_tiles_by_itself(moving):
     whole, _ = fused(moving, 0, align=None)
     budget = 200 * 264 * 3 * 32 // 2  # half of what one frame takes (in bytes)
     fuser = StackFuser(device="cpu", levels=3, align=None, memory_budget=budget)
-    tiled = fuse(moving.frames, fuser=fuser)
+    tiled = fuser.run(moving.frames)
     assert len(fuser.tiles) > 1 and torch.equal(tiled, whole)
 
 
 def test_memory_sizes():
-    from gpufocus.device import parse_size
+    from gpufocus.options import parse_size
 
     assert parse_size("4G") == 4 * 2**30 and parse_size("512M") == 512 * 2**20 and parse_size("2.5GB") == int(2.5 * 2**30)
-    with pytest.raises(GpufocusError, match="--memory-budget"):
+    with pytest.raises(GpufocusError, match="memory_budget='lots': use a size such as 4G"):
         parse_size("lots")

@@ -1,0 +1,103 @@
+"""One stack to files: every check first, then the fusion, then all outputs together.
+
+``gpufocus fuse`` runs one ``FusionJob``; ``gpufocus batch`` one per stack folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import GpufocusError
+from .load import FrameStack
+from .options import FuseOptions, OptionError, OutputOptions
+from .timing import NO_TIMER, StageTimer
+from .write import Outputs, check_distinct, check_output, check_output_file, output_format
+
+__all__ = ["Targets", "FusionJob"]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The files a fusion writes: the image, and optionally the depth map (an image) and
+    the per-frame transforms (JSON)."""
+
+    image: Path
+    depth: Path | None = None
+    transforms: Path | None = None
+
+    def paths(self) -> list[Path]:
+        return [Path(p) for p in (self.image, self.depth, self.transforms) if p is not None]
+
+    def check(self, options: FuseOptions, output: OutputOptions, overwrite: bool) -> None:
+        """What can be checked before the stack is read: formats, existing files,
+        folders, no two targets on one file, settings that the targets need."""
+        if self.transforms is not None and options.align is None:
+            raise GpufocusError(f"{self.transforms}: saving the transforms needs alignment")
+        if self.depth is not None and not options.depth_map:
+            raise OptionError("depth_map", False, f"{self.depth} is asked for, but the fusion makes no depth map")
+        check_output(self.image, output.bits or 8, overwrite)
+        if self.depth is not None:
+            check_output(self.depth, 8, overwrite)
+        if self.transforms is not None:
+            check_output_file(self.transforms, overwrite)
+        check_distinct(self.paths())
+
+
+class FusionJob:
+    """A stack, its targets and its settings, checked before any work.
+
+    Args:
+        stack: the frames.
+        targets: what to write.
+        options: how to fuse (``depth_map`` must be on for a depth-map target).
+        output: bits and JPEG quality.
+        overwrite: replace existing targets.
+
+    Raises:
+        GpufocusError: a target that cannot be written or that is one of the frames.
+    """
+
+    def __init__(
+        self, stack: FrameStack, targets: Targets, options: FuseOptions, output: OutputOptions, overwrite: bool = False
+    ) -> None:
+        targets.check(options, output, overwrite)
+        check_distinct(targets.paths(), stack.paths)
+        fmt = check_output(targets.image, output.bits or 8, overwrite)
+        self.bits = output.bits or (stack.bits if fmt != "JPEG" else 8)  # the input's, where the format holds it
+        self.stack, self.targets, self.options, self.output, self.overwrite = stack, targets, options, output, overwrite
+        self.fuser = None
+        self.image = None
+
+    def fuse(self, progress=None, timer: StageTimer = NO_TIMER) -> None:
+        """Fuse the stack (see ``StackFuser.run``)."""
+        from .engine import StackFuser
+
+        self.fuser = StackFuser(self.options)
+        self.image = self.fuser.run(self.stack, progress=progress, timer=timer)
+
+    def write(self) -> None:
+        """Write every target, all or none, with the reference frame's EXIF and ICC profile."""
+        if self.image is None:
+            raise GpufocusError("write(): fuse() first")
+        align = self.options.align
+        reference = self.stack.infos[align.reference if align else 0]
+        with Outputs() as out:
+            out.image(
+                self.targets.image, self.image, bits=self.bits, quality=self.output.quality,
+                exif=reference.exif, icc=reference.icc, overwrite=self.overwrite,
+            )
+            if self.targets.depth is not None:
+                depth = (self.fuser.depth_map() / max(len(self.stack) - 1, 1))[None]
+                bits = 8 if output_format(self.targets.depth) == "JPEG" else 16
+                out.image(self.targets.depth, depth, bits=bits, overwrite=self.overwrite)
+            if self.targets.transforms is not None:
+                out.json(self.targets.transforms, self.transforms_report(), self.overwrite)
+
+    def transforms_report(self) -> dict:
+        """The per-frame transforms as JSON-ready data (``gpufocus.align.transforms_to_json``)."""
+        from .align import transforms_to_json
+
+        height, width = self.stack.size
+        names = [p.name for p in self.stack.paths]
+        return transforms_to_json(self.fuser.transforms, names, height, width, self.options.align)
