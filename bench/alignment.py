@@ -1,132 +1,159 @@
-"""Alignment on the shared real stacks: does it remove the motion, and what does it cost.
+"""Alignment: no harm on stacks that do not move, the true motion on stacks that do, and its cost.
 
-    python bench/alignment.py [--shared ../shared] [--repeat 3]
+    python bench/alignment.py [quality] [timing] [--shared ../shared] [--repeat 3]
 
-1. Residual: for every pair of neighbouring frames, the mean absolute difference of
-   their band-pass images (the features the aligner matches on, unit spread), over the
-   pixels both frames cover; unaligned (the frames as read) against aligned (as
-   `gpufocus align` writes them). Doubled edges show as a large residual.
-2. Known motion: a generated stack (8 frames of 512x384, breathing 0.2 % a frame,
-   shifts up to 1.5 px, rotations up to 0.3 degrees, noise): the largest error of the
-   estimated similarity transforms at the image corners, and the PSNR of the fusion
-   against the same fusion of the frames warped back with the true motion.
-3. Time, on petteri_pcb (7 frames of 2048x1536): the `align` stage (estimating and
-   warping, on top of reading) against the `fuse` stage of the same run, median of
-   --repeat runs after a warm-up, this machine's CPU (and CUDA if present).
+quality (default with timing):
+1. Registered pairs: every lytro_XX pair of <shared>/data/real fused with the defaults
+   and with --no-align; are the results the same bytes, and what motion the defaults took.
+2. Every synthetic stack of <shared>/data/synthetic: PSNR against its ground truth of the
+   defaults, of the same fusion with the true motion of params.json (frames warped back
+   bicubically), and without alignment; the error of the estimated transforms at the
+   image corners (last frame, and largest); whether the result equals --no-align; the
+   last frame's corner error with --global-align.
+3. The real stacks: how many steps each took as motion, and the largest motion.
+timing:
+4. `fuse()` of 10 frames of 2000x1500 in memory on the CPU, frames that do not move and
+   frames that breathe 0.2 % a frame: the `align` and `fuse` stages (gpufocus.timing),
+   median of --repeat runs after a warm-up, host allocator tuned as the command does.
+   This part runs on older versions of gpufocus too (PYTHONPATH=... for "before").
 Prints markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import warnings
 from pathlib import Path
 
 import torch
 
-from gpufocus import FrameStack, align_stack, fuse
-from gpufocus.align import StackAligner, _band_pass, _largest_move
-from gpufocus.benchmark import machine_description
-from gpufocus.color import luminance
-from gpufocus.engine import to_float
+from gpufocus import fuse
+from gpufocus.benchmark import bench_frames, machine_description
+from gpufocus.synth import move_frames
 from gpufocus.timing import StageTimer
 
 HERE = Path(__file__).resolve().parent
-STACKS = ["petteri_pcb", "mffw_01", "mffw_02", "mffw_03", "mffw_04", "mffw_05"]
 
 
-def neighbour_residual(frames: list[torch.Tensor]) -> float:
-    """Mean |band-pass difference| of neighbouring frames, over the pixels both cover."""
-    features = [_band_pass(luminance(f[None].float())) for f in frames]
-    differences = []
-    for a, b, fa, fb in zip(features, features[1:], frames, frames[1:]):
-        covered = (fa.abs().sum(0) > 0) & (fb.abs().sum(0) > 0)
-        differences.append(((a - b).abs()[0, 0][covered]).mean().item())
-    return statistics.mean(differences)
+def _quietly(call, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return call(*args, **kwargs)
 
 
-def residuals(shared: Path) -> None:
-    print("| stack | frames | size | largest motion found (px) | unaligned | aligned | change |")
-    print("|---|---|---|---|---|---|---|")
-    for name in STACKS:
-        stack = FrameStack(shared / "data" / "real" / name)
-        device = torch.device("cpu")
-        raw = [to_float(chunk, device, torch.float32)[0] for chunk in stack.chunks(1)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            aligner, frames = align_stack(stack, device="cpu")
-            aligned = [frame for _, frame in frames]
-        before, after = neighbour_residual(raw), neighbour_residual(aligned)
+def registered_pairs(shared: Path) -> None:
+    from gpufocus import StackFuser, list_frames
+    from gpufocus.align import largest_move
+
+    print("| pair | defaults = --no-align | motion taken (px, corners) |\n|---|---|---|")
+    for folder in sorted((shared / "data" / "real").glob("lytro_*")):
+        frames = list_frames([folder])
+        fuser = StackFuser(device="cpu")
+        aligned = _quietly(fuser.run, frames)
+        plain = _quietly(fuse, frames, device="cpu", align=False)
+        size = aligned.shape[-2:]
+        moved = max(largest_move(t.matrix, *size) for t in fuser.transforms)
+        print(f"| {folder.name} | {'same bytes' if torch.equal(aligned, plain) else 'differs'} | {moved:.2f} |")
+
+
+def synthetic(shared: Path) -> None:
+    from gpufocus import FrameStack, StackFuser
+    from gpufocus.align import corner_error, warp_frame
+    from gpufocus.engine import to_float
+    from gpufocus.load import read_image
+    from gpufocus.metrics import border_crop, psnr
+    from gpufocus.options import AlignOptions, FuseOptions
+    from gpufocus.pyramid import auto_levels
+    from gpufocus.rules import make_rule
+    from gpufocus.synth import true_matrix
+
+    print("\n| stack | frames | PSNR defaults | PSNR true motion | PSNR --no-align | corner error, last frame (px) "
+          "| largest (px) | defaults = --no-align | --global-align: last frame (px) |\n|---|---|---|---|---|---|---|---|---|")
+    for folder in sorted((shared / "data" / "synthetic").iterdir()):
+        params = json.loads((folder / "params.json").read_text())
+        stack = FrameStack([folder])
         height, width = stack.size
-        motion = max(_largest_move(r.matrix, height, width) for r in aligner.results)
+        truths = [true_matrix(info, height, width) for info in params["frame_info"]]
+        truth = torch.from_numpy(read_image(folder / "ground_truth.png").astype("float32") / 255).permute(2, 0, 1)
+        fuser = StackFuser(device="cpu")
+        aligned = _quietly(fuser.run, stack)
+        plain = _quietly(fuse, stack, device="cpu", align=False)
+        rule = make_rule(FuseOptions(), auto_levels(height, width))
+        for chunk, start in zip(stack.chunks(1), range(len(stack))):
+            warped, valid = warp_frame(to_float(chunk, torch.device("cpu"), torch.float32), truths[start])
+            rule.fold(warped, None if valid.all() else valid)
+        oracle = rule.result()[0].clamp(0, 1)
+        errors = [corner_error(t.matrix, m, height, width) for t, m in zip(fuser.transforms, truths)]
+        refined = StackFuser(device="cpu", align=AlignOptions(global_align=True))
+        _quietly(refined.run, stack)
+        score = lambda image: psnr(border_crop(image), border_crop(truth))  # noqa: E731
         print(
-            f"| {name} | {len(stack)} | {width}x{height} | {motion:.2f} | {before:.3f} | {after:.3f} "
-            f"| {after / before - 1:+.0%} |"
+            f"| {folder.name} | {len(stack)} | {score(aligned):.2f} | {score(oracle):.2f} | {score(plain):.2f} "
+            f"| {errors[-1]:.3f} | {max(errors):.3f} | {'yes' if torch.equal(aligned, plain) else 'no'} "
+            f"| {corner_error(refined.transforms[-1].matrix, truths[-1], height, width):.3f} |"
         )
 
 
-def known_motion() -> None:
-    import math
+def real_stacks(shared: Path) -> None:
+    from gpufocus import FrameStack, StackFuser
+    from gpufocus.align import largest_move
 
-    from gpufocus.align import to_pixel_matrix, warp_frame
-    from gpufocus.options import AlignOptions, FuseOptions
-    from gpufocus.metrics import psnr
-    from gpufocus.rules import make_rule
-    from gpufocus.synth import make_stack
-
-    height, width, s = 384, 512, 256
-    stack = make_stack(height, width, 8, breathing=0.002, shift=1.5, rotation=0.3, max_blur=8.0, noise=1.0, seed=3)
-    truths = []
-    for info in stack.params["frame_info"]:
-        m, a = info["magnification"], info["rotation_rad"]
-        dy, dx = info["shift_yx_px"]
-        truths.append(torch.tensor([[m * math.cos(a), m * math.sin(a), dx / s], [-m * math.sin(a), m * math.cos(a), dy / s],
-                                    [0, 0, 1]], dtype=torch.float64))
-    corners = torch.tensor([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]],
-                           dtype=torch.float64).T
-    errors = []
-    for found, truth in zip(StackAligner(AlignOptions()).estimate(stack.frames, 0), truths):
-        a, b = to_pixel_matrix(found, height, width) @ corners, to_pixel_matrix(truth, height, width) @ corners
-        errors.append(float((a[:2] / a[2] - b[:2] / b[2]).norm(dim=0).max()))
-    estimated = psnr(fuse(stack.frames, device="cpu", align=AlignOptions(match_exposure=False)), stack.ground_truth)
-    oracle = [warp_frame(f[None], t) for f, t in zip(stack.frames, truths)]
-    rule = make_rule(FuseOptions(), levels=6)
-    rule.fold(torch.cat([w for w, _ in oracle]), torch.cat([v for _, v in oracle]))
-    best = psnr(rule.result()[0].clamp(0, 1), stack.ground_truth)
-    print("\n| largest corner error (px) | PSNR, estimated motion | PSNR, true motion |\n|---|---|---|")
-    print(f"| {max(errors):.3f} | {estimated:.2f} | {best:.2f} |")
+    print("\n| stack | frames | steps taken as motion | largest motion (px, corners) | warnings |\n|---|---|---|---|---|")
+    for folder in sorted((shared / "data" / "real").iterdir()):
+        if not folder.is_dir() or folder.name.startswith("lytro"):
+            continue
+        stack = FrameStack([folder])
+        fuser = StackFuser(device="cpu")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fuser.run(stack)
+        height, width = stack.size
+        chain = [t.matrix for t in fuser.transforms]
+        steps = [b @ torch.linalg.inv(a) for a, b in zip(chain, chain[1:])]
+        taken = sum(largest_move(step, height, width) > 1e-6 for step in steps)
+        moved = max(largest_move(m, height, width) for m in chain)
+        print(f"| {folder.name} | {len(stack)} | {taken} of {len(steps)} | {moved:.2f} | {len(caught)} |")
 
 
-def timing(shared: Path, repeat: int) -> None:
-    stack = FrameStack(shared / "data" / "real" / "petteri_pcb")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print("\n| device | frames | size | align s (median) | fuse s (median) | runs (align) |\n|---|---|---|---|---|---|")
-    for device in devices:
+def timing(repeat: int) -> None:
+    try:  # as the command does (gpufocus from issue 10 on; before, the library did it itself)
+        from gpufocus.allocator import tune_host_allocator
+
+        tune_host_allocator()
+    except ImportError:
+        pass
+    still = bench_frames(1500, 2000, 10)
+    steps = torch.tensor([1.002**i for i in range(10)])
+    breathing = move_frames(still.float() / 255, steps, torch.zeros(10, 2)).mul(255).round().to(torch.uint8)
+    print("\n| frames | align s | fuse s | align / fuse | runs (align) |\n|---|---|---|---|---|")
+    for name, frames in (("10 x 2000x1500, still", still), ("10 x 2000x1500, breathing 0.2 %", breathing)):
         runs = []
         for attempt in range(repeat + 1):
-            timer = StageTimer(device)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fuse(stack, device=device, timer=timer)
+            timer = StageTimer("cpu")
+            _quietly(fuse, frames, device="cpu", timer=timer)
             if attempt:  # the first is a warm-up
                 runs.append(dict(timer.seconds))
         align = statistics.median(r["align"] for r in runs)
         fused = statistics.median(r["fuse"] for r in runs)
-        height, width = stack.size
         listed = " ".join(f"{r['align']:.2f}" for r in runs)
-        print(f"| {device} | {len(stack)} | {width}x{height} | {align:.2f} | {fused:.2f} | {listed} |")
+        print(f"| {name} | {align:.2f} | {fused:.2f} | {align / fused:.2f} | {listed} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("parts", nargs="*", choices=["quality", "timing"], default=["quality", "timing"])
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     print(f"machine: {machine_description()}\n")
-    residuals(args.shared)
-    known_motion()
-    timing(args.shared, args.repeat)
+    if "quality" in args.parts:
+        registered_pairs(args.shared)
+        synthetic(args.shared)
+        real_stacks(args.shared)
+    if "timing" in args.parts:
+        timing(args.repeat)
 
 
 if __name__ == "__main__":

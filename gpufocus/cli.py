@@ -108,6 +108,12 @@ MatchExposureOption = Annotated[
     bool, typer.Option("--match-exposure/--no-match-exposure", help="Match each frame's brightness to the reference.")
 ]
 CropOption = Annotated[bool, typer.Option("--crop", help="Crop to the region every aligned frame covers.")]
+AlignSizeOption = Annotated[
+    int, typer.Option("--align-size", min=0, help="Longer side motion is estimated at (halving the frames); 0: full resolution.")
+]
+GlobalAlignOption = Annotated[
+    bool, typer.Option("--global-align", help="Refine each frame against the reference itself (stacks moving one way).")
+]
 ConsistencyOption = Annotated[
     int, typer.Option("--consistency", min=0, max=2, help="Halo control (max-energy): 0 off, 1 or 2; reads the stack twice.")
 ]
@@ -153,6 +159,8 @@ _FUSION = {
     "reference": _Setting("align.reference", ReferenceOption, _ALIGN.reference),
     "match_exposure": _Setting("align.match_exposure", MatchExposureOption, _ALIGN.match_exposure),
     "crop": _Setting("align.crop", CropOption, _ALIGN.crop),
+    "align_size": _Setting("align.size", AlignSizeOption, _ALIGN.size),
+    "global_align": _Setting("align.global_align", GlobalAlignOption, _ALIGN.global_align),
     "consistency": _Setting("consistency", ConsistencyOption, _FUSE.consistency),
     "tile": _Setting("tile", TileOption, _FUSE.tile),
     "memory_budget": _Setting("memory_budget", MemoryOption, _FUSE.memory_budget),
@@ -171,7 +179,10 @@ def _fuse_options(devices: bool = False, **values) -> FuseOptions:
     if values["align"]:
         from .options import AlignOptions
 
-        align = AlignOptions(value("align_model"), values["reference"], values["match_exposure"], values["crop"])
+        align = AlignOptions(
+            value("align_model"), values["reference"], values["match_exposure"], values["crop"], values["align_size"],
+            values["global_align"],
+        )
     device = values["device"]
     return FuseOptions(
         method="max-log" if values["naive"] else value("method"),
@@ -398,6 +409,8 @@ def align_command(
     align_model: AlignModelOption = AlignModel(_ALIGN.model),
     reference: ReferenceOption = _ALIGN.reference,
     match_exposure: MatchExposureOption = _ALIGN.match_exposure,
+    align_size: AlignSizeOption = _ALIGN.size,
+    global_align: GlobalAlignOption = _ALIGN.global_align,
     fmt: Annotated[str, typer.Option("--format", help="png or tif (lossless; 16-bit stacks stay 16-bit).")] = "png",
     device: DeviceOption = _FUSE.device,
     chunk: ChunkOption = _FUSE.chunk,
@@ -415,7 +428,7 @@ def align_command(
     with _user_errors():
         if fmt not in ("png", "tif"):
             raise OptionError("format", fmt, "use png or tif")
-        align = AlignOptions(align_model.value, reference, match_exposure)
+        align = AlignOptions(align_model.value, reference, match_exposure, size=align_size, global_align=global_align)
         options = FuseOptions(device=device, chunk=chunk, align=align)
         stack = FrameStack(inputs)
         targets = [outdir / f"{path.stem}.{fmt}" for path in stack.paths]
@@ -487,7 +500,7 @@ def eval_command(
 def synth_command(
     outdir: Annotated[Path, typer.Argument(help="Folder for the frames, ground_truth.png, depth.png and params.json.")],
     image: Annotated[Optional[Path], typer.Option("--image", help="Scene to use. Default: a procedural scene.")] = None,
-    size: Annotated[str, typer.Option("--size", help="WIDTHxHEIGHT of the procedural scene.")] = "640x480",
+    scene_size: Annotated[str, typer.Option("--size", help="WIDTHxHEIGHT of the procedural scene.")] = "640x480",
     frames: Annotated[int, typer.Option("--frames", min=2, help="Number of frames.")] = 8,
     family: Annotated[Family, typer.Option("--family", help="Depth map.")] = Family.objects,
     max_blur: Annotated[float, typer.Option("--max-blur", min=0, help="Blur radius (pixels) across the depth range.")] = 8.0,
@@ -504,7 +517,7 @@ def synth_command(
 ) -> None:
     """Generate a focus stack with known ground truth (thin-lens defocus model)."""
     with _user_errors():
-        width, height = _size(size)
+        width, height = _size(scene_size)
         import torch
 
         from .load import read_image

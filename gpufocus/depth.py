@@ -5,6 +5,7 @@ of the pyramid (the detail of level 2, a quarter of the resolution, energy avera
 over a 9x9 binomial window there, about 36 pixels at full size): fine enough to
 follow objects, coarse enough to be steady where one frame's texture is faint. The
 coarse index map is enlarged by bilinear interpolation, so depth steps are smooth.
+It reads the chunk's ``Decomposition``, the one the selection rule reads.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .color import luminance
 from .kernels import fold_max, mask_unusable
-from .pyramid import binomial_taps, build_gaussian_pyramid, max_levels, pyr_down, pyr_up, separable_filter
+from .pyramid import COVERED, Decomposition, binomial_taps, max_levels, separable_filter
 
 __all__ = ["DepthMap"]
 
 _LEVEL = 2
 _WINDOW = binomial_taps(9)
-_COVERED = 0.9  # share of valid pixels under a coefficient, as the fusion asks
 
 
 class DepthMap:
@@ -35,16 +34,12 @@ class DepthMap:
         self.level = max(0, min(_LEVEL, max_levels(height, width) - 1))
         self._best = None
 
-    def fold(self, frames: Tensor, valid: Tensor | None, first_index: int) -> None:
-        """Take frames ``(B, C, H, W)`` (and their validity, ``(B, 1, H, W)`` bool, or ``None``)."""
-        band = luminance(frames.float())
-        for _ in range(self.level):
-            band = pyr_down(band)
-        detail = band - pyr_up(pyr_down(band), band.shape[-2:])
+    def fold(self, parts: Decomposition, first_index: int) -> None:
+        """Take the next frames' decomposition (at least ``level + 1`` detail levels)."""
+        detail = parts.luma(self.level)
         energy = separable_filter(detail * detail, _WINDOW)
-        if valid is not None:
-            coverage = build_gaussian_pyramid(valid.float(), self.level)[-1]
-            energy = mask_unusable(energy, coverage >= _COVERED)
+        if parts.coverage is not None:
+            energy = mask_unusable(energy, parts.coverage[self.level] >= COVERED)
         self._best = fold_max(self._best, energy, None, first_index, track_index=True)
 
     def result(self) -> Tensor:

@@ -23,7 +23,7 @@ from .device import default_chunk, frame_budget, resolve_device, resolve_dtype, 
 from .errors import GpufocusError
 from .load import FrameStack
 from .options import FuseOptions, OptionError
-from .pyramid import auto_levels, max_levels
+from .pyramid import Decomposition, auto_levels, max_levels
 from .rules import SelectionRule, make_rule
 from .tiling import Tile, auto_tile, plan_tiles, tile_margin
 from .timing import NO_TIMER, StageTimer
@@ -160,7 +160,7 @@ class StackFuser:
             frames = to_float(_batch(frames), self.device, self.dtype)
         for region, part, valid in self._regions_of(frames, self._refolded, timer):
             with timer.stage("fuse"):
-                region.rule.refold(part, valid)
+                region.rule.refold(self._decompose(part, valid))
         self._refolded += frames.shape[0]
 
     @property
@@ -247,9 +247,15 @@ class StackFuser:
         first = self.count
         for region, part, valid in self._regions_of(frames, first, timer):
             with timer.stage("fuse"):
+                parts = self._decompose(part, valid)
                 if region.depth is not None:
-                    region.depth.fold(part, valid, first)
-                region.rule.fold(part, valid)
+                    region.depth.fold(parts, first)
+                region.rule.fold(parts)
+
+    def _decompose(self, part: Tensor, valid: Tensor | None) -> Decomposition:
+        """The chunk taken apart once, for the rule and the depth map (max-log reads no
+        pyramid, but may take more levels than a frame has)."""
+        return Decomposition(part, valid, min(self.levels, max_levels(*part.shape[-2:])))
 
     def _regions_of(self, frames: Tensor, first: int, timer: StageTimer):
         """Each region (tile) with its part of the frames, aligned, and their validity.
@@ -260,7 +266,7 @@ class StackFuser:
         transforms = None
         if self._aligner is not None:
             with timer.stage("align"):
-                transforms = [self._aligner.transform(frame[None], first + i) for i, frame in enumerate(frames)]
+                transforms = self._aligner.transforms(frames, first)
         for region in self._regions:
             top, left, height, width = region.tile.padded
             if transforms is None:

@@ -95,17 +95,26 @@ class AlignOptions:
             matches the reference's (exposure flicker must not look like sharpness).
         crop: crop the result to the region that every frame covers (otherwise the
             reference's size, uncovered parts filled from the frames that cover them).
+        size: the longer side, in pixels, that motion is estimated at (frames are
+            reduced by halves until they fit); 0: full resolution.
+        global_align: refine each frame's motion against the reference frame itself,
+            starting from the chain of neighbour steps (for stacks that move one way
+            and keep much in common with the reference).
     """
 
     model: str = "similarity"
     reference: int = 0
     match_exposure: bool = True
     crop: bool = False
+    size: int = 1024
+    global_align: bool = False
 
     def __post_init__(self) -> None:
         _one_of("align.model", self.model, ALIGN_MODELS)
         if not isinstance(self.reference, int) or self.reference < 0:
             raise OptionError("align.reference", self.reference, "must be a frame index, 0 or more")
+        if self.size != 0 and self.size < 64:
+            raise OptionError("align.size", self.size, "must be 0 (full resolution) or at least 64 pixels")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import math
 
+import functools
+
 from torch import Tensor
 
+from .color import luminance
 from .kernels import laplacian_level
 from .kernels.filters import binomial_taps, correlate1d, pyr_down, pyr_up, reflect_pad, separable_filter
 
@@ -38,6 +41,8 @@ __all__ = [
     "build_gaussian_pyramid",
     "build_laplacian_pyramid",
     "collapse_laplacian_pyramid",
+    "COVERED",
+    "Decomposition",
 ]
 
 #: The smallest side a level may have before it is reduced again.
@@ -139,3 +144,58 @@ def check_levels(x: Tensor, levels: int) -> None:
     deepest = max_levels(h, w)
     if not 0 <= levels <= deepest:
         raise ValueError(f"{levels} pyramid levels do not fit {w}x{h} images (at most {deepest})")
+
+
+#: A coefficient is used when at least this share of the pixels under its (blurred)
+#: support is image data: a strip of a pixel or two at the border, which a sub-pixel
+#: warp leaves uncovered, must not take whole coarse levels from the other frames.
+COVERED = 0.9
+
+
+class Decomposition:
+    """A chunk of frames taken apart once, for every consumer: the Laplacian pyramid, the
+    luminance of its levels, and which coefficients the frames' valid pixels support.
+
+    The selection rule and the depth map read the same one; each part is made when first
+    asked for.
+
+    Args:
+        frames: ``(B, C, H, W)`` floating point.
+        valid: ``(B, 1, H, W)`` bool, the pixels that hold image data, or ``None`` for all.
+        levels: detail levels of the pyramid.
+    """
+
+    def __init__(self, frames: Tensor, valid: Tensor | None, levels: int) -> None:
+        self.frames, self.valid, self.levels = frames, valid, levels
+        self._luma: dict[int, Tensor] = {}
+
+    @functools.cached_property
+    def pyramid(self) -> list[Tensor]:
+        """``build_laplacian_pyramid(frames, levels)``."""
+        return build_laplacian_pyramid(self.frames, self.levels)
+
+    def luma(self, level: int) -> Tensor:
+        """The luminance of detail level ``level`` (a grey pyramid is its own). A level
+        below the pyramid's comes from a pyramid of the luminance made for it."""
+        if level not in self._luma:
+            if level < self.levels:
+                coefficients = self.pyramid[level]
+                self._luma[level] = coefficients if coefficients.shape[1] == 1 else luminance(coefficients)
+            else:
+                self._luma[level] = build_laplacian_pyramid(luminance(self.frames), level + 1)[level]
+        return self._luma[level]
+
+    @functools.cached_property
+    def coverage(self) -> list[Tensor] | None:
+        """The share of valid pixels under each level's samples (the Gaussian pyramid of
+        ``valid``), or ``None`` where every pixel is valid."""
+        return None if self.valid is None else build_gaussian_pyramid(self.valid.float(), self.levels)
+
+    @functools.cached_property
+    def usable(self) -> list[Tensor] | None:
+        """Per detail level, ``(B, 1, h, w)`` bool: the coefficients that see (nearly) only
+        valid pixels, at their level and the next; ``None`` where every pixel is valid."""
+        if self.coverage is None:
+            return None
+        pairs = zip(self.coverage, self.coverage[1:])
+        return [(g >= COVERED) & (pyr_up(g_next, g.shape[-2:]) >= COVERED) for g, g_next in pairs]

@@ -26,12 +26,10 @@ from .color import luminance
 from .kernels import RunningMax, energy_fold, fold_max, mask_unusable
 from .options import FuseOptions
 from .pyramid import (
+    Decomposition,
     binomial_taps,
-    build_gaussian_pyramid,
-    build_laplacian_pyramid,
     collapse_laplacian_pyramid,
     correlate1d,
-    pyr_up,
     separable_filter,
 )
 
@@ -54,30 +52,31 @@ class SelectionRule(ABC):
         self.per_channel = per_channel
         self.count = 0
 
-    def fold(self, frames: Tensor, valid: Tensor | None = None) -> None:
-        """Take the next ``B`` frames, ``(B, C, H, W)`` floating point.
+    def fold(self, frames: Tensor | Decomposition, valid: Tensor | None = None) -> None:
+        """Take the next ``B`` frames, ``(B, C, H, W)`` floating point, or their
+        ``Decomposition`` (taken apart once for the rule and the depth map).
 
         ``valid`` (``(B, 1, H, W)`` bool), where given, marks the pixels that hold image
         data (aligned frames do not cover the whole grid); coefficients that depend on
         other pixels never win, and means leave them out.
         """
-        self._fold(frames, valid)
-        self.count += frames.shape[0]
+        parts = frames if isinstance(frames, Decomposition) else Decomposition(frames, valid, self.pyramid_levels)
+        self._fold(parts)
+        self.count += parts.frames.shape[0]
+
+    #: The detail levels of the pyramid the rule reads (0: none).
+    pyramid_levels = 0
 
     @abstractmethod
-    def _fold(self, frames: Tensor, valid: Tensor | None) -> None: ...
+    def _fold(self, parts: Decomposition) -> None: ...
 
     @abstractmethod
     def result(self) -> Tensor:
         """The fused image, ``(1, C, H, W)``."""
 
-    def refold(self, frames: Tensor, valid: Tensor | None = None) -> None:
+    def refold(self, frames: Tensor | Decomposition, valid: Tensor | None = None) -> None:
         """The second pass, for rules that make one (max-energy with consistency)."""
         raise NotImplementedError(f"{type(self).__name__} takes one pass")
-
-    def _measured(self, x: Tensor) -> Tensor:
-        """The channels a decision is made on: luminance, or every channel."""
-        return x if self.per_channel or x.shape[1] == 1 else luminance(x)
 
 
 class _PyramidRule(SelectionRule):
@@ -87,20 +86,22 @@ class _PyramidRule(SelectionRule):
         super().__init__(kernel_size, per_channel)
         if levels < 1:
             raise ValueError(f"a pyramid rule needs at least one level, got {levels}")
-        self.levels = levels
+        self.levels = self.pyramid_levels = levels
         # The base is blur of blur: nearly the same in every frame. Averaging it keeps
         # the overall brightness free of seams.
         self._base = _RunningMean()
 
-    def _fold(self, frames: Tensor, valid: Tensor | None) -> None:
-        pyramid = build_laplacian_pyramid(frames, self.levels)
-        usable, coverage = (None, None) if valid is None else _usable_coefficients(valid, self.levels)
-        for level, coefficients in enumerate(pyramid[:-1]):
-            self._fold_level(level, coefficients, None if usable is None else usable[level])
-        self._base.add(pyramid[-1], coverage, self.count)
+    def _fold(self, parts: Decomposition) -> None:
+        for level in range(self.levels):
+            self._fold_level(level, parts, None if parts.usable is None else parts.usable[level])
+        self._base.add(parts.pyramid[-1], None if parts.coverage is None else parts.coverage[-1], self.count)
+
+    def _measured(self, parts: Decomposition, level: int) -> Tensor:
+        """The channels a decision on ``level`` is made on: luminance, or every channel."""
+        return parts.pyramid[level] if self.per_channel else parts.luma(level)
 
     @abstractmethod
-    def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None: ...
+    def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None: ...
 
     @abstractmethod
     def _fused_level(self, level: int) -> Tensor: ...
@@ -151,29 +152,6 @@ class _RunningMean:
         return self._total / self._weight.clamp_min(1e-12)
 
 
-# A coefficient is used when at least this share of the pixels under its (blurred)
-# support is image data: a strip of a pixel or two at the border, which a sub-pixel
-# warp leaves uncovered, must not take whole coarse levels from the other frames.
-_COVERED = 0.9
-
-
-def _usable_coefficients(valid: Tensor, levels: int) -> tuple[list[Tensor], Tensor]:
-    """Which detail coefficients see (nearly) only valid pixels, and the base's coverage.
-
-    Returns:
-        ``usable`` (one ``(B, 1, h, w)`` bool per detail level) and ``coverage`` (the
-        base level's share of valid pixels, float, for weighting its mean).
-    """
-    coverage = build_gaussian_pyramid(valid.float(), levels)
-    usable = [
-        (g >= _COVERED) & (pyr_up(g_next, g.shape[-2:]) >= _COVERED) for g, g_next in zip(coverage, coverage[1:])
-    ]
-    return usable, coverage[-1]
-
-
-
-
-
 class MaxEnergy(_PyramidRule):
     """Per detail coefficient, the frame with the largest local energy wins.
 
@@ -199,10 +177,10 @@ class MaxEnergy(_PyramidRule):
         self._changes: list[tuple[Tensor, Tensor]] | None = None  # per level: chosen index, where it changed
         self._refolded = 0
 
-    def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None:
-        measured = self._measured(coefficients)
+    def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None:
         self._best[level] = energy_fold(
-            self._best[level], measured, coefficients, self._window, usable, self.count, self.consistency > 0
+            self._best[level], self._measured(parts, level), parts.pyramid[level], self._window, usable, self.count,
+            self.consistency > 0,
         )
 
     def _settle(self) -> None:
@@ -216,15 +194,15 @@ class MaxEnergy(_PyramidRule):
             chosen[level] = _majority(votes)
         self._changes = [(c, c != b.index) for c, b in zip(chosen, self._best)]
 
-    def refold(self, frames: Tensor, valid: Tensor | None = None) -> None:
+    def refold(self, frames: Tensor | Decomposition, valid: Tensor | None = None) -> None:
         """Second pass: take the coefficients of the frames the consistency step chose.
 
         Frames come again in stack order, as in the first pass.
         """
         if self._changes is None:
             self._settle()
-        pyramid = build_laplacian_pyramid(frames, self.levels)
-        usable = None if valid is None else _usable_coefficients(valid, self.levels)[0]
+        parts = frames if isinstance(frames, Decomposition) else Decomposition(frames, valid, self.levels)
+        frames, pyramid, usable = parts.frames, parts.pyramid, parts.usable
         for level, coefficients in enumerate(pyramid[:-1]):
             chosen, changed = self._changes[level]
             best = self._best[level].value
@@ -289,14 +267,14 @@ class WangChang(_PyramidRule):
         self._top_mean = _RunningMean()
         self._top: dict[str, RunningMax | None] = dict.fromkeys(("max_d", "max_e", "min_d", "min_e"))
 
-    def _fold_level(self, level: int, coefficients: Tensor, usable: Tensor | None) -> None:
+    def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None:
+        coefficients = parts.pyramid[level]
         if level < self.levels - 1:
-            measured = self._measured(coefficients)
             self._best[level] = energy_fold(
-                self._best[level], measured, coefficients, _GENERATING_KERNEL, usable, self.count
+                self._best[level], self._measured(parts, level), coefficients, _GENERATING_KERNEL, usable, self.count
             )
             return
-        measured = self._measured(coefficients).double()
+        measured = self._measured(parts, level).double()
         deviation = self._deviation(measured)
         entropy = self._entropy(measured)
         top, count = self._top, self.count
@@ -346,8 +324,10 @@ class MaxLoG(SelectionRule):
         self._gauss = tuple(gauss.flatten().tolist())
         self._best: RunningMax | None = None
 
-    def _fold(self, frames: Tensor, valid: Tensor | None) -> None:
-        blurred = separable_filter(self._measured(frames), self._gauss)
+    def _fold(self, parts: Decomposition) -> None:
+        frames, valid = parts.frames, parts.valid
+        measured = frames if self.per_channel or frames.shape[1] == 1 else luminance(frames)
+        blurred = separable_filter(measured, self._gauss)
         d2y = correlate1d(correlate1d(blurred, (1.0, -2.0, 1.0), dim=-2), (1.0, 2.0, 1.0), dim=-1)
         d2x = correlate1d(correlate1d(blurred, (1.0, 2.0, 1.0), dim=-2), (1.0, -2.0, 1.0), dim=-1)
         usable = None

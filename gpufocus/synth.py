@@ -30,6 +30,7 @@ from .options import SYNTH_FAMILIES, OptionError, OutputOptions
 
 __all__ = [
     "FAMILIES",
+    "true_matrix",
     "NEAR",
     "FAR",
     "SyntheticStack",
@@ -193,6 +194,18 @@ def move_frames(frames: Tensor, magnification: Tensor, shift: Tensor, rotation: 
     return kornia.geometry.transform.warp_affine(
         frames, matrix.float(), (height, width), mode="bicubic", padding_mode="border"
     ).clamp(0, 1)
+
+
+def true_matrix(info: dict, height: int, width: int) -> Tensor:
+    """A frame's true motion from its ``params['frame_info']`` entry: ``M_0->i`` in the
+    canonical coordinates of ``gpufocus.align`` (float64), as ``move_frames`` applied it."""
+    s = max(height, width) / 2
+    m, a = info["magnification"], info.get("rotation_rad", 0.0)
+    dy, dx = info["shift_yx_px"]
+    return torch.tensor(
+        [[m * math.cos(a), m * math.sin(a), dx / s], [-m * math.sin(a), m * math.cos(a), dy / s], [0, 0, 1]],
+        dtype=torch.float64,
+    )
 
 
 def make_stack(

@@ -108,11 +108,11 @@ def test_stack_errors():
 
 @pytest.mark.parametrize("align", [False, True])
 def test_running_out_of_memory_retries_with_smaller_chunks(monkeypatch, align):
-    import gpufocus.rules
+    import gpufocus.pyramid
 
     moving = make_stack(96, 128, 6, breathing=0.005, shift=1.0, max_blur=4.0, seed=12)
     expected = fuse(moving.frames, device="cpu", chunk=1, align=align)
-    real = gpufocus.rules.build_laplacian_pyramid
+    real = gpufocus.pyramid.build_laplacian_pyramid
     calls = []
 
     def scarce(frames, levels):  # as if only one frame fits
@@ -121,17 +121,17 @@ def test_running_out_of_memory_retries_with_smaller_chunks(monkeypatch, align):
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(frames, levels)
 
-    monkeypatch.setattr(gpufocus.rules, "build_laplacian_pyramid", scarce)
+    monkeypatch.setattr(gpufocus.pyramid, "build_laplacian_pyramid", scarce)
     assert torch.equal(fuse(moving.frames, device="cpu", chunk=4, align=align), expected)
     assert 4 in calls and 2 in calls
 
 
 def test_out_of_memory_with_one_frame_is_a_clear_error(monkeypatch):
-    import gpufocus.rules
+    import gpufocus.pyramid
 
     def none_fits(frames, levels):
         raise torch.cuda.OutOfMemoryError("simulated")
 
-    monkeypatch.setattr(gpufocus.rules, "build_laplacian_pyramid", none_fits)
+    monkeypatch.setattr(gpufocus.pyramid, "build_laplacian_pyramid", none_fits)
     with pytest.raises(GpufocusError, match="out of GPU memory with a single frame"):
         fuse(torch.rand(2, 3, 32, 32), device="cpu", chunk=2, align=False)

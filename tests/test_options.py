@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from gpufocus import GpufocusError, StackFuser, fuse
 from gpufocus.cli import app
-from gpufocus.options import AlignOptions, FuseOptions, OptionError, OutputOptions
+from gpufocus.options import AlignOptions, FuseOptions, OptionError
 from gpufocus.synth import make_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,13 +123,14 @@ def test_the_fusion_options_reach_the_engine(monkeypatch, tmp_path):
     write_stack(stack, tmp_path / "root" / "s1")
     flags = ["-m", "max-energy", "-d", "3", "-k", "5", "--per-channel", "--device", "cpu", "--dtype", "float16",
              "--chunk", "2", "--align-model", "affine", "--reference", "1", "--no-match-exposure", "--crop",
+             "--align-size", "512", "--global-align",
              "--consistency", "2", "--tile", "512", "--memory-budget", "1G"]
     runner = CliRunner()
     runner.invoke(app, ["fuse", str(tmp_path / "root" / "s1"), "-o", str(tmp_path / "o.png"), *flags])
     runner.invoke(app, ["batch", str(tmp_path / "root"), "-o", str(tmp_path / "out"), *flags])
     expected = FuseOptions(
         levels=3, kernel_size=5, per_channel=True, device="cpu", dtype="float16", chunk=2,
-        align=AlignOptions("affine", 1, False, True), consistency=2, tile=512, memory_budget=2**30,
+        align=AlignOptions("affine", 1, False, True, 512, True), consistency=2, tile=512, memory_budget=2**30,
     )
     assert seen == [expected, expected]
 

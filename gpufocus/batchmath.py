@@ -1,0 +1,90 @@
+"""Small batched arithmetic whose result does not depend on the batch, and never waits
+for the device.
+
+Alignment estimates every neighbour pair of a chunk at once, and its result must not
+depend on the chunk size: library reductions and solvers choose their algorithm (and so
+their rounding) by shape, batch included, and ``torch.linalg`` solvers synchronise a
+CUDA device with the host. These are written with elementwise operations only: each
+batch element gets the same operations in the same order, on any device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["padded_length", "fixed_sum", "cholesky", "cholesky_solve", "matmul3x3", "inverse3x3"]
+
+
+def padded_length(n: int) -> int:
+    """The power of two ``fixed_sum`` works on: ``n`` rounded up."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def fixed_sum(x: Tensor) -> Tensor:
+    """Sum over the last dimension by pairwise halving, in an order fixed by its length.
+
+    Pass a last dimension of ``padded_length(n)`` (zeros after the data) to avoid a copy.
+    """
+    n = x.shape[-1]
+    if n != padded_length(n):
+        x = F.pad(x, (0, padded_length(n) - n))
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
+
+
+def cholesky(h: Tensor) -> list[list[Tensor | None]]:
+    """Cholesky factor of symmetric positive definite ``(B, P, P)`` matrices, as ``L[i][j]``
+    (``(B,)`` tensors, ``j <= i``); non-positive pivots are clamped, never an error."""
+    size = h.shape[-1]
+    lower: list[list[Tensor | None]] = [[None] * size for _ in range(size)]
+    for i in range(size):
+        for j in range(i + 1):
+            s = h[:, i, j]
+            for k in range(j):
+                s = s - lower[i][k] * lower[j][k]
+            lower[i][j] = s.clamp_min(1e-300).sqrt() if i == j else s / lower[j][j]
+    return lower
+
+
+def cholesky_solve(lower: list[list[Tensor | None]], g: Tensor) -> Tensor:
+    """``x`` with ``L L^T x = g`` for the factor of ``cholesky``; ``g`` is ``(B, P)``."""
+    size = len(lower)
+    y: list[Tensor] = []
+    for i in range(size):
+        s = g[:, i]
+        for k in range(i):
+            s = s - lower[i][k] * y[k]
+        y.append(s / lower[i][i])
+    x: list[Tensor | None] = [None] * size
+    for i in reversed(range(size)):
+        s = y[i]
+        for k in range(i + 1, size):
+            s = s - lower[k][i] * x[k]
+        x[i] = s / lower[i][i]
+    return torch.stack(x, -1)
+
+
+def matmul3x3(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for ``(..., 3, 3)`` matrices, the three products of each entry added in order."""
+    return a[..., :, 0:1] * b[..., 0:1, :] + a[..., :, 1:2] * b[..., 1:2, :] + a[..., :, 2:3] * b[..., 2:3, :]
+
+
+def inverse3x3(m: Tensor) -> Tensor:
+    """Inverse of ``(B, 3, 3)`` matrices by their adjugate."""
+    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    g, h, i = m[:, 2, 0], m[:, 2, 1], m[:, 2, 2]
+    co_a, co_b, co_c = e * i - f * h, f * g - d * i, d * h - e * g
+    adjugate = torch.stack(
+        [
+            torch.stack([co_a, c * h - b * i, b * f - c * e], -1),
+            torch.stack([co_b, a * i - c * g, c * d - a * f], -1),
+            torch.stack([co_c, b * g - a * h, a * e - b * d], -1),
+        ],
+        -2,
+    )
+    return adjugate / (a * co_a + b * co_b + c * co_c).view(-1, 1, 1)
