@@ -5,7 +5,8 @@
 Each case is a fresh ``gpufocus fuse`` process (``python -m gpufocus``): a good
 frame and a damaged one (tests/mutate.py: bit flips, truncation, zeroed and random
 bytes, broken PNG chunk lengths, JPEG segment lengths, TIFF IFD entries, RIFF sizes;
-JPEG, PNG 8/16-bit, TIFF 8/16-bit, WebP), alignment on for even cases. Counted:
+JPEG, PNG 8/16-bit, TIFF 8/16-bit, a 3-page OME-TIFF z-stack, DNG, WebP), alignment
+on for even cases. Counted:
 
 - fused / refused: exit 0 with a readable output, or exit 1 with one ``error:`` line;
 - tracebacks: "Traceback" on stderr, or an exit code other than 0, 1 (and 130 for

@@ -28,8 +28,8 @@ _EXPORTS = {
     "collapse_laplacian_pyramid": "pyramid",
     "fuse": "engine",
     "list_frames": "load",
-    "probe_image": "load",
-    "read_image": "load",
+    "probe_image": "decode",
+    "read_image": "decode",
     "write_image": "write",
 }
 

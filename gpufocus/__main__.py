@@ -65,7 +65,7 @@ def _internal_error(error: Exception) -> int:
 
 
 def _native_stderr_off() -> None:
-    """C libraries (libtiff, libpng, OpenCV) print warnings straight to file descriptor
+    """C libraries (libpng, LibRaw, ...) print warnings straight to file descriptor
     2, around our one-line error. Point descriptor 2 at the null device and give
     Python's ``sys.stderr`` a copy of the real one: our messages still reach the user,
     the libraries' chatter does not."""

@@ -194,13 +194,20 @@ def _gaussian(x: Tensor, sigma: float) -> Tensor:
     return torch.cat(out)
 
 
-def _band_pass(luma: Tensor) -> Tensor:
+def _band_pass(luma: Tensor, opaque: Tensor | None = None) -> Tensor:
     """Difference of Gaussians (``_BAND``), scaled to unit spread so that exposure does
     not matter. The wide Gaussian is taken at half resolution (``pyr_down`` blurs by
-    about one pixel on its way), four times cheaper than its 49 taps here."""
+    about one pixel on its way), four times cheaper than its 49 taps here.
+
+    ``opaque`` (``(B, 1, h, w)`` float, 1 where the frame's alpha holds image): the band
+    is zero within two wide sigmas of a transparent pixel, so that a mask's edge, which
+    moves with no image content, is not taken for one."""
     fine, wide = _BAND
     half = pyr_down(luma)
     band = _gaussian(luma, fine) - pyr_up(_gaussian(half, math.sqrt(wide * wide - 1) / 2), luma.shape[-2:])
+    if opaque is not None:
+        reach = round(2 * wide)
+        band = band * -F.max_pool2d(-opaque, 2 * reach + 1, stride=1, padding=reach)  # eroded
     flat = band.flatten(1)
     mean = fixed_sum(flat) / flat.shape[1]
     spread = (fixed_sum((flat - mean[:, None]) ** 2) / flat.shape[1]).clamp_min(1e-16).sqrt()
@@ -227,13 +234,31 @@ class _Features:
         return _Features(levels, first.spacing, first.height, first.width)
 
 
-def _features(frames: Tensor, size: int) -> _Features:
-    """``frames``: ``(B, C, H, W)`` float; estimation at a longer side of at most ``size``."""
+def _opaque(frames: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Frames whose transparent pixels (``mask`` below one half) hold the mean of their
+    opaque ones, and the opacity as 0/1 floats; what lies under a mask (black borders, a
+    warp's leftovers) then moves neither the motion estimate nor the exposure gains."""
+    if mask is None:
+        return frames, None
+    opaque = (mask >= 0.5).to(frames.dtype)
+    count = fixed_sum(opaque.flatten(2)).clamp_min(1)
+    mean = (fixed_sum((frames * opaque).flatten(2)) / count)[..., None, None]
+    return torch.where(opaque.bool(), frames, mean), opaque
+
+
+def _pick(frames: Tensor, opaque: Tensor | None, index: slice) -> tuple[Tensor, Tensor | None]:
+    return frames[index], (None if opaque is None else opaque[index])
+
+
+def _features(frames: Tensor, size: int, opaque: Tensor | None = None) -> _Features:
+    """``frames``: ``(B, C, H, W)`` float; estimation at a longer side of at most ``size``;
+    ``opaque``: see ``_band_pass``."""
     height, width = frames.shape[-2:]
     luma, spacing = luminance(frames.float()), 1
     while size and max(luma.shape[-2:]) > size and min(luma.shape[-2:]) >= 2 * MIN_ALIGN_SIDE:
         luma, spacing = pyr_down(luma), spacing * 2
-    levels, spacings = [_band_pass(luma)], [spacing]
+        opaque = None if opaque is None else (pyr_down(opaque) > 0.999).float()
+    levels, spacings = [_band_pass(luma, opaque)], [spacing]
     while min(levels[-1].shape[-2:]) >= 2 * _COARSEST_SIDE:
         levels.append(pyr_down(levels[-1]))
         spacings.append(spacings[-1] * 2)
@@ -474,17 +499,21 @@ def _decide(stats: dict[str, Tensor]) -> Tensor:
 # -- exposure and resampling ------------------------------------------------------------
 
 
-def _low(frames: Tensor) -> tuple[Tensor, int]:
+def _low(frames: Tensor, opaque: Tensor | None = None) -> tuple[Tensor, int]:
     """Block means a few dozen to a side (focus no longer shows at that scale), and the
     block size in full-resolution pixels (the rows and columns past the last whole block
-    are left out)."""
+    are left out). With ``opaque``, its block means come last, as one more channel."""
+    if opaque is not None:
+        frames = torch.cat([frames, opaque], 1)
     block = 1
     while min(frames.shape[-2:]) // (2 * block) >= 32:
         block *= 2
     return F.avg_pool2d(frames.float(), block), block
 
 
-def _gains(low: tuple[Tensor, int], reference_low: Tensor, matrices: Tensor, full: tuple[int, int]) -> Tensor:
+def _gains(
+    low: tuple[Tensor, int], reference_low: Tensor, matrices: Tensor, full: tuple[int, int], masked: bool = False
+) -> Tensor:
     """Per frame and channel, the factor that makes the frame's mean brightness over the
     area it covers the reference's; 1 where the two differ by less than ``_MIN_GAIN``
     (``(B, C)``, device).
@@ -497,10 +526,15 @@ def _gains(low: tuple[Tensor, int], reference_low: Tensor, matrices: Tensor, ful
     """
     low, block = low
     level = _Level(low.shape[-2:], block, 0, full, low.device, offset=(block - 1) / 2)  # block centres
+    both = True
+    if masked:  # the last channel is opacity (``_low``): compare only what both frames show
+        cover, _ = level.sample(low[:, -1:], matrices, True)
+        both = (cover > 0.999) & (reference_low[:, -1] > 0.999)
+        low, reference_low = low[:, :-1], reference_low[:, :-1]
     channels = []
     for c in range(low.shape[1]):
         warped, inside = level.sample(low[:, c : c + 1], matrices, True)
-        weight = inside.float()
+        weight = (inside & both).float()
         frame_mean = fixed_sum((warped * weight).flatten(1))
         reference_mean = fixed_sum((reference_low[:, c] * weight).flatten(1))
         channels.append(reference_mean / frame_mean.clamp_min(1e-12))
@@ -587,7 +621,9 @@ class StackAligner:
             return f"frame {index} ({self.names[index]})"
         return f"frame {index}"
 
-    def _chain_on_device(self, frames: Tensor, first_index: int) -> tuple[Tensor, Tensor, Tensor, _Features | None]:
+    def _chain_on_device(
+        self, frames: Tensor, first_index: int, opaque: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, _Features | None]:
         """The chunk's ``M_0->i`` on the device; each step's decision; and what a warning
         about it needs (the failed check's ``_REASONS`` key, the correlation), ``(B, 2)``."""
         if first_index != len(self._chain):
@@ -608,7 +644,7 @@ class StackAligner:
         no_reason = torch.zeros(count, 2, dtype=torch.float64, device=device)
         if self._too_small:
             return eye.repeat(count, 1, 1), no_decision, no_reason, None
-        features = _features(frames, self.options.size)
+        features = _features(frames, self.options.size, opaque)
         if first_index == 0 and self.options.global_align:
             self._reference = features.pick(slice(0, 1))  # reference 0; other references: see estimate()
         templates = features.pick(slice(0, count - 1))
@@ -666,31 +702,35 @@ class StackAligner:
             start += f.shape[1]
         return out
 
-    def estimate(self, frames: Tensor, first_index: int) -> list[Tensor]:
-        """First pass: ``M_0->i`` of each of ``frames`` (``(B, C, H, W)`` float), chained."""
-        chain, decisions, why, features = self._chain_on_device(frames, first_index)
+    def estimate(self, frames: Tensor, first_index: int, mask: Tensor | None = None) -> list[Tensor]:
+        """First pass: ``M_0->i`` of each of ``frames`` (``(B, C, H, W)`` float), chained;
+        ``mask``: the frames' alpha (``(B, 1, H, W)``), if they have one."""
+        frames, opaque = _opaque(frames, mask)
+        chain, decisions, why, features = self._chain_on_device(frames, first_index, opaque)
         offset = self.reference - first_index
         if 0 <= offset < frames.shape[0]:
             if self.options.match_exposure:
-                self._reference_low = _low(frames[offset : offset + 1])[0]
+                self._reference_low = _low(*_pick(frames, opaque, slice(offset, offset + 1)))[0]
             if features is not None and self.options.global_align:
                 self._reference = features.pick(slice(offset, offset + 1))
         chain, decisions, why = self._read_back(chain, decisions, why)
         self._record(chain, decisions, why, first_index)
         return list(chain)
 
-    def transforms(self, frames: Tensor, first_index: int) -> list[FrameTransform]:
+    def transforms(self, frames: Tensor, first_index: int, mask: Tensor | None = None) -> list[FrameTransform]:
         """How each of ``frames`` (``(B, C, H, W)`` float, in stack order) maps onto the reference.
 
         With reference 0 the frames' motion is estimated here, as they come in order;
-        otherwise ``estimate`` must have seen the whole stack.
+        otherwise ``estimate`` must have seen the whole stack. ``mask``: the frames'
+        alpha (``(B, 1, H, W)``), if they have one: transparent pixels are not used.
         """
+        frames, opaque = _opaque(frames, mask)
         count, device = frames.shape[0], frames.device
         full = tuple(frames.shape[-2:])
         single_pass = self.reference == 0 and first_index == len(self._chain)
         features = None
         if single_pass:
-            matrices, decisions, why, features = self._chain_on_device(frames, first_index)
+            matrices, decisions, why, features = self._chain_on_device(frames, first_index, opaque)
         elif first_index + count <= len(self._chain) and self.reference < len(self._chain):
             to_reference = torch.linalg.inv(self._chain[self.reference])  # M_r->i = M_0->i M_0->r^-1
             matrices = torch.stack([self._chain[first_index + i] @ to_reference for i in range(count)]).to(device)
@@ -698,13 +738,14 @@ class StackAligner:
             raise ValueError(f"frame {first_index} has no estimate: run estimate() over the stack first")
         if self.options.global_align and self._reference is not None and not self._too_small:
             if features is None:  # the second pass: features again
-                features = _features(frames, self.options.size)
+                features = _features(frames, self.options.size, opaque)
             matrices = self._refine(features, matrices)
         gains = torch.ones(count, frames.shape[1], dtype=torch.float64, device=device)
         if self.options.match_exposure and not self._too_small:
             if self._reference_low is None and first_index <= self.reference < first_index + count:
-                self._reference_low = _low(frames[self.reference - first_index :][:1])[0]
-            gains = _gains(_low(frames), self._reference_low, matrices, full).double()
+                start = self.reference - first_index
+                self._reference_low = _low(*_pick(frames, opaque, slice(start, start + 1)))[0]
+            gains = _gains(_low(frames, opaque), self._reference_low, matrices, full, opaque is not None).double()
         if single_pass:
             matrices, gains, decisions, why = self._read_back(matrices, gains, decisions, why)
             self._record(matrices, decisions, why, first_index)
@@ -732,16 +773,17 @@ class StackAligner:
         return torch.where(taken.view(-1, 1, 1), refined, matrices)
 
     def align(
-        self, frames: Tensor, first_index: int, box: tuple[int, int, int, int] | None = None
+        self, frames: Tensor, first_index: int, box: tuple[int, int, int, int] | None = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Map ``frames`` (``(B, C, H, W)`` float) onto the reference grid (or a ``box`` of it).
+        """Map ``frames`` (``(B, C, H, W)`` float) onto the reference grid (or a ``box`` of it);
+        ``mask``: as for ``transforms``.
 
         Returns:
             ``(aligned, valid)``: the frames and a ``(B, 1, h, w)`` bool mask of the
             pixels that their data covers.
         """
         aligned, valid = [], []
-        for frame, transform in zip(frames, self.transforms(frames, first_index)):
+        for frame, transform in zip(frames, self.transforms(frames, first_index, mask)):
             warped, inside = apply_transform(frame[None], transform, box)
             aligned.append(warped)
             valid.append(inside)

@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .decode import RAW_SUFFIXES
 from .errors import GpufocusError, GpufocusWarning
 from .job import FusionJob, Targets
 from .load import FrameStack, natural_key
@@ -44,31 +45,40 @@ class BatchOutput:
         folder: results go to ``folder/<stack>.<format>``, with a depth map (when the
             fusion makes one) ``<stack>.depth.png`` and the transforms (``save_transforms``)
             ``<stack>.transforms.json``.
-        format: ``jpg``, ``png`` or ``tif``.
+        format: ``jpg``, ``png`` or ``tif``; ``None``: ``tif`` for a stack of RAW files
+            (16 bits), ``jpg`` for others.
         output: bits and JPEG quality.
         save_transforms: also write each stack's per-frame transforms.
         overwrite: fuse stacks whose result exists too (otherwise they are skipped).
     """
 
     folder: Path
-    format: str = "jpg"
+    format: str | None = None
     output: OutputOptions = OutputOptions()
     save_transforms: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folder", Path(self.folder))
-        if self.format not in FORMATS:
+        if self.format is not None and self.format not in FORMATS:
             raise OptionError("format", self.format, f"use one of {', '.join(FORMATS)}")
 
     def targets(self, stack: Path, options: FuseOptions) -> Targets:
         """The files of the stack in folder ``stack``."""
         name = self.folder / stack.name
         return Targets(
-            image=name.with_name(f"{stack.name}.{self.format}"),
+            image=name.with_name(f"{stack.name}.{self.format or _default_format(stack)}"),
             depth=name.with_name(f"{stack.name}.depth.png") if options.depth_map else None,
             transforms=name.with_name(f"{stack.name}.transforms.json") if self.save_transforms else None,
         )
+
+
+def _default_format(stack: Path) -> str:
+    try:
+        raw = any(entry.name.lower().endswith(RAW_SUFFIXES) for entry in os.scandir(stack))
+    except OSError:  # reading the stack names the problem
+        raw = False
+    return "tif" if raw else "jpg"
 
 
 @dataclass

@@ -27,7 +27,7 @@ import typer
 
 from . import __version__
 from .errors import GpufocusError, GpufocusWarning
-from .options import ALIGN_MODELS, DTYPES, METHODS, SYNTH_FAMILIES, FuseOptions, OptionError, OutputOptions
+from .options import ALIGN_MODELS, COMPRESSIONS, DTYPES, METHODS, SYNTH_FAMILIES, FuseOptions, OptionError, OutputOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -73,6 +73,7 @@ def _start(
 
 Method = Enum("Method", {name.replace("-", "_"): name for name in METHODS}, type=str)
 DType = Enum("DType", {name: name for name in DTYPES}, type=str)
+Compression = Enum("Compression", {name: name for name in COMPRESSIONS}, type=str)
 AlignModel = Enum("AlignModel", {name: name for name in ALIGN_MODELS}, type=str)
 Family = Enum("Family", {name: name for name in SYNTH_FAMILIES}, type=str)
 BenchKind = Enum("BenchKind", {"core": "core", "e2e": "e2e"}, type=str)
@@ -127,6 +128,12 @@ MemoryOption = Annotated[
 ]
 BitsOption = Annotated[Optional[int], typer.Option("--bits", help="8 or 16 bits per channel. Default: the input's (8 for JPEG).")]
 QualityOption = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality.")]
+CompressionOption = Annotated[
+    Compression, typer.Option("--compression", help="TIFF compression (lossless; zstd: fastest, newer readers).")
+]
+IgnoreAlphaOption = Annotated[
+    bool, typer.Option("--ignore-alpha", help="Fuse transparent pixels as image (by default they never win).")
+]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 QuietOption = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or summary.")]
 TransformsOption = Annotated[Optional[Path], typer.Option("--save-transforms", help="Write the per-frame transforms (JSON).")]
@@ -151,6 +158,7 @@ _FUSION = {
     "levels": _Setting("levels", LevelsOption, _FUSE.levels),
     "kernel_size": _Setting("kernel_size", KernelOption, _FUSE.kernel_size),
     "per_channel": _Setting("per_channel", PerChannelOption, _FUSE.per_channel),
+    "ignore_alpha": _Setting("use_alpha", IgnoreAlphaOption, not _FUSE.use_alpha),
     "device": _Setting("device", DeviceOption, _FUSE.device),
     "dtype": _Setting("dtype", DTypeOption, DType(_FUSE.dtype)),
     "chunk": _Setting("chunk", ChunkOption, _FUSE.chunk),
@@ -168,7 +176,7 @@ _FUSION = {
 
 # Settings the library names in an OptionError -> the flag a user typed.
 _FLAGS = {setting.field: setting.flag() for setting in _FUSION.values() if setting.field}
-_FLAGS.update(bits="--bits", quality="--quality", format="--format", family="--family", frames="--frames",
+_FLAGS.update(bits="--bits", quality="--quality", compression="--compression", format="--format", family="--family", frames="--frames",
               depth_map="--depth-map")
 
 
@@ -189,6 +197,7 @@ def _fuse_options(devices: bool = False, **values) -> FuseOptions:
         levels=values["levels"],
         kernel_size=values["kernel_size"],
         per_channel=values["per_channel"],
+        use_alpha=not values["ignore_alpha"],
         device=device.split(",")[0].strip() if devices else device,
         dtype=value("dtype"),
         chunk=values["chunk"],
@@ -295,6 +304,7 @@ def fuse_command(
     save_transforms: TransformsOption = None,
     bits: BitsOption = _OUTPUT.bits,
     quality: QualityOption = _OUTPUT.quality,
+    compression: CompressionOption = Compression(_OUTPUT.compression),
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
     evaluate: Annotated[
@@ -311,7 +321,7 @@ def fuse_command(
     from .load import FrameStack
 
     with _user_errors():
-        out = OutputOptions(bits=bits, quality=quality)
+        out = OutputOptions(bits=bits, quality=quality, compression=compression.value)
         options = options.replace(depth_map=depth_file is not None)
         targets = Targets(output, depth_file, save_transforms)
         targets.check(options, out, overwrite)
@@ -339,7 +349,9 @@ def fuse_command(
 def batch_command(
     root: Annotated[Path, typer.Argument(help="A folder whose sub-folders are stacks.")],
     outdir: Annotated[Path, typer.Option("-o", "--output", help="Folder for the results, named after the stacks.")],
-    fmt: Annotated[str, typer.Option("--format", help="jpg, png or tif.")] = "jpg",
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", help="jpg, png or tif. Default: jpg, tif for stacks of RAW files.")
+    ] = None,
     depth_map: Annotated[
         bool, typer.Option("--depth-map", help="Also write each stack's depth map, <stack>.depth.png.")
     ] = _FUSE.depth_map,
@@ -348,6 +360,7 @@ def batch_command(
     ] = False,
     bits: BitsOption = _OUTPUT.bits,
     quality: QualityOption = _OUTPUT.quality,
+    compression: CompressionOption = Compression(_OUTPUT.compression),
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Dask scheduler address: run the stacks there.")] = None,
@@ -367,7 +380,8 @@ def batch_command(
         for device in devices[1:]:
             FuseOptions(device=device)  # each one checked, as the first is
         options = options.replace(depth_map=depth_map)
-        output = BatchOutput(outdir, fmt, OutputOptions(bits=bits, quality=quality), save_transforms, overwrite)
+        out = OutputOptions(bits=bits, quality=quality, compression=compression.value)
+        output = BatchOutput(outdir, fmt, out, save_transforms, overwrite)
         folders = find_stacks(root)
         if report is not None:
             check_output_file(report, overwrite=True)
@@ -420,6 +434,7 @@ def align_command(
 ) -> None:
     """Align a stack and write the aligned frames, for fusing elsewhere."""
     from .align import transforms_to_json
+    from .color import linear_to_srgb
     from .engine import align_stack
     from .load import FrameStack
     from .options import AlignOptions
@@ -431,7 +446,7 @@ def align_command(
         align = AlignOptions(align_model.value, reference, match_exposure, size=align_size, global_align=global_align)
         options = FuseOptions(device=device, chunk=chunk, align=align)
         stack = FrameStack(inputs)
-        targets = [outdir / f"{path.stem}.{fmt}" for path in stack.paths]
+        targets = [outdir / f"{Path(name.replace('[', '_').rstrip(']')).stem}.{fmt}" for name in stack.names]
         if len(set(targets)) < len(targets):
             raise GpufocusError(f"{outdir}: two frames have the same name; give them distinct names")
         if save_transforms is not None:
@@ -446,11 +461,14 @@ def align_command(
             )
             for index, frame in frames:
                 info = stack.infos[index]
-                out.image(targets[index], frame, bits=stack.bits, exif=info.exif, icc=info.icc, overwrite=overwrite)
+                out.image(
+                    targets[index], linear_to_srgb(frame) if stack.linear else frame, bits=stack.bits, exif=info.exif,
+                    icc=info.icc, overwrite=overwrite, role="aligned frame",
+                )
             if save_transforms is not None:
                 height, width = stack.size
-                names = [p.name for p in stack.paths]
-                out.json(save_transforms, transforms_to_json(aligner.results, names, height, width, align), overwrite)
+                report = transforms_to_json(aligner.results, stack.names, height, width, align)
+                out.json(save_transforms, report, overwrite)
         if not quiet:
             _say(f"wrote {len(targets)} aligned frames to {outdir} (reference: frame {reference})")
 
@@ -658,8 +676,9 @@ def info_command() -> None:
     import platform
     import sys
 
-    import cv2
+    import imagecodecs
     import kornia
+    import tifffile
     import numpy
     import PIL
     import torch
@@ -669,7 +688,8 @@ def info_command() -> None:
         f"python {platform.python_version()} ({sys.executable})",
         f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
         f"kornia {kornia.__version__}, numpy {numpy.__version__}, pillow {PIL.__version__}, "
-        f"opencv {cv2.__version__}, typer {typer.__version__}",
+        f"tifffile {tifffile.__version__}, imagecodecs {imagecodecs.__version__}, rawpy {_version_of('rawpy')}, "
+        f"typer {typer.__version__}",
         f"cpu: {platform.machine()}, {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads",
     ]
     if torch.cuda.is_available():
@@ -679,6 +699,15 @@ def info_command() -> None:
     else:
         lines.append("cuda: not available")
     typer.echo("\n".join(lines))
+
+
+def _version_of(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def run(args: Sequence[str]) -> int:

@@ -1,10 +1,11 @@
-"""Luminance, the one colour operation the pipeline needs."""
+"""Luminance, for decisions on colour images, and the sRGB curve, for linear (RAW) input."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-__all__ = ["LUMA", "luminance"]
+__all__ = ["LUMA", "luminance", "linear_to_srgb"]
 
 #: ITU-R BT.601 luma weights, as OpenCV's and kornia's RGB-to-grey conversions use.
 LUMA = (0.299, 0.587, 0.114)
@@ -27,3 +28,10 @@ def luminance(images: Tensor) -> Tensor:
         return images.mean(dim=-3, keepdim=True)
     red, green, blue = images.unbind(-3)
     return (red * LUMA[0] + green * LUMA[1] + blue * LUMA[2]).unsqueeze(-3)
+
+
+def linear_to_srgb(images: Tensor) -> Tensor:
+    """The sRGB transfer curve (IEC 61966-2-1) on linear values in [0, 1]: how a result
+    fused from RAW frames (linear light) is written, so that it looks right anywhere."""
+    images = images.clamp(0, 1)
+    return torch.where(images <= 0.0031308, images * 12.92, 1.055 * images.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .align import FrameTransform, StackAligner, apply_transform, inner_rectangle
+from .align import FrameTransform, StackAligner, apply_transform, inner_rectangle, warp_frame
 from .depth import DepthMap
 from .device import default_chunk, frame_budget, resolve_device, resolve_dtype, working_bytes
 from .errors import GpufocusError
@@ -63,6 +63,11 @@ class StackFuser:
         options: the fusion settings (``FuseOptions``); ``None`` for the defaults.
         names: frame names for warnings (file names, say); ``run`` takes them from a
             stack on disk by itself.
+        alpha: the frames' last channel is alpha: with ``use_alpha`` (the default)
+            pixels below half opacity never win (``run`` takes this from a stack on disk).
+        colour: three channels are red, green and blue, decided on their luminance;
+            ``False`` decides each channel on its own, as for any other channel count
+            but one (``run`` takes this from a stack on disk).
         **changes: settings that replace those of ``options`` (``method='wang-chang'``).
 
     ``run(source)`` does everything. To feed frames yourself: with ``align.reference``
@@ -78,8 +83,17 @@ class StackFuser:
         >>> image = fuser.result()
     """
 
-    def __init__(self, options: FuseOptions | None = None, *, names: list[str] | None = None, **changes) -> None:
+    def __init__(
+        self,
+        options: FuseOptions | None = None,
+        *,
+        names: list[str] | None = None,
+        alpha: bool = False,
+        colour: bool = True,
+        **changes,
+    ) -> None:
         self.options = FuseOptions.of(options, **changes)
+        self.alpha, self.colour = alpha, colour
         self.device = resolve_device(self.options.device)
         self.dtype = resolve_dtype(self.options.dtype)
         self.levels = self.options.levels  # chosen from the frame size when None
@@ -121,8 +135,10 @@ class StackFuser:
         if self.count or self._estimated:
             raise GpufocusError("run(): this StackFuser has taken frames already; make a new one for another stack")
         source = _as_source(source)
-        if self.names is None:
-            self.names = _names(source)
+        if isinstance(source, FrameStack):
+            self.alpha, self.colour = source.alpha, source.colour
+            if self.names is None:
+                self.names = source.names
         total = len(source)
         passes = [self.add]
         if self._needs_estimate:
@@ -157,8 +173,8 @@ class StackFuser:
         if not self.options.consistency:
             raise GpufocusError("refold(): only halo control (consistency 1 or 2) reads the stack twice")
         with timer.stage("upload"):
-            frames = to_float(_batch(frames), self.device, self.dtype)
-        for region, part, valid in self._regions_of(frames, self._refolded, timer):
+            frames, mask = self._split(to_float(_batch(frames), self.device, self.dtype))
+        for region, part, valid in self._regions_of(frames, mask, self._refolded, timer):
             with timer.stage("fuse"):
                 region.rule.refold(self._decompose(part, valid))
         self._refolded += frames.shape[0]
@@ -173,13 +189,26 @@ class StackFuser:
         if not self._needs_estimate:
             raise GpufocusError("estimate(): only a reference other than frame 0 needs a first pass")
         with timer.stage("upload"):
-            frames = to_float(_batch(frames), self.device, self.dtype)
+            frames, mask = self._split(to_float(_batch(frames), self.device, self.dtype))
         with timer.stage("align"):
-            self._aligner.estimate(frames, self._estimated)
+            self._aligner.estimate(frames, self._estimated, mask)
         self._estimated += frames.shape[0]
+
+    def _split(self, frames: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The image channels, and the alpha channel where the frames carry one."""
+        if frames.dim() != 4:
+            raise GpufocusError(f"expected (B, C, H, W) frames, got shape {tuple(frames.shape)}")
+        if not self.alpha:
+            return frames, None
+        if frames.shape[1] < 2:
+            raise GpufocusError(f"alpha=True needs image channels and an alpha channel, got shape {tuple(frames.shape)}")
+        return frames[:, :-1], (frames[:, -1:] if self.options.use_alpha else None)
 
     def _start(self, channels: int, height: int, width: int) -> None:
         options = self.options
+        if channels > 1 and not (self.colour and channels == 3) and not options.per_channel:
+            # no luminance to decide on: every channel is its own image (microscopy)
+            self.options = options = options.replace(per_channel=True)
         deepest = max_levels(height, width)
         if deepest < 1:
             raise GpufocusError(f"{width}x{height} frames are too small (at least 8x8)")
@@ -228,9 +257,7 @@ class StackFuser:
 
     def _add(self, raw: Tensor | np.ndarray, timer: StageTimer) -> None:
         with timer.stage("upload"):
-            frames = to_float(raw, self.device, self.dtype)
-        if frames.dim() != 4:
-            raise GpufocusError(f"expected (B, C, H, W) frames, got shape {tuple(frames.shape)}")
+            frames, mask = self._split(to_float(raw, self.device, self.dtype))
         shape = tuple(frames.shape[1:])
         if self._shape is None:
             self._start(*shape)
@@ -245,7 +272,7 @@ class StackFuser:
                 f"before add() (it saw {self._estimated} frames; or use run())"
             )
         first = self.count
-        for region, part, valid in self._regions_of(frames, first, timer):
+        for region, part, valid in self._regions_of(frames, mask, first, timer):
             with timer.stage("fuse"):
                 parts = self._decompose(part, valid)
                 if region.depth is not None:
@@ -257,24 +284,31 @@ class StackFuser:
         pyramid, but may take more levels than a frame has)."""
         return Decomposition(part, valid, min(self.levels, max_levels(*part.shape[-2:])))
 
-    def _regions_of(self, frames: Tensor, first: int, timer: StageTimer):
+    def _regions_of(self, frames: Tensor, mask: Tensor | None, first: int, timer: StageTimer):
         """Each region (tile) with its part of the frames, aligned, and their validity.
 
         The motion is estimated once per frame on the whole frame; each tile is then
-        resampled from it. Validity is ``None`` where every pixel is covered.
+        resampled from it. A pixel is valid where the warp had data for it and the
+        frame's alpha ``mask`` (moved along with the frame) is at least one half.
+        Validity is ``None`` where every pixel is valid.
         """
         transforms = None
         if self._aligner is not None:
             with timer.stage("align"):
-                transforms = self._aligner.transforms(frames, first)
+                transforms = self._aligner.transforms(frames, first, mask)
         for region in self._regions:
-            top, left, height, width = region.tile.padded
+            top, left, height, width = box = region.tile.padded
             if transforms is None:
-                yield region, frames[..., top : top + height, left : left + width], None
+                valid = None if mask is None else mask[..., top : top + height, left : left + width] >= 0.5
+                part = frames[..., top : top + height, left : left + width]
+                yield region, part, (None if valid is None or valid.all() else valid)
                 continue
             with timer.stage("align"):
-                parts = [apply_transform(frame[None], t, region.tile.padded) for frame, t in zip(frames, transforms)]
-            part, valid = torch.cat([p for p, _ in parts]), torch.cat([v for _, v in parts])
+                parts = [apply_transform(frame[None], t, box) for frame, t in zip(frames, transforms)]
+                part, valid = torch.cat([p for p, _ in parts]), torch.cat([v for _, v in parts])
+                if mask is not None:
+                    moved = torch.cat([warp_frame(m[None], t.matrix, box)[0] for m, t in zip(mask, transforms)])
+                    valid = valid & (moved >= 0.5)
             if self.options.align.crop:
                 if self._covered is None:
                     self._covered = torch.ones(self._shape[1:], dtype=torch.bool, device=frames.device)
@@ -342,16 +376,14 @@ def _as_source(source) -> Tensor | FrameStack:
     return source if isinstance(source, FrameStack) else FrameStack(source)
 
 
-def _names(source: Tensor | FrameStack) -> list[str] | None:
-    return [p.name for p in source.paths] if isinstance(source, FrameStack) else None
-
-
 def _chunk_for(
     source: Tensor | FrameStack, chunk: int | None, device: torch.device, dtype: torch.dtype, budget: int | None = None
 ) -> int:
     if chunk is not None:
         return chunk
-    channels, (height, width) = (source.shape[1], source.shape[-2:]) if isinstance(source, Tensor) else (3, source.size)
+    channels, (height, width) = (
+        (source.shape[1], source.shape[-2:]) if isinstance(source, Tensor) else (source.samples, source.size)
+    )
     return default_chunk(device, channels, height, width, dtype, budget)
 
 
@@ -376,21 +408,28 @@ def align_stack(
     source = _as_source(source)
     device, dtype = resolve_device(options.device), resolve_dtype(options.dtype)
     aligner = StackAligner(align)
-    aligner.names = _names(source)
+    aligner.names = source.names if isinstance(source, FrameStack) else None
+    alpha = isinstance(source, FrameStack) and source.alpha
+
+    def split(frames):  # the image, and its alpha (used as a mask, not written)
+        frames = to_float(_batch(frames), device, dtype)
+        if not alpha:
+            return frames, None
+        return frames[:, :-1], (frames[:, -1:] if options.use_alpha else None)
     total, chunk = len(source), _chunk_for(source, options.chunk, device, dtype)
     counters = {"estimated": 0, "aligned": 0}
 
     def estimate(frames, timer):
-        frames = to_float(_batch(frames), device, dtype)
-        aligner.estimate(frames, counters["estimated"])
+        frames, mask = split(frames)
+        aligner.estimate(frames, counters["estimated"], mask)
         counters["estimated"] += len(frames)
         return ()
 
     def align_frames(frames, timer):
-        frames = to_float(_batch(frames), device, dtype)
+        frames, mask = split(frames)
         start = counters["aligned"]
         counters["aligned"] += len(frames)
-        aligned, _ = aligner.align(frames, start)
+        aligned, _ = aligner.align(frames, start, mask=mask)
         return [(start + i, frame.float().clamp(0, 1).cpu()) for i, frame in enumerate(aligned)]
 
     passes = [align_frames]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .color import linear_to_srgb
 from .errors import GpufocusError
 from .load import FrameStack
 from .options import FuseOptions, OptionError, OutputOptions
@@ -29,14 +30,14 @@ class Targets:
     def paths(self) -> list[Path]:
         return [Path(p) for p in (self.image, self.depth, self.transforms) if p is not None]
 
-    def check(self, options: FuseOptions, output: OutputOptions, overwrite: bool) -> None:
+    def check(self, options: FuseOptions, output: OutputOptions, overwrite: bool, channels: int = 3) -> None:
         """What can be checked before the stack is read: formats, existing files,
         folders, no two targets on one file, settings that the targets need."""
         if self.transforms is not None and options.align is None:
             raise GpufocusError(f"{self.transforms}: saving the transforms needs alignment")
         if self.depth is not None and not options.depth_map:
             raise OptionError("depth_map", False, f"{self.depth} is asked for, but the fusion makes no depth map")
-        check_output(self.image, output.bits or 8, overwrite)
+        check_output(self.image, output.bits or 8, overwrite, channels)
         if self.depth is not None:
             check_output(self.depth, 8, overwrite)
         if self.transforms is not None:
@@ -61,9 +62,9 @@ class FusionJob:
     def __init__(
         self, stack: FrameStack, targets: Targets, options: FuseOptions, output: OutputOptions, overwrite: bool = False
     ) -> None:
-        targets.check(options, output, overwrite)
+        targets.check(options, output, overwrite, stack.channels)
         check_distinct(targets.paths(), stack.paths)
-        fmt = check_output(targets.image, output.bits or 8, overwrite)
+        fmt = check_output(targets.image, output.bits or 8, overwrite, stack.channels)
         self.bits = output.bits or (stack.bits if fmt != "JPEG" else 8)  # the input's, where the format holds it
         self.stack, self.targets, self.options, self.output, self.overwrite = stack, targets, options, output, overwrite
         self.fuser = None
@@ -77,20 +78,27 @@ class FusionJob:
         self.image = self.fuser.run(self.stack, progress=progress, timer=timer)
 
     def write(self) -> None:
-        """Write every target, all or none, with the reference frame's EXIF and ICC profile."""
+        """Write every target, all or none, with the reference frame's EXIF and ICC profile.
+
+        A stack of RAW frames is fused in linear light and written with the sRGB curve.
+        """
         if self.image is None:
             raise GpufocusError("write(): fuse() first")
         align = self.options.align
         reference = self.stack.infos[align.reference if align else 0]
+        image = linear_to_srgb(self.image) if self.stack.linear else self.image
         with Outputs() as out:
             out.image(
-                self.targets.image, self.image, bits=self.bits, quality=self.output.quality,
-                exif=reference.exif, icc=reference.icc, overwrite=self.overwrite,
+                self.targets.image, image, bits=self.bits, quality=self.output.quality, exif=reference.exif,
+                icc=reference.icc, overwrite=self.overwrite, role="fused image", compression=self.output.compression,
             )
             if self.targets.depth is not None:
                 depth = (self.fuser.depth_map() / max(len(self.stack) - 1, 1))[None]
                 bits = 8 if output_format(self.targets.depth) == "JPEG" else 16
-                out.image(self.targets.depth, depth, bits=bits, overwrite=self.overwrite)
+                out.image(
+                    self.targets.depth, depth, bits=bits, overwrite=self.overwrite, role="depth map",
+                    compression=self.output.compression,
+                )
             if self.targets.transforms is not None:
                 out.json(self.targets.transforms, self.transforms_report(), self.overwrite)
 
@@ -99,5 +107,5 @@ class FusionJob:
         from .align import transforms_to_json
 
         height, width = self.stack.size
-        names = [p.name for p in self.stack.paths]
+        names = self.stack.names
         return transforms_to_json(self.fuser.transforms, names, height, width, self.options.align)

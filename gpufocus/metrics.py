@@ -154,7 +154,7 @@ def evaluate(
     accumulator = QabfAccumulator(border_crop(result))
     source_gradients = []
     for chunk in stack.chunks(1):
-        source = _centre(as_unit_float(chunk[0]), height, width)
+        source = _centre(as_unit_float(chunk[0, ..., : stack.channels]), height, width)  # alpha left out
         accumulator.add(border_crop(source))
         source_gradients.append(average_gradient(source))
     scores = {

@@ -25,6 +25,7 @@ __all__ = [
     "MAX_KERNEL_SIZE",
     "ALIGN_MODELS",
     "DTYPES",
+    "COMPRESSIONS",
     "SYNTH_FAMILIES",
     "OptionError",
     "AlignOptions",
@@ -42,6 +43,8 @@ MAX_KERNEL_SIZE = 15
 ALIGN_MODELS = ("translation", "similarity", "affine", "homography")
 #: Arithmetic precisions.
 DTYPES = ("float32", "float16", "bfloat16")
+#: TIFF compressions of the output, all lossless (see ``gpufocus.encode``).
+COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
 #: Depth maps of ``gpufocus.synth``'s generated stacks.
 SYNTH_FAMILIES = ("objects", "plane", "smooth")
 
@@ -126,7 +129,10 @@ class FuseOptions:
         levels: detail levels of the pyramid; ``None`` chooses from the frame size.
         kernel_size: window of the rule's local measure, odd, 1 to ``MAX_KERNEL_SIZE``;
             ``None`` for the method's default (``DEFAULT_KERNEL_SIZE``).
-        per_channel: decide per colour channel instead of once per pixel.
+        per_channel: decide per colour channel instead of once per pixel (images
+            whose channels are not red, green and blue always are).
+        use_alpha: a frame's alpha channel is a mask: its transparent pixels (below
+            half opacity) never win. ``False`` fuses them as image.
         device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
         dtype: arithmetic precision, one of ``DTYPES``.
         chunk: frames folded in at once; ``None`` chooses from free memory. The result
@@ -145,6 +151,7 @@ class FuseOptions:
     levels: int | None = None
     kernel_size: int | None = None
     per_channel: bool = False
+    use_alpha: bool = True
     device: str = "auto"
     dtype: str = "float32"
     chunk: int | None = None
@@ -211,12 +218,16 @@ class OutputOptions:
         bits: 8 or 16 bits per channel; ``None``: the input's where the format holds
             it (8 for JPEG).
         quality: JPEG quality, 1 to 100.
+        compression: TIFF compression, lossless: ``deflate`` (every reader has it),
+            ``lzw``, ``zstd`` (fastest, newer readers only) or ``none``.
     """
 
     bits: int | None = None
     quality: int = 95
+    compression: str = "deflate"
 
     def __post_init__(self) -> None:
+        _one_of("compression", self.compression, COMPRESSIONS)
         if self.bits is not None:
             _one_of("bits", self.bits, (8, 16))
         if not 1 <= self.quality <= 100:

@@ -14,23 +14,23 @@ import json
 import os
 import re
 import socket
-import struct
 import tempfile
-import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from .encode import encode_image
 from .errors import GpufocusError
 from .options import OutputOptions
 
 __all__ = [
     "OUTPUT_FORMATS",
+    "OWN_ROLES",
     "Outputs",
+    "software_tag",
     "output_format",
     "check_output",
     "check_output_file",
@@ -45,11 +45,24 @@ __all__ = [
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
-def output_format(path: str | os.PathLike, bits: int = 8) -> str:
-    """The format for ``path``'s extension, checked against the bit depth.
+#: What the project writes, by the role in its ``Software`` tag, that a later run must
+#: not take as a frame when it lists a folder (see ``software_tag``).
+OWN_ROLES = ("fused image", "depth map")
+
+
+def software_tag(role: str) -> str:
+    """The ``Software`` tag of a file the project writes: ``gpufocus 0.1.0 (fused image)``."""
+    from . import __version__
+
+    return f"gpufocus {__version__} ({role})"
+
+
+def output_format(path: str | os.PathLike, bits: int = 8, channels: int = 3) -> str:
+    """The format for ``path``'s extension, checked against the bit depth and channels.
 
     Raises:
-        GpufocusError: unknown extension, or 16 bits asked of JPEG.
+        GpufocusError: unknown extension, 16 bits asked of JPEG, or other than 1 or 3
+            channels asked of PNG or JPEG.
     """
     path = Path(path)
     fmt = OUTPUT_FORMATS.get(path.suffix.lower())
@@ -59,10 +72,12 @@ def output_format(path: str | os.PathLike, bits: int = 8) -> str:
         raise GpufocusError(f"{path}: --bits must be 8 or 16, not {bits}")
     if bits == 16 and fmt == "JPEG":
         raise GpufocusError(f"{path}: JPEG holds 8 bits per channel; write .png or .tif for 16 bits")
+    if channels not in (1, 3) and fmt != "TIFF":
+        raise GpufocusError(f"{path}: {fmt} holds grey or RGB; write .tif for an image of {channels} channels")
     return fmt
 
 
-def check_output(path: str | os.PathLike, bits: int = 8, overwrite: bool = False) -> str:
+def check_output(path: str | os.PathLike, bits: int = 8, overwrite: bool = False, channels: int = 3) -> str:
     """Fail early, before any work, if the image ``path`` cannot be written.
 
     Returns:
@@ -71,7 +86,7 @@ def check_output(path: str | os.PathLike, bits: int = 8, overwrite: bool = False
     Raises:
         GpufocusError: bad extension, or see ``check_output_file``.
     """
-    fmt = output_format(path, bits)
+    fmt = output_format(path, bits, channels)
     check_output_file(path, overwrite)
     return fmt
 
@@ -234,11 +249,13 @@ class Outputs:
         return handle, temporary
 
     def write(self, path: str | os.PathLike, data: bytes | None = None, *, encode=None) -> None:
-        """Write ``data``, or what ``encode(file)`` writes, to ``path`` (on commit)."""
+        """Write ``data``, or what ``encode(file)`` writes (the file is open for reading
+        too), to ``path`` (on commit)."""
         path = Path(path)
         handle, temporary = self._start(path)
         try:
-            with os.fdopen(handle, "wb") as out:
+            os.close(handle)  # opened again by name: tifffile wants a file with a name
+            with open(temporary, "w+b") as out:
                 if encode is not None:
                     encode(out)
                 else:
@@ -259,14 +276,25 @@ class Outputs:
         exif: bytes | None = None,
         icc: bytes | None = None,
         overwrite: bool = False,
+        role: str | None = None,
+        compression: str = OutputOptions.compression,
     ) -> None:
         """An image, as ``write_image`` takes it, put in place on commit."""
         path = Path(path)
-        fmt = check_output(path, bits, overwrite)
+        pixels = to_array(image, bits) if isinstance(image, torch.Tensor) else image
+        channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+        fmt = check_output(path, bits, overwrite, channels)
         if not 1 <= quality <= 100:
             raise GpufocusError(f"{path}: --quality must be between 1 and 100, not {quality}")
-        pixels = to_array(image, bits) if isinstance(image, torch.Tensor) else image
-        self.write(path, encode=lambda out: _encode(out, pixels, fmt, bits, quality, exif, icc))
+        pixels = pixels.astype(np.uint16 if bits == 16 else np.uint8, copy=False)
+        software = software_tag(role) if role else None
+
+        def encode(out) -> None:
+            encode_image(
+                out, pixels, fmt, quality=quality, exif=exif, icc=icc, software=software, compression=compression
+            )
+
+        self.write(path, encode=encode)
 
     def json(self, path: str | os.PathLike, report, overwrite: bool = False) -> None:
         """``report`` as indented JSON, put in place on commit."""
@@ -299,7 +327,7 @@ class Outputs:
 def to_array(image: torch.Tensor, bits: int) -> np.ndarray:
     """``(C, H, W)`` floats in [0, 1] to a rounded ``uint8``/``uint16`` array.
 
-    Three channels give ``(H, W, 3)``, one channel ``(H, W)``.
+    ``C`` channels give ``(H, W, C)``, one channel ``(H, W)``.
     """
     top = 65535 if bits == 16 else 255
     scaled = image.detach().float().cpu().clamp(0, 1).mul(top).round_().to(torch.int32)
@@ -316,18 +344,24 @@ def write_image(
     exif: bytes | None = None,
     icc: bytes | None = None,
     overwrite: bool = False,
+    role: str | None = None,
+    compression: str = OutputOptions.compression,
 ) -> Path:
-    """Write an RGB image, atomically: to a temporary file in the same folder, then renamed.
+    """Write an image, atomically: to a temporary file in the same folder, then renamed.
 
     Args:
         path: output file; ``.jpg``/``.jpeg``, ``.png`` or ``.tif``/``.tiff``.
-        image: ``(3, H, W)`` or ``(1, H, W)`` float tensor in [0, 1], or an ``(H, W, 3)``
-            or ``(H, W)`` uint8/uint16 array (one channel writes a grey image).
+        image: ``(C, H, W)`` float tensor in [0, 1], or an ``(H, W, C)`` or ``(H, W)``
+            uint8/uint16 array. One channel writes a grey image, three RGB; other
+            channel counts only to TIFF.
         bits: 8 or 16 bits per channel (16 for PNG and TIFF only).
         quality: JPEG quality, 1-100.
         exif: EXIF block to embed.
         icc: ICC profile to embed.
         overwrite: replace an existing file.
+        role: what the file is (``"fused image"``, say), for its ``Software`` tag
+            (``software_tag``); ``None`` for no tag.
+        compression: TIFF compression (``deflate``, ``lzw``, ``zstd`` or ``none``).
 
     Returns:
         The path written.
@@ -336,7 +370,10 @@ def write_image(
         GpufocusError: see ``check_output``; also a failed write (disk full, ...).
     """
     with Outputs() as out:
-        out.image(path, image, bits=bits, quality=quality, exif=exif, icc=icc, overwrite=overwrite)
+        out.image(
+            path, image, bits=bits, quality=quality, exif=exif, icc=icc, overwrite=overwrite, role=role,
+            compression=compression,
+        )
     return Path(path)
 
 
@@ -347,84 +384,7 @@ def write_json(path: str | os.PathLike, report, overwrite: bool = False) -> Path
     return Path(path)
 
 
-def _encode(out, pixels: np.ndarray, fmt: str, bits: int, quality: int, exif: bytes | None, icc: bytes | None) -> None:
-    if bits == 16 and pixels.ndim == 3:
-        out.write(_encode_16bit(pixels, fmt, exif, icc))
-        return
-    options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2} if fmt == "JPEG" else {}
-    if exif:
-        options["exif"] = exif
-    if icc:
-        options["icc_profile"] = icc
-    # RGB, L or (grey, 16 bits) I;16, from the array's shape and type
-    Image.fromarray(pixels.astype(np.uint16 if bits == 16 else np.uint8)).save(out, format=fmt, **options)
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _encode_16bit(pixels: np.ndarray, fmt: str, exif: bytes | None, icc: bytes | None) -> bytes:
-    """16-bit colour, which Pillow cannot hold: PNG by OpenCV, TIFF written here."""
-    if fmt == "TIFF":
-        return _tiff_16bit(pixels, exif, icc)
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, ::-1]))  # OpenCV takes BGR
-    if not ok:
-        raise OSError("the PNG encoder failed")
-    # OpenCV writes no metadata; PNG takes it as extra chunks after the header.
-    return _png_with_metadata(encoded.tobytes(), exif, icc)
-
-
-_ROWS_PER_STRIP = 64
-
-
-def _tiff_16bit(pixels: np.ndarray, exif: bytes | None, icc: bytes | None) -> bytes:
-    """A little-endian TIFF of 16-bit RGB: deflate strips with horizontal differencing,
-    the ICC profile (tag 34675) and the EXIF tags (its own IFD, through tag 34665)."""
-    from PIL import TiffImagePlugin
-
-    height, width, _ = pixels.shape
-    differenced = pixels.astype("<u2")
-    differenced[:, 1:] = pixels[:, 1:] - pixels[:, :-1]  # predictor 2, wrapping as uint16 does
-    strips = [
-        zlib.compress(differenced[top : top + _ROWS_PER_STRIP].tobytes(), 6) for top in range(0, height, _ROWS_PER_STRIP)
-    ]
-    ifd = TiffImagePlugin.ImageFileDirectory_v2()
-    if exif:
-        source = Image.Exif()
-        source.load(exif)
-        for tag, value in source.items():
-            if tag not in (0x8769, 0x8825):
-                ifd[tag] = value
-        for tag in (0x8769, 0x8825):  # the Exif and GPS IFDs, written as IFDs of their own
-            if source.get_ifd(tag):
-                ifd[tag] = source.get_ifd(tag)
-    # Pillow lays out header, IFD, its out-of-line values, then the strips, and adds
-    # the strips' start to offsets given from there.
-    offsets = [sum(len(strip) for strip in strips[:i]) for i in range(len(strips))]
-    for tag, value in {
-        256: width, 257: height, 258: (16, 16, 16), 259: 8, 262: 2, 273: tuple(offsets), 274: 1, 277: 3,
-        278: _ROWS_PER_STRIP, 279: tuple(len(s) for s in strips), 284: 1, 317: 2,
-    }.items():
-        ifd[tag] = value
-    if icc:
-        ifd[34675] = icc
-    return b"II*\x00" + struct.pack("<I", 8) + ifd.tobytes(8) + b"".join(strips)
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def _png_with_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
-    extra = b""
-    if icc:
-        extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
-    if exif:
-        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
-    header_end = 8 + 8 + 13 + 4  # signature, IHDR length + type, IHDR data, CRC
-    return png[:header_end] + extra + png[header_end:]

@@ -34,7 +34,8 @@ def _encoded(pixels: np.ndarray, fmt: str, **options) -> bytes:
 
 def seed_files(height: int = 40, width: int = 48, seed: int = 0) -> dict[str, bytes]:
     """Valid files of one size, named by kind: JPEG with EXIF and a thumbnail, PNG 8 and
-    16 bit, TIFF deflate 8 bit and 16 bit (the project's own writer), WebP."""
+    16 bit, TIFF deflate 8 bit and 16 bit (the project's own writer), a 3-page 16-bit
+    grey OME-TIFF z-stack (zstd), a DNG (Bayer mosaic), WebP."""
     from gpufocus.write import write_image
 
     pixels = _texture(height, width, seed)
@@ -58,6 +59,14 @@ def seed_files(height: int = 40, width: int = 48, seed: int = 0) -> dict[str, by
             path = Path(folder) / f"f{suffix}"
             write_image(path, pixels.astype(np.uint16) * 257, bits=16, exif=exif.tobytes())
             files[kind] = path.read_bytes()
+        import tifffile
+        from rawfiles import write_dng
+
+        pages = np.stack([pixels[:, :, c].astype(np.uint16) * 257 for c in range(3)])
+        tifffile.imwrite(Path(folder) / "z.ome.tif", pages, metadata={"axes": "ZYX"}, compression="zstd")
+        files["zstack"] = (Path(folder) / "z.ome.tif").read_bytes()
+        mosaic = pixels[:, :, 1].astype(np.uint16) * 8 + 64
+        files["dng"] = write_dng(Path(folder) / "f.dng", mosaic).read_bytes()
     return files
 
 
@@ -174,7 +183,7 @@ MUTATIONS = {
 }
 
 _SUFFIX = {"jpeg": ".jpg", "jpeg_thumb": ".jpg", "png": ".png", "png16": ".png", "tiff": ".tif", "tiff16": ".tif",
-           "webp": ".webp"}
+           "zstack": ".ome.tif", "dng": ".dng", "webp": ".webp"}
 
 
 def mutate(data: bytes, name: str, rng: random.Random) -> bytes:

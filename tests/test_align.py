@@ -180,17 +180,20 @@ def test_the_estimation_size(moving, size):
 def test_a_chunk_is_estimated_without_reading_the_device(moving):
     # On the meta device tensors hold no data: any read back to the host (item, bool,
     # float, cpu, tolist) inside the estimation, the checks, the decisions or the gains
-    # would raise. Two chunks, so that the second pairs up with the first's last frame.
-    from gpufocus.align import _gains, _low
+    # would raise. Two chunks, so that the second pairs up with the first's last frame;
+    # frames with and without an alpha mask.
+    from gpufocus.align import _gains, _low, _opaque
 
-    aligner = StackAligner(AlignOptions(global_align=True))
-    frames = torch.empty(3, 3, 384, 512, device="meta")
-    for first in (0, 3):
-        chain, decisions, why, features = aligner._chain_on_device(frames, first)
-        aligner._chain += [torch.eye(3, dtype=torch.float64)] * 3  # what a read-back would record
-        refined = aligner._refine(features, chain)
-        gains = _gains(_low(frames), _low(frames[:1])[0], refined, (384, 512))
-        assert chain.device.type == refined.device.type == gains.device.type == "meta"
+    for mask in (None, torch.empty(3, 1, 384, 512, device="meta")):
+        aligner = StackAligner(AlignOptions(global_align=True))
+        frames, opaque = _opaque(torch.empty(3, 3, 384, 512, device="meta"), mask)
+        for first in (0, 3):
+            chain, decisions, why, features = aligner._chain_on_device(frames, first, opaque)
+            aligner._chain += [torch.eye(3, dtype=torch.float64)] * 3  # what a read-back would record
+            refined = aligner._refine(features, chain)
+            reference = _low(frames[:1], None if opaque is None else opaque[:1])[0]
+            gains = _gains(_low(frames, opaque), reference, refined, (384, 512), opaque is not None)
+            assert chain.device.type == refined.device.type == gains.device.type == "meta"
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 8])

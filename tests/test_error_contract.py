@@ -345,7 +345,7 @@ def slow(*args, **kwargs):
     time.sleep(60)
 def crash(*args, **kwargs):
     raise RuntimeError("a bug")
-def slow_encode(out, *args):
+def slow_encode(out, *args, **kwargs):
     out.write(b"half")
     out.flush()
     print("writing", flush=True)
@@ -353,7 +353,7 @@ def slow_encode(out, *args):
 if sys.argv[1] in ("fuse", "crash"):
     gpufocus.job.FusionJob.fuse = slow if sys.argv[1] == "fuse" else crash
 if sys.argv[1] == "write":
-    gpufocus.write._encode = slow_encode
+    gpufocus.write.encode_image = slow_encode
 sys.argv = ["gpufocus", *sys.argv[2:]]
 from gpufocus.__main__ import main
 main()
@@ -419,7 +419,7 @@ def test_a_bug_is_one_line_and_a_report_file(stack, tmp_path):
 
 
 def test_native_library_chatter_stays_off_stderr(tmp_path):
-    # A 16-bit TIFF whose deflate stream is broken: libtiff and OpenCV print about it.
+    # A 16-bit TIFF whose deflate stream is broken: native decoders may print about it.
     good = tmp_path / "a.tif"
     write_image(good, np.random.default_rng(0).integers(0, 65535, (40, 48, 3), dtype=np.uint16), bits=16)
     data = bytearray(good.read_bytes())
@@ -431,4 +431,5 @@ def test_native_library_chatter_stays_off_stderr(tmp_path):
         capture_output=True, text=True,
     )
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [f"error: {bad}: truncated or corrupt 16-bit image data"], done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"error: {bad}: corrupt image data ("), done.stderr

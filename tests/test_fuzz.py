@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from gpufocus.cli import app
 
-CASES = 280  # 7 kinds x 8 mutations x 5
+CASES = 288  # 9 kinds x 8 mutations x 4
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_help_and_version_do_not_load_torch(args):
         "    main()\n"
         "except SystemExit as done:\n"
         "    assert done.code in (0, None), done.code\n"
-        "print('heavy:', sorted({'torch', 'kornia', 'cv2', 'numpy', 'PIL'} & set(sys.modules)))\n"
+        "print('heavy:', sorted({'torch', 'kornia', 'tifffile', 'imagecodecs', 'rawpy', 'numpy', 'PIL'} & set(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "heavy: []", done.stdout[-300:]
@@ -118,6 +118,15 @@ def test_the_wheel_holds_each_module_once_under_gpufocus(wheel):
                 for name, path in _modules().items()}
     expected = {e.replace("/__init__/__init__", "/__init__") for e in expected}
     assert set(names) == expected
+
+
+def test_the_wheel_needs_no_opencv_and_offers_raw_as_an_extra(wheel):
+    metadata = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    requires = [line.split(":", 1)[1].strip() for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    plain = {r.split(";")[0].split(">")[0].split("=")[0].strip() for r in requires if "extra ==" not in r}
+    assert plain == {"torch", "kornia", "numpy", "pillow", "typer", "tifffile", "imagecodecs"}
+    assert any(r.startswith("rawpy") and "extra == \"raw\"" in r for r in requires), requires
 
 
 def test_the_installed_command_runs_outside_the_checkout(wheel, tmp_path):

@@ -1,5 +1,6 @@
-import cv2
+import imagecodecs
 import numpy as np
+import tifffile
 import pytest
 from conftest import exif_of, write_frames
 from PIL import Image, ImageOps
@@ -31,7 +32,7 @@ def test_explicit_files_keep_their_order(tmp_path, rgb):
     [
         (lambda d: [d / "missing"], "no such file or directory"),
         (lambda d: [d], "no image files"),
-        (lambda d: [d / "one.png"], "at least 2 frames, got 1"),
+        (lambda d: [d / "one.png"], "one.png: a stack needs at least 2 frames, got 1"),
     ],
 )
 def test_listing_errors(tmp_path, rgb, make, message):
@@ -39,7 +40,7 @@ def test_listing_errors(tmp_path, rgb, make, message):
     Image.fromarray(rgb).save(tmp_path / "one.png")
     inputs = make(tmp_path / "sub") if "no image" in message else make(tmp_path)
     with pytest.raises(GpufocusError, match=message):
-        list_frames(inputs)
+        FrameStack(inputs)
 
 
 def test_format_is_found_by_content(tmp_path, rgb):
@@ -50,17 +51,23 @@ def test_format_is_found_by_content(tmp_path, rgb):
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA", "CMYK"])
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF", "JPEG", "BMP", "WEBP"])
-def test_modes_become_rgb(tmp_path, rgb, mode, fmt):
+def test_modes_keep_grey_colour_and_alpha(tmp_path, rgb, mode, fmt):
     image = Image.fromarray(rgb).convert(mode)
     path = tmp_path / f"frame.{fmt.lower()}"
     try:
         image.save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
     except (OSError, KeyError, ValueError):
         pytest.skip(f"Pillow cannot write {mode} as {fmt}")
-    pixels = read_image(path)
-    assert pixels.shape == (12, 20, 3) and pixels.dtype == np.uint8
+    pixels, info = read_image(path), probe_image(path)
     with Image.open(path) as reopened:
-        assert np.array_equal(pixels, np.asarray(reopened.convert("RGB")))
+        transparent = reopened.mode in ("PA", "RGBA") or "transparency" in reopened.info
+        target = {"L": "L", "LA": "LA"}.get(reopened.mode, "RGBA" if transparent else "RGB")
+        expected = np.asarray(reopened.convert(target)).reshape(12, 20, -1)
+    assert pixels.dtype == np.uint8 and np.array_equal(pixels, expected)
+    assert (info.channels, info.alpha) == (len(target.replace("A", "")), target.endswith("A"))
+    # in a stack, grey is grey and alpha comes last
+    (chunk,) = FrameStack([path, path]).chunks(2)
+    assert np.array_equal(chunk[0], expected)
 
 
 def test_16bit_grey_keeps_its_precision(tmp_path):
@@ -69,14 +76,17 @@ def test_16bit_grey_keeps_its_precision(tmp_path):
     Image.fromarray(grey).save(path)
     pixels = read_image(path)
     assert pixels.dtype == np.uint16 and probe_image(path).bits == 16
-    assert np.array_equal(pixels, np.repeat(grey[:, :, None], 3, axis=2))
+    assert np.array_equal(pixels, grey[:, :, None])
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_16bit_colour_keeps_its_precision(tmp_path, rng, suffix):
     colour = rng.integers(0, 65536, (12, 20, 3), dtype=np.uint16)
     path = tmp_path / f"colour16{suffix}"
-    cv2.imwrite(str(path), colour[:, :, ::-1])  # OpenCV writes BGR
+    if suffix == ".png":
+        path.write_bytes(imagecodecs.png_encode(colour))
+    else:
+        tifffile.imwrite(path, colour, photometric="rgb", compression="lzw", predictor=True)
     pixels = read_image(path)
     assert probe_image(path).bits == 16
     assert np.array_equal(pixels, colour)
@@ -134,7 +144,7 @@ def test_mixed_depths_become_16bit(tmp_path, rgb):
     low = tmp_path / "a.png"
     Image.fromarray(rgb).save(low)
     high = tmp_path / "b.png"
-    cv2.imwrite(str(high), rgb[:, :, ::-1].astype(np.uint16) * 257)
+    high.write_bytes(imagecodecs.png_encode(rgb.astype(np.uint16) * 257))
     stack = FrameStack([low, high])
     assert stack.bits == 16
     (chunk,) = stack.chunks(2)

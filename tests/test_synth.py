@@ -62,7 +62,7 @@ def test_written_stack_files(tmp_path):
     paths = write_stack(stack, tmp_path / "syn", fmt="jpg", quality=90)
     assert [p.name for p in paths] == ["frame_000.jpg", "frame_001.jpg", "frame_002.jpg"]
     depth = read_image(tmp_path / "syn" / "depth.png")
-    assert depth.dtype == np.uint16 and depth.shape == (40, 56, 3)
+    assert depth.dtype == np.uint16 and depth.shape == (40, 56, 1)
     index = read_image(tmp_path / "syn" / "focus_index.png")[:, :, 0]
     assert np.array_equal(index, stack.focus_index.numpy())
     params = json.loads((tmp_path / "syn" / "params.json").read_text())

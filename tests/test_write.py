@@ -49,6 +49,55 @@ def test_exif_and_icc_are_carried(tmp_path, image, suffix, bits):
     assert exif_of(info)[0x010F] == "gpufocus-test-camera"
 
 
+def _full_exif() -> Image.Exif:
+    from PIL.TiffImagePlugin import IFDRational as R
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0131] = "Camera maker", "Model 7", "a raw converter"
+    exif[0x0132], exif[0x013B] = "2026:11:28 10:00:00", "A photographer"
+    exif[0x011A], exif[0x011B], exif[0x0128] = 300, 300, 2
+    exif.get_ifd(0x8769).update({0x829A: R(1, 125), 0x829D: R(28, 10), 0x9003: "2026:11:28 09:59:58", 0x920A: R(100)})
+    exif.get_ifd(0x8825).update({1: "N", 2: (R(48), R(8), R(30))})
+    return exif
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(
+    "suffix, compression", [(".png", "deflate"), (".tif", "deflate"), (".tif", "lzw"), (".tif", "zstd"), (".tif", "none")]
+)
+def test_16bit_files_are_bit_exact_with_their_metadata_for_other_readers(tmp_path, suffix, channels, compression):
+    import imagecodecs
+    import tifffile
+
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, 65536, (37, 53, channels), dtype=np.uint16)  # every bit used, odd sizes
+    icc = srgb_profile()
+    path = write_image(
+        tmp_path / f"out{suffix}", pixels if channels == 3 else pixels[:, :, 0], bits=16, exif=_full_exif().tobytes(),
+        icc=icc, role="fused image", compression=compression,
+    )
+    expected = pixels if channels == 3 else pixels[:, :, 0]
+    if suffix == ".tif":  # tifffile reads the pixels and the tags, Pillow the EXIF
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            assert np.array_equal(page.asarray(), expected)
+            assert page.tags.valueof(34675) == icc and page.tags.valueof(271) == "Camera maker"
+            assert page.tags.valueof(259) == {"deflate": 8, "lzw": 5, "zstd": 50000, "none": 1}[compression]
+            assert page.tags.valueof(34665)["ExposureTime"] == (1, 125)
+            assert page.tags.valueof(34853)["GPSLatitudeRef"] == "N"
+    else:  # imagecodecs (libpng) the pixels, Pillow the chunks
+        assert np.array_equal(imagecodecs.png_decode(path.read_bytes()), expected)
+    with Image.open(path) as reopened:
+        assert reopened.info.get("icc_profile") == icc
+        found = reopened.getexif()
+        assert (found[0x010F], found[0x0110], found[0x013B]) == ("Camera maker", "Model 7", "A photographer")
+        assert found[0x0131].startswith("gpufocus ") and found[0x0131].endswith(" (fused image)")
+        sub, gps = found.get_ifd(0x8769), found.get_ifd(0x8825)
+        assert sub[0x829A] == 1 / 125 and sub[0x829D] == 2.8 and sub[0x9003] == "2026:11:28 09:59:58"
+        assert gps[1] == "N" and gps[2] == (48.0, 8.0, 30.0)
+    assert np.array_equal(read_image(path)[..., : channels], pixels)
+
+
 def test_jpeg_quality(tmp_path, image):
     small = write_image(tmp_path / "low.jpg", image, quality=20)
     large = write_image(tmp_path / "high.jpeg", image, quality=98)
@@ -81,14 +130,17 @@ def test_existing_file_needs_overwrite(tmp_path, image):
     assert probe_image(path).width == 32
 
 
-def test_a_failed_write_leaves_nothing(tmp_path, image, monkeypatch):
-    def broken_save(self, fp, *args, **kwargs):
-        fp.write(b"half a file")
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".jpg"])
+def test_a_failed_write_leaves_nothing(tmp_path, image, monkeypatch, suffix):
+    import gpufocus.encode
+
+    def full_disk(out, *args, **kwargs):
+        out.write(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
-    with pytest.raises(GpufocusError, match="out.png: cannot write .No space left"):
-        write_image(tmp_path / "out.png", image)
+    monkeypatch.setattr(gpufocus.encode, "_" + {".png": "png", ".tif": "tiff", ".jpg": "jpeg"}[suffix], full_disk)
+    with pytest.raises(GpufocusError, match=f"out{suffix}: cannot write .No space left"):
+        write_image(tmp_path / f"out{suffix}", image)
     assert list(tmp_path.iterdir()) == []
 
 

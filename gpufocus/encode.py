@@ -1,0 +1,167 @@
+"""Encoding one image into an open file: TIFF (tifffile), PNG (imagecodecs), JPEG (Pillow).
+
+Every format carries the ICC profile, the EXIF block and a ``Software`` tag that marks
+the file as ours (``gpufocus 0.1.0 (fused image)``), so that a later run that lists
+the folder can tell its own outputs from frames.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image, TiffImagePlugin
+
+from .options import COMPRESSIONS, OutputOptions
+
+__all__ = ["TIFF_COMPRESSIONS", "encode_image"]
+
+#: ``--compression`` for TIFF and what tifffile calls it; all lossless, with the
+#: horizontal predictor. Deflate is the default: every TIFF reader has it.
+TIFF_COMPRESSIONS = dict(zip(COMPRESSIONS, ("adobe_deflate", "lzw", "zstd", None)))
+
+_SOFTWARE = 0x0131
+_SUB_IFDS = (0x8769, 0x8825)  # Exif, GPS
+# IFD0 tags tifffile writes from its own arguments, and the ones it refuses as extra tags.
+_TIFFFILE_OWN = {270, 282, 283, 296, 305, 306, 274}
+
+
+def encode_image(
+    out,
+    pixels: np.ndarray,
+    fmt: str,
+    *,
+    quality: int = OutputOptions.quality,
+    exif: bytes | None = None,
+    icc: bytes | None = None,
+    software: str | None = None,
+    compression: str = OutputOptions.compression,
+) -> None:
+    """Write ``pixels`` to the binary file ``out`` (opened for reading and writing).
+
+    Args:
+        out: the file, at position 0.
+        pixels: ``(H, W)`` or ``(H, W, C)``, ``uint8`` or ``uint16`` (1 or 3 channels
+            for PNG and JPEG, any number for TIFF; 8 bits for JPEG).
+        fmt: ``TIFF``, ``PNG`` or ``JPEG``.
+        quality: JPEG quality, 1-100.
+        exif: an EXIF block (as Pillow's ``Exif.tobytes`` makes it) to embed.
+        icc: an ICC profile to embed.
+        software: the ``Software`` tag.
+        compression: TIFF compression, a key of ``TIFF_COMPRESSIONS``.
+    """
+    tags = Image.Exif()
+    if exif:
+        tags.load(exif)
+    if software:
+        tags[_SOFTWARE] = software
+    if fmt == "TIFF":
+        _tiff(out, pixels, tags, icc, TIFF_COMPRESSIONS[compression])
+    elif fmt == "PNG":
+        _png(out, pixels, tags, icc)
+    else:
+        _jpeg(out, pixels, tags, icc, quality)
+
+
+def _jpeg(out, pixels: np.ndarray, tags: Image.Exif, icc: bytes | None, quality: int) -> None:
+    options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2}
+    if len(tags):
+        options["exif"] = tags.tobytes()
+    if icc:
+        options["icc_profile"] = icc
+    Image.fromarray(_squeezed(pixels)).save(out, format="JPEG", **options)
+
+
+def _squeezed(pixels: np.ndarray) -> np.ndarray:
+    """One channel as ``(H, W)``, in C order (the encoders take no strides)."""
+    return np.ascontiguousarray(pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
+
+
+# -- PNG ---------------------------------------------------------------------------------
+
+
+def _png(out, pixels: np.ndarray, tags: Image.Exif, icc: bytes | None) -> None:
+    import imagecodecs
+
+    # OpenCV's settings (fast deflate, RLE strategy, the Sub filter): 5x faster than
+    # libpng's defaults on 16-bit photographs, files a few percent larger.
+    encoded = imagecodecs.png_encode(_squeezed(pixels), level=1, strategy=3, filter=16)
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
+    if len(tags):
+        extra += _png_chunk(b"eXIf", tags.tobytes()[6:])  # without the "Exif\0\0" of JPEG's APP1
+    if _SOFTWARE in tags:
+        extra += _png_chunk(b"tEXt", b"Software\x00" + str(tags[_SOFTWARE]).encode("latin-1", "replace"))
+    header_end = 8 + 8 + 13 + 4  # signature, IHDR length + type, IHDR data, CRC
+    out.write(encoded[:header_end] + extra + encoded[header_end:])
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+# -- TIFF --------------------------------------------------------------------------------
+
+
+def _tiff(out, pixels: np.ndarray, tags: Image.Exif, icc: bytes | None, compression: str | None) -> None:
+    import tifffile
+
+    ascii_tags = [
+        (tag, "s", 0, str(value), True)
+        for tag, value in tags.items()
+        if tag not in _TIFFFILE_OWN and tag not in _SUB_IFDS and isinstance(value, str) and value
+    ]
+    options = {}
+    if 282 in tags and 283 in tags:
+        options["resolution"] = (float(tags[282]), float(tags[283]))
+        options["resolutionunit"] = int(tags.get(296, 2))
+    colour = pixels.ndim == 3 and pixels.shape[2] == 3
+    tifffile.imwrite(
+        out, np.ascontiguousarray(pixels), bigtiff=False, byteorder="<", photometric="rgb" if colour else "minisblack", planarconfig="contig",
+        compression=compression, predictor=compression is not None, maxworkers=os.cpu_count(),
+        iccprofile=icc, software=tags.get(_SOFTWARE) or False, description=tags.get(270),
+        datetime=tags.get(306) or False, metadata=None, extratags=ascii_tags, **options,
+    )
+    subs = {tag: tags.get_ifd(tag) for tag in _SUB_IFDS if tags.get_ifd(tag)}
+    if subs:
+        _append_sub_ifds(out, subs)
+
+
+def _append_sub_ifds(out, subs: dict[int, dict]) -> None:
+    """Add the Exif and GPS IFDs to a classic little-endian TIFF that tifffile wrote.
+
+    tifffile writes no sub-IFDs of metadata, so they are appended: Pillow lays out the
+    IFDs at the end of the file, then a copy of the first IFD with the pointers to them
+    added is written after those and the header is pointed at the copy.
+    """
+    out.seek(0)
+    (first,) = struct.unpack("<I", out.read(8)[4:])  # written as classic little-endian TIFF
+    out.seek(first)
+    (count,) = struct.unpack("<H", out.read(2))
+    entries = [out.read(12) for _ in range(count)]
+    following = out.read(4)
+
+    end = _align(out.seek(0, os.SEEK_END))
+    holder = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
+    for tag, values in subs.items():
+        holder[tag] = dict(values)
+    block = holder.tobytes(end)  # an IFD that points to the sub-IFDs laid out after it
+    out.seek(end)
+    out.write(block)
+    (pointers,) = struct.unpack("<H", block[:2])
+    entries += [block[2 + 12 * i : 14 + 12 * i] for i in range(pointers)]
+    entries.sort(key=lambda entry: struct.unpack("<H", entry[:2])[0])
+
+    copy = _align(out.seek(0, os.SEEK_END))
+    out.seek(copy)
+    out.write(struct.pack("<H", len(entries)) + b"".join(entries) + following)
+    out.seek(4)
+    out.write(struct.pack("<I", copy))
+    out.seek(0, os.SEEK_END)
+
+
+def _align(offset: int) -> int:
+    return offset + (offset & 1)  # TIFF wants IFDs at word boundaries
