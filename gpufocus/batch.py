@@ -49,6 +49,8 @@ class BatchOutput:
             (16 bits), ``jpg`` for others.
         output: bits and JPEG quality.
         save_transforms: also write each stack's per-frame transforms.
+        steps: write each stack's intermediate results to ``steps/<stack>/``
+            (``gpufocus.steps``).
         overwrite: fuse stacks whose result exists too (otherwise they are skipped).
     """
 
@@ -57,6 +59,7 @@ class BatchOutput:
     output: OutputOptions = OutputOptions()
     save_transforms: bool = False
     overwrite: bool = False
+    steps: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folder", Path(self.folder))
@@ -134,7 +137,12 @@ def _run_stack(folder: Path, options: FuseOptions, output: BatchOutput, stack=No
                 raise stack
             stack = stack or FrameStack([folder])
             result.frames = len(stack)
-            job = FusionJob(stack, targets, options, output.output, output.overwrite)
+            steps = None
+            if output.steps is not None:
+                from .steps import StepWriter
+
+                steps = StepWriter(Path(output.steps) / folder.name, len(stack), stack.names)
+            job = FusionJob(stack, targets, options, output.output, output.overwrite, steps)
             job.fuse()
             result.device = str(job.fuser.device)
             if writer is None:

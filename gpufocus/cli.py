@@ -118,6 +118,13 @@ GlobalAlignOption = Annotated[
 ConsistencyOption = Annotated[
     int, typer.Option("--consistency", min=0, max=2, help="Halo control (max-energy): 0 off, 1 or 2; reads the stack twice.")
 ]
+DepthThresholdOption = Annotated[
+    float,
+    typer.Option("--depth-threshold", min=0, max=1, help="Depth map: fill pixels less sure than this (0-1) from surer ones."),
+]
+DepthSmoothOption = Annotated[
+    int, typer.Option("--depth-smooth", min=0, help="Depth map: radius of its edge-aware smoothing, pixels; 0: none.")
+]
 TileOption = Annotated[
     Optional[int],
     typer.Option("--tile", min=0, help="Fuse in tiles of this size (same result). Default: only when memory needs it; 0: never."),
@@ -136,6 +143,10 @@ IgnoreAlphaOption = Annotated[
 ]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 QuietOption = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or summary.")]
+StepsOption = Annotated[
+    Optional[Path],
+    typer.Option("--save-steps", help="Write the intermediate results as pictures to this folder (see docs/algorithms.md)."),
+]
 TransformsOption = Annotated[Optional[Path], typer.Option("--save-transforms", help="Write the per-frame transforms (JSON).")]
 
 
@@ -170,6 +181,8 @@ _FUSION = {
     "align_size": _Setting("align.size", AlignSizeOption, _ALIGN.size),
     "global_align": _Setting("align.global_align", GlobalAlignOption, _ALIGN.global_align),
     "consistency": _Setting("consistency", ConsistencyOption, _FUSE.consistency),
+    "depth_threshold": _Setting("depth_threshold", DepthThresholdOption, _FUSE.depth_threshold),
+    "depth_smooth": _Setting("depth_smooth", DepthSmoothOption, _FUSE.depth_smooth),
     "tile": _Setting("tile", TileOption, _FUSE.tile),
     "memory_budget": _Setting("memory_budget", MemoryOption, _FUSE.memory_budget),
 }
@@ -203,6 +216,8 @@ def _fuse_options(devices: bool = False, **values) -> FuseOptions:
         chunk=values["chunk"],
         align=align,
         consistency=values["consistency"],
+        depth_threshold=values["depth_threshold"],
+        depth_smooth=values["depth_smooth"],
         tile=values["tile"],
         memory_budget=values["memory_budget"],
     )
@@ -234,13 +249,18 @@ def _with_fusion_options(command):
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Bad input ends the command with one line on stderr and exit code 1; our warnings
-    (alignment fall-backs, ...) are one line each, other libraries' are not shown."""
+    """Bad input ends the command with one line on stderr and exit code 1, and nothing
+    else; our warnings (alignment fall-backs, ...) are one line each, shown when the
+    block ends well (a frame found broken after others drew warnings is still one
+    line); other libraries' warnings are not shown."""
+    shown: list[str] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", GpufocusWarning)
-            warnings.showwarning = _show_warning
+            warnings.showwarning = lambda message, category, *args, **kwargs: _keep_warning(shown, message, category)
             yield
+        for message in shown:
+            _say(f"warning: {message}")
     except OptionError as error:
         _say(f"error: {_FLAGS.get(error.field, error.field)} {_shown(error.value)}: {error.problem}")
         raise typer.Exit(1) from None
@@ -256,11 +276,11 @@ def _shown(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _show_warning(message, category, *args, **kwargs) -> None:
+def _keep_warning(shown: list[str], message, category) -> None:
     # Decoders warn about the files they read (Pillow: "Truncated File Read", EXIF
     # oddities); the verdict on a file is ours to give, in one line.
     if issubclass(category, GpufocusWarning):
-        _say(f"warning: {message}")
+        shown.append(str(message))
 
 
 def _progress(quiet: bool):
@@ -302,6 +322,7 @@ def fuse_command(
         typer.Option("--depth-map", help="Also write which frame is in focus where: grey, 0 = first frame, white = last."),
     ] = None,
     save_transforms: TransformsOption = None,
+    save_steps: StepsOption = None,
     bits: BitsOption = _OUTPUT.bits,
     quality: QualityOption = _OUTPUT.quality,
     compression: CompressionOption = Compression(_OUTPUT.compression),
@@ -326,7 +347,14 @@ def fuse_command(
         targets = Targets(output, depth_file, save_transforms)
         targets.check(options, out, overwrite)
         stack = FrameStack(inputs)
-        job = FusionJob(stack, targets, options, out, overwrite)
+        steps = None
+        if save_steps is not None:
+            from .steps import StepWriter
+
+            if save_steps.exists() and not save_steps.is_dir():
+                raise GpufocusError(f"{save_steps}: not a directory")
+            steps = StepWriter(save_steps, len(stack), stack.names)
+        job = FusionJob(stack, targets, options, out, overwrite, steps)
         started = time.perf_counter()
         with _progress(quiet) as progress:
             task = progress.add_task(f"fusing {len(stack)} frames", total=len(stack))
@@ -358,6 +386,9 @@ def batch_command(
     save_transforms: Annotated[
         bool, typer.Option("--save-transforms", help="Also write each stack's transforms, <stack>.transforms.json.")
     ] = False,
+    save_steps: Annotated[
+        Optional[Path], typer.Option("--save-steps", help="Write each stack's intermediate results to DIR/<stack>/.")
+    ] = None,
     bits: BitsOption = _OUTPUT.bits,
     quality: QualityOption = _OUTPUT.quality,
     compression: CompressionOption = Compression(_OUTPUT.compression),
@@ -381,7 +412,9 @@ def batch_command(
             FuseOptions(device=device)  # each one checked, as the first is
         options = options.replace(depth_map=depth_map)
         out = OutputOptions(bits=bits, quality=quality, compression=compression.value)
-        output = BatchOutput(outdir, fmt, out, save_transforms, overwrite)
+        if save_steps is not None and save_steps.exists() and not save_steps.is_dir():
+            raise GpufocusError(f"{save_steps}: not a directory")
+        output = BatchOutput(outdir, fmt, out, save_transforms, overwrite, save_steps)
         folders = find_stacks(root)
         if report is not None:
             check_output_file(report, overwrite=True)
@@ -487,6 +520,36 @@ def _print_scores(scores: dict) -> None:
     if "psnr" in scores:
         extra += [f"PSNR {scores['psnr']:.2f} dB", f"SSIM {scores['ssim']:.4f}"]
     console.print(", ".join(extra), highlight=False)
+
+
+@app.command("view")
+def view_command(
+    image: Annotated[Path, typer.Argument(help="The fused image.")],
+    depth: Annotated[Path, typer.Argument(help="Its depth map (gpufocus fuse --depth-map).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The picture: .png or .jpg.")],
+    angle: Annotated[float, typer.Option("--angle", min=0, max=80, help="Tilt from straight above, degrees.")] = 50.0,
+    relief: Annotated[
+        float, typer.Option("--relief", min=0, max=2, help="Height of the depth range, as a fraction of the image height.")
+    ] = 0.25,
+    far_is_high: Annotated[bool, typer.Option("--far-is-high", help="Raise the far frames instead of the near ones.")] = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Render a shaded 3-D relief of IMAGE over its DEPTH map."""
+    from .decode import read_image
+    from .relief import render_relief
+    from .write import check_distinct, check_output, write_image
+
+    with _user_errors():
+        check_output(output, 8, overwrite)
+        check_distinct([output], [image, depth])
+        pixels, heights = read_image(image), read_image(depth)
+        if pixels.shape[:2] != heights.shape[:2]:
+            raise GpufocusError(
+                f"{depth}: {heights.shape[1]}x{heights.shape[0]} differs from the image's "
+                f"{pixels.shape[1]}x{pixels.shape[0]}; give the depth map written with this image"
+            )
+        picture = render_relief(pixels, heights[..., 0], angle=angle, relief=relief, near_is_high=not far_is_high)
+        write_image(output, picture, overwrite=overwrite, role="3-D view")
 
 
 @app.command("eval")

@@ -18,13 +18,15 @@ import torch
 from torch import Tensor
 
 from .align import FrameTransform, StackAligner, apply_transform, inner_rectangle, warp_frame
-from .depth import DepthMap
+from .color import luminance
+from .depth import DepthMap, finish
 from .device import default_chunk, frame_budget, resolve_device, resolve_dtype, working_bytes
 from .errors import GpufocusError
 from .load import FrameStack
 from .options import FuseOptions, OptionError
 from .pyramid import Decomposition, auto_levels, max_levels
 from .rules import SelectionRule, make_rule
+from .steps import StepWriter
 from .tiling import Tile, auto_tile, plan_tiles, tile_margin
 from .timing import NO_TIMER, StageTimer
 
@@ -63,6 +65,8 @@ class StackFuser:
         options: the fusion settings (``FuseOptions``); ``None`` for the defaults.
         names: frame names for warnings (file names, say); ``run`` takes them from a
             stack on disk by itself.
+        steps: report the intermediate results there (aligned frames, decisions,
+            base, depth; see ``gpufocus.steps``).
         alpha: the frames' last channel is alpha: with ``use_alpha`` (the default)
             pixels below half opacity never win (``run`` takes this from a stack on disk).
         colour: three channels are red, green and blue, decided on their luminance;
@@ -90,9 +94,11 @@ class StackFuser:
         names: list[str] | None = None,
         alpha: bool = False,
         colour: bool = True,
+        steps: StepWriter | None = None,
         **changes,
     ) -> None:
         self.options = FuseOptions.of(options, **changes)
+        self.steps = steps
         self.alpha, self.colour = alpha, colour
         self.device = resolve_device(self.options.device)
         self.dtype = resolve_dtype(self.options.dtype)
@@ -105,6 +111,7 @@ class StackFuser:
         self._refolded = 0
         self._regions: list[_Region] = []
         self._covered: Tensor | None = None
+        self._image: Tensor | None = None
         self._shape: tuple[int, int, int] | None = None
 
     @property
@@ -227,7 +234,7 @@ class StackFuser:
         else:
             tiles = [Tile((0, 0, height, width), (0, 0, height, width))]
         for t in tiles:
-            rule = make_rule(options, self.levels)
+            rule = make_rule(options, self.levels, track_index=self.steps is not None)
             self._regions.append(_Region(t, rule, DepthMap(*t.padded[2:]) if options.depth_map else None))
 
     def add(self, frames: Tensor | np.ndarray, timer: StageTimer = NO_TIMER) -> None:
@@ -278,6 +285,10 @@ class StackFuser:
                 if region.depth is not None:
                     region.depth.fold(parts, first)
                 region.rule.fold(parts)
+        if self.steps is not None:
+            for offset, frame in enumerate(frames):
+                moved = frame if self._aligner is None else apply_transform(frame[None], self.transforms[first + offset])[0][0]
+                self.steps.frame(first + offset, moved)
 
     def _decompose(self, part: Tensor, valid: Tensor | None) -> Decomposition:
         """The chunk taken apart once, for the rule and the depth map (max-log reads no
@@ -329,14 +340,42 @@ class StackFuser:
             )
         with timer.stage("collapse"):
             image = self._assemble(lambda region: region.rule.result()[0].float().clamp_(0, 1))
+        self._image = image  # the depth map's guide
+        if self.steps is not None:
+            self._report_steps()
         return self._cropped(image)
+
+    def _report_steps(self) -> None:
+        """The decisions and the base (of a fusion in one tile: tiles' levels do not join
+        up), and the result."""
+        if len(self._regions) == 1:
+            rule = self._regions[0].rule
+            for level, index in enumerate(rule.decisions() or []):
+                self.steps.decisions(level, index)
+            if rule.base() is not None:
+                self.steps.base(rule.base())
+        self.steps.result(self._cropped(self._image))
 
     def depth_map(self) -> Tensor:
         """``(H, W)`` float32 on the CPU: the index of the frame in focus at each pixel,
-        interpolated between frames (0 = the first frame), cropped as the result is."""
+        interpolated between frames (0 = the first frame), unsure areas filled and the
+        whole smoothed along the image (``depth_threshold``, ``depth_smooth``), cropped
+        as the result is. Call ``result`` (or ``run``) first: the image guides it."""
+        depth, confidence = self.depth_layers()
+        final = finish(depth, confidence, luminance(self._image)[0], self.options.depth_threshold, self.options.depth_smooth)
+        if self.steps is not None:
+            self.steps.depth(*(self._cropped(layer[None])[0] for layer in (depth, confidence, final)))
+        return self._cropped(final[None])[0].cpu()
+
+    def depth_layers(self) -> tuple[Tensor, Tensor]:
+        """The depth map as measured, before filling and smoothing: ``(depth, confidence)``,
+        each ``(H, W)`` on the fusion device, uncropped (see ``gpufocus.depth``)."""
         if not self.options.depth_map:
             raise GpufocusError("depth_map(): this StackFuser was made without depth_map=True")
-        return self._cropped(self._assemble(lambda region: region.depth.result()[None]))[0].cpu()
+        if self._image is None:
+            raise GpufocusError("depth_map(): the image guides the depth map; call result() first")
+        both = self._assemble(lambda region: torch.stack(region.depth.result()))
+        return both[0], both[1]
 
     def _assemble(self, part_of) -> Tensor:
         """The whole picture from each region's ``part_of(region)``, ``(C, h, w)`` per tile."""

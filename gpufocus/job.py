@@ -54,28 +54,39 @@ class FusionJob:
         options: how to fuse (``depth_map`` must be on for a depth-map target).
         output: bits and JPEG quality.
         overwrite: replace existing targets.
+        steps: write the intermediate results there as they come (``gpufocus.steps``).
 
     Raises:
         GpufocusError: a target that cannot be written or that is one of the frames.
     """
 
     def __init__(
-        self, stack: FrameStack, targets: Targets, options: FuseOptions, output: OutputOptions, overwrite: bool = False
+        self,
+        stack: FrameStack,
+        targets: Targets,
+        options: FuseOptions,
+        output: OutputOptions,
+        overwrite: bool = False,
+        steps=None,
     ) -> None:
         targets.check(options, output, overwrite, stack.channels)
         check_distinct(targets.paths(), stack.paths)
         fmt = check_output(targets.image, output.bits or 8, overwrite, stack.channels)
         self.bits = output.bits or (stack.bits if fmt != "JPEG" else 8)  # the input's, where the format holds it
         self.stack, self.targets, self.options, self.output, self.overwrite = stack, targets, options, output, overwrite
+        self.steps = steps
         self.fuser = None
         self.image = None
+        self.depth = None
 
     def fuse(self, progress=None, timer: StageTimer = NO_TIMER) -> None:
         """Fuse the stack (see ``StackFuser.run``)."""
         from .engine import StackFuser
 
-        self.fuser = StackFuser(self.options)
+        self.fuser = StackFuser(self.options, steps=self.steps)
         self.image = self.fuser.run(self.stack, progress=progress, timer=timer)
+        if self.options.depth_map:
+            self.depth = self.fuser.depth_map()
 
     def write(self) -> None:
         """Write every target, all or none, with the reference frame's EXIF and ICC profile.
@@ -93,7 +104,7 @@ class FusionJob:
                 icc=reference.icc, overwrite=self.overwrite, role="fused image", compression=self.output.compression,
             )
             if self.targets.depth is not None:
-                depth = (self.fuser.depth_map() / max(len(self.stack) - 1, 1))[None]
+                depth = (self.depth / max(len(self.stack) - 1, 1))[None]
                 bits = 8 if output_format(self.targets.depth) == "JPEG" else 16
                 out.image(
                     self.targets.depth, depth, bits=bits, overwrite=self.overwrite, role="depth map",

@@ -145,6 +145,10 @@ class FuseOptions:
         memory_budget: bytes the fusion may use (or ``'4G'``); ``None``: a quarter of
             the free memory. It sizes chunks and tiles.
         depth_map: also work out which frame is in focus where.
+        depth_threshold: depth-map pixels whose confidence (0 to 1: how far the
+            sharpest frame stands out) is below this are filled from surer ones.
+        depth_smooth: radius in pixels of the edge-aware (guided) smoothing of the
+            depth map; 0 for none.
     """
 
     method: str = "max-energy"
@@ -160,6 +164,8 @@ class FuseOptions:
     tile: int | None = None
     memory_budget: int | None = None
     depth_map: bool = False
+    depth_threshold: float = 0.05
+    depth_smooth: int = 2
 
     def __post_init__(self) -> None:
         if self.align is True or self.align is False:
@@ -180,6 +186,10 @@ class FuseOptions:
         for name in ("levels", "chunk"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise OptionError(name, getattr(self, name), "must be at least 1")
+        if not 0 <= self.depth_threshold <= 1:
+            raise OptionError("depth_threshold", self.depth_threshold, "must be from 0 to 1")
+        if self.depth_smooth < 0:
+            raise OptionError("depth_smooth", self.depth_smooth, "must be 0 (none) or a radius in pixels")
         if self.tile is not None and self.tile < 0:
             raise OptionError("tile", self.tile, "must be 0 (never) or a size in pixels")
         if self.tile and self.method == "wang-chang":

@@ -74,6 +74,14 @@ class SelectionRule(ABC):
     def result(self) -> Tensor:
         """The fused image, ``(1, C, H, W)``."""
 
+    def decisions(self) -> list[Tensor] | None:
+        """Which frame won where, per detail level, for rules that keep it; else ``None``."""
+        return None
+
+    def base(self) -> Tensor | None:
+        """The fused base level, for pyramid rules; else ``None``."""
+        return None
+
     def refold(self, frames: Tensor | Decomposition, valid: Tensor | None = None) -> None:
         """The second pass, for rules that make one (max-energy with consistency)."""
         raise NotImplementedError(f"{type(self).__name__} takes one pass")
@@ -105,6 +113,10 @@ class _PyramidRule(SelectionRule):
 
     @abstractmethod
     def _fused_level(self, level: int) -> Tensor: ...
+
+    def base(self) -> Tensor:
+        """The fused base level, ``(C, h, w)``: the mean of the frames' bases."""
+        return self._base.value()
 
     def result(self) -> Tensor:
         pyramid = [self._fused_level(level) for level in range(self.levels)]
@@ -167,11 +179,14 @@ class MaxEnergy(_PyramidRule):
     stack (``refold``), so memory still does not grow with the number of frames.
     """
 
-    def __init__(self, levels: int, kernel_size: int, per_channel: bool, consistency: int) -> None:
+    def __init__(
+        self, levels: int, kernel_size: int, per_channel: bool, consistency: int, track_index: bool = False
+    ) -> None:
         super().__init__(levels, kernel_size, per_channel)
         if consistency not in (0, 1, 2):
             raise ValueError(f"consistency must be 0, 1 or 2, got {consistency}")
         self.consistency = consistency
+        self._track = track_index or consistency > 0  # halo control needs the winners' index
         self._window = binomial_taps(kernel_size)
         self._best: list[RunningMax | None] = [None] * levels
         self._changes: list[tuple[Tensor, Tensor]] | None = None  # per level: chosen index, where it changed
@@ -180,7 +195,7 @@ class MaxEnergy(_PyramidRule):
     def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None:
         self._best[level] = energy_fold(
             self._best[level], self._measured(parts, level), parts.pyramid[level], self._window, usable, self.count,
-            self.consistency > 0,
+            self._track,
         )
 
     def _settle(self) -> None:
@@ -215,6 +230,15 @@ class MaxEnergy(_PyramidRule):
 
     def _fused_level(self, level: int) -> Tensor:
         return self._best[level].value
+
+    def decisions(self) -> list[Tensor] | None:
+        """Per detail level, ``(h, w)``: the frame each coefficient came from (of the
+        first channel with ``per_channel``); ``None`` unless made with ``track_index``."""
+        if not self._track:
+            return None
+        if self._changes is not None:  # halo control: the consistent choice
+            return [chosen[0, 0] for chosen, _ in self._changes]
+        return [best.index[0, 0] for best in self._best]
 
 
 def _majority(maps: list[Tensor]) -> Tensor:
@@ -340,10 +364,11 @@ class MaxLoG(SelectionRule):
         return self._best.value
 
 
-def make_rule(options: FuseOptions, levels: int) -> SelectionRule:
-    """The rule ``options.method`` names, with its window, channels and halo control."""
+def make_rule(options: FuseOptions, levels: int, track_index: bool = False) -> SelectionRule:
+    """The rule ``options.method`` names, with its window, channels and halo control;
+    ``track_index``: max-energy keeps the winners' frame index (``decisions``)."""
     if options.method == "max-energy":
-        return MaxEnergy(levels, options.window, options.per_channel, options.consistency)
+        return MaxEnergy(levels, options.window, options.per_channel, options.consistency, track_index)
     if options.method == "wang-chang":
         return WangChang(levels, options.window, options.per_channel)
     return MaxLoG(options.window, options.per_channel)

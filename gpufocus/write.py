@@ -47,7 +47,7 @@ OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF"
 
 #: What the project writes, by the role in its ``Software`` tag, that a later run must
 #: not take as a frame when it lists a folder (see ``software_tag``).
-OWN_ROLES = ("fused image", "depth map")
+OWN_ROLES = ("fused image", "depth map", "step", "3-D view")
 
 
 def software_tag(role: str) -> str:

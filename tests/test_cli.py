@@ -334,3 +334,36 @@ def test_tile_option(small_stack, tmp_path):
     assert run("fuse", *small_stack, "-o", whole, "-q", "--no-align", "--tile", "0").exit_code == 0
     assert run("fuse", *small_stack, "-o", tiled, "-q", "--no-align", "--tile", "16").exit_code == 0
     assert np.array_equal(np.asarray(Image.open(whole)), np.asarray(Image.open(tiled)))
+
+
+def test_save_steps_writes_pictures_of_every_step(tmp_path):
+    stack = make_stack(96, 128, 4, family="objects", max_blur=6.0, breathing=0.004, seed=6)
+    write_stack(stack, tmp_path / "syn")
+    steps = tmp_path / "steps"
+    result = run("fuse", tmp_path / "syn", "-o", tmp_path / "out.png", "--depth-map", tmp_path / "d.png", "--save-steps", steps, "-q")
+    assert result.exit_code == 0, result.stderr
+    names = sorted(p.name for p in steps.iterdir())
+    aligned = [n for n in names if n.startswith("1-aligned-")]
+    assert aligned == [f"1-aligned-{i:03d}-frame_{i:03d}.jpg" for i in range(4)]
+    assert {"2-decisions-level0.png", "2-decisions-legend.png", "3-base.png", "4-depth-measured.png",
+            "4-depth-confidence.png", "4-depth-final.png", "5-fused.png"} <= set(names)
+    decisions = np.asarray(Image.open(steps / "2-decisions-level0.png").convert("RGB")).reshape(-1, 3)
+    assert len(np.unique(decisions, axis=0)) >= 3  # several frames won somewhere: not a blank map
+    for name in ("4-depth-final.png", "3-base.png", aligned[-1]):
+        assert np.asarray(Image.open(steps / name)).std() > 2, name
+    # the last frame, aligned to the first, is nearer to it than the frame as shot
+    first, last = (np.asarray(Image.open(steps / n).convert("L"), float) for n in (aligned[0], aligned[-1]))
+    as_shot = np.asarray(Image.open(tmp_path / "syn" / "frame_003.png").convert("L"), float)
+    assert np.abs(last - first)[8:-8, 8:-8].mean() < np.abs(as_shot - first)[8:-8, 8:-8].mean()
+    # and a later run over the folder never takes the step pictures for frames
+    assert run("fuse", steps, "-o", tmp_path / "again.png", "-q").exit_code == 1
+
+
+def test_batch_saves_each_stacks_steps(tmp_path):
+    for i in range(2):
+        write_stack(make_stack(48, 64, 3, max_blur=3.0, seed=i), tmp_path / "root" / f"s{i}")
+    result = run("batch", tmp_path / "root", "-o", tmp_path / "out", "--save-steps", tmp_path / "steps", "-q")
+    assert result.exit_code == 0, result.stderr
+    for i in range(2):
+        names = {p.name for p in (tmp_path / "steps" / f"s{i}").iterdir()}
+        assert {"1-aligned-000-frame_000.jpg", "2-decisions-level0.png", "3-base.png", "5-fused.png"} <= names

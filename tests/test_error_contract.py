@@ -433,3 +433,19 @@ def test_native_library_chatter_stays_off_stderr(tmp_path):
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith(f"error: {bad}: corrupt image data ("), done.stderr
+
+
+def test_a_frame_found_broken_late_is_one_line_even_after_warnings(tmp_path):
+    # Frames of unrelated noise make alignment warn; the last one is cut short inside
+    # its pixel data, so only decoding it (in the second chunk) finds out. The warnings
+    # drawn before must not come out with the error.
+    noise = np.random.default_rng(3).integers(0, 256, (4, 64, 96, 3), dtype=np.uint8)
+    for i, frame in enumerate(noise):
+        Image.fromarray(frame).save(tmp_path / f"f{i}.png")
+    data = (tmp_path / "f3.png").read_bytes()
+    (tmp_path / "f3.png").write_bytes(data[: len(data) // 2])
+    result = run("fuse", tmp_path, "-o", tmp_path / "out.png", "--chunk", "2")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [result.stderr.splitlines()[0]] and "f3.png" in result.stderr, result.stderr
+    good = run("fuse", *[tmp_path / f"f{i}.png" for i in range(3)], "-o", tmp_path / "out.png", "--chunk", "2")
+    assert good.exit_code == 0 and "warning: frame 1 (f1.png): alignment failed" in good.stderr, good.stderr
