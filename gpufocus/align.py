@@ -39,6 +39,7 @@ the frame.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -103,6 +104,8 @@ _MIN_GAIN = 0.03
 
 # Decisions on a step, made on the device.
 _TAKEN, _NO_MOTION, _FAILED, _WORSE_THAN_NONE = 0, 1, 2, 3
+
+log = logging.getLogger(__name__)
 _REASONS = {
     1: "no convergence",
     2: "scale step is beyond {:.2f}".format(1 + _MAX_SCALE_STEP),
@@ -679,6 +682,13 @@ class StackAligner:
             index = first_index + offset
             self._chain.append(chain[offset])
             decision, reason = int(decisions[offset]), int(why[offset, 0])
+            if index and log.isEnabledFor(logging.INFO):  # frame 0 takes no step
+                linear = chain[offset][:2, :2]
+                scale = float(linear.det().abs().sqrt())
+                degrees = math.degrees(math.atan2(float(linear[1, 0] - linear[0, 1]), float(linear[0, 0] + linear[1, 1])))
+                step = {_TAKEN: "motion taken", _NO_MOTION: "no significant motion", _FAILED: "failed",
+                        _WORSE_THAN_NONE: "worse than none"}[decision]
+                log.info("%s: step %s; to frame 0: scale %.4f, rotation %.3f deg", self._name(index), step, scale, degrees)
             fallback = None
             if decision == _FAILED:
                 text = _REASONS[reason].format(float(why[offset, 1]))

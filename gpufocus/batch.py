@@ -1,6 +1,10 @@
 """Many stacks: every sub-folder of a root is a stack, fused into a file named after it.
 
-Three ways to run them, with one function, ``fuse_stack``, doing each stack:
+The stacks come from a folder (``find_stacks``: its sub-folders), a manifest
+(``read_manifest``: CSV or JSON, each stack's frames and output), or a folder watched
+while it fills (``watch_stacks``: a sub-folder is fused once it has been quiet for a
+while, or holds a marker file). Three ways to run them, with one function,
+``fuse_stack``, doing each stack:
 
 - in this process, one stack after another, pipelined: the next stack's headers are
   read and its first frames decoded while the current one fuses, and each result is
@@ -16,11 +20,15 @@ are skipped unless ``overwrite``, so an interrupted batch resumes where it stopp
 
 from __future__ import annotations
 
+import csv
+import glob
+import json
 import multiprocessing
 import os
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,10 +39,30 @@ from .job import FusionJob, Targets
 from .load import FrameStack, natural_key
 from .options import FuseOptions, OptionError, OutputOptions
 
-__all__ = ["BatchOutput", "StackResult", "find_stacks", "fuse_stack", "run_batch", "summarize"]
+__all__ = [
+    "BatchOutput", "StackSpec", "StackResult", "find_stacks", "read_manifest", "fuse_stack", "run_batch",
+    "watch_stacks", "summarize",
+]
 
 #: Result formats of a batch, by file extension.
 FORMATS = ("jpg", "png", "tif")
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """One stack of a batch: its name (for reports and default file names), its frames
+    (folders and/or files, as ``FrameStack`` takes them) and, if given, its output image."""
+
+    name: str
+    inputs: tuple[Path, ...]
+    output: Path | None = None
+
+    @staticmethod
+    def of(stack: StackSpec | str | os.PathLike) -> StackSpec:
+        """A folder as a stack named after it; a ``StackSpec`` as it is."""
+        if isinstance(stack, StackSpec):
+            return stack
+        return StackSpec(Path(stack).name, (Path(stack),))
 
 
 @dataclass(frozen=True)
@@ -42,9 +70,9 @@ class BatchOutput:
     """Where and how every stack's result is written.
 
     Args:
-        folder: results go to ``folder/<stack>.<format>``, with a depth map (when the
-            fusion makes one) ``<stack>.depth.png`` and the transforms (``save_transforms``)
-            ``<stack>.transforms.json``.
+        folder: results go to ``folder/<stack>.<format>`` (or where a manifest says),
+            with a depth map (when the fusion makes one) ``<stack>.depth.png`` and the
+            transforms (``save_transforms``) ``<stack>.transforms.json`` beside them.
         format: ``jpg``, ``png`` or ``tif``; ``None``: ``tif`` for a stack of RAW files
             (16 bits), ``jpg`` for others.
         output: bits and JPEG quality.
@@ -66,22 +94,25 @@ class BatchOutput:
         if self.format is not None and self.format not in FORMATS:
             raise OptionError("format", self.format, f"use one of {', '.join(FORMATS)}")
 
-    def targets(self, stack: Path, options: FuseOptions) -> Targets:
-        """The files of the stack in folder ``stack``."""
-        name = self.folder / stack.name
+    def targets(self, stack: StackSpec | str | os.PathLike, options: FuseOptions) -> Targets:
+        """The files of ``stack`` (a ``StackSpec``, or a stack folder)."""
+        stack = StackSpec.of(stack)
+        image = stack.output or self.folder / f"{stack.name}.{self.format or _default_format(stack)}"
         return Targets(
-            image=name.with_name(f"{stack.name}.{self.format or _default_format(stack)}"),
-            depth=name.with_name(f"{stack.name}.depth.png") if options.depth_map else None,
-            transforms=name.with_name(f"{stack.name}.transforms.json") if self.save_transforms else None,
+            image=image,
+            depth=image.with_name(f"{stack.name}.depth.png") if options.depth_map else None,
+            transforms=image.with_name(f"{stack.name}.transforms.json") if self.save_transforms else None,
         )
 
 
-def _default_format(stack: Path) -> str:
-    try:
-        raw = any(entry.name.lower().endswith(RAW_SUFFIXES) for entry in os.scandir(stack))
-    except OSError:  # reading the stack names the problem
-        raw = False
-    return "tif" if raw else "jpg"
+def _default_format(stack: StackSpec) -> str:
+    names = []
+    for item in stack.inputs:
+        try:
+            names += [entry.name for entry in os.scandir(item)] if item.is_dir() else [item.name]
+        except OSError:  # reading the stack names the problem
+            pass
+    return "tif" if any(name.lower().endswith(RAW_SUFFIXES) for name in names) else "jpg"
 
 
 @dataclass
@@ -107,25 +138,87 @@ def find_stacks(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise GpufocusError(f"{root}: not a directory of stack folders")
-    stacks = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
+    stacks = list(_sub_folders(root))
     if not stacks:
         raise GpufocusError(f"{root}: no stack folders in it (every sub-folder is one stack)")
     return stacks
 
 
-def fuse_stack(folder: str | os.PathLike, options: FuseOptions, output: BatchOutput) -> StackResult:
-    """Fuse the stack in ``folder`` and write its files (see ``BatchOutput``); never
-    raises for a bad stack: the result says what went wrong."""
-    result, pending = _run_stack(Path(folder), options, output)
+def read_manifest(path: str | os.PathLike) -> list[StackSpec]:
+    """The stacks a manifest lists, paths taken relative to the manifest's folder.
+
+    JSON: a list (or ``{"stacks": [...]}``) of objects with ``frames`` (a folder, a glob
+    pattern, or a list of files and patterns), and optionally ``name`` and ``output``.
+    CSV: a header with ``frames`` and optionally ``name`` and ``output``; ``frames`` as
+    in JSON, several separated by ``;``. A stack's name defaults to its first folder's
+    or file's name; names must differ.
+
+    Raises:
+        GpufocusError: unreadable manifest, a row without frames, a pattern that
+            matches nothing, two stacks of one name.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise GpufocusError(f"{path}: cannot read the manifest ({getattr(error, 'strerror', None) or error})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise GpufocusError(f"{path}: not JSON ({error.msg}, line {error.lineno})") from None
+        rows = rows.get("stacks") if isinstance(rows, dict) else rows
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise GpufocusError(f"{path}: a JSON manifest is a list of stacks, each an object with \"frames\"")
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+        for row in rows:
+            if isinstance(row.get("frames"), str):
+                row["frames"] = [part.strip() for part in row["frames"].split(";") if part.strip()]
+    stacks = [_manifest_stack(path, number, row) for number, row in enumerate(rows, start=1)]
+    if not stacks:
+        raise GpufocusError(f"{path}: the manifest lists no stacks")
+    seen = set()
+    for stack in stacks:
+        if stack.name in seen:
+            raise GpufocusError(f"{path}: two stacks are named {stack.name!r}; give them distinct names")
+        seen.add(stack.name)
+    return stacks
+
+
+def _manifest_stack(manifest: Path, number: int, row: dict) -> StackSpec:
+    frames = row.get("frames")
+    frames = [frames] if isinstance(frames, str) else frames
+    if not frames or not all(isinstance(f, str) for f in frames):
+        raise GpufocusError(f"{manifest}: stack {number} has no frames (a folder, a pattern or a list of files)")
+    inputs = []
+    for item in frames:
+        full = manifest.parent / item
+        if glob.has_magic(item):
+            found = sorted((Path(p) for p in glob.glob(str(full))), key=natural_key)
+            if not found:
+                raise GpufocusError(f"{manifest}: stack {number}: {item} matches no file")
+            inputs += found
+        else:
+            inputs.append(full)
+    name = row.get("name") or (inputs[0].name if inputs[0].is_dir() else inputs[0].stem)
+    output = row.get("output")
+    return StackSpec(str(name), tuple(inputs), manifest.parent / output if output else None)
+
+
+def fuse_stack(stack: StackSpec | str | os.PathLike, options: FuseOptions, output: BatchOutput) -> StackResult:
+    """Fuse a stack (a ``StackSpec``, or a folder) and write its files (see
+    ``BatchOutput``); never raises for a bad stack: the result says what went wrong."""
+    result, pending = _run_stack(StackSpec.of(stack), options, output)
     return _finish(result, pending)
 
 
-def _run_stack(folder: Path, options: FuseOptions, output: BatchOutput, stack=None, writer=None):
-    """``fuse_stack``'s work. ``stack``: the folder's ``FrameStack`` if read already (and
-    decoding ahead), or the exception that reading it raised; ``writer``: write there,
-    and return the pending write."""
-    targets = output.targets(folder, options)
-    result = StackResult(folder.name, str(targets.image), "written", options.device)
+def _run_stack(spec: StackSpec, options: FuseOptions, output: BatchOutput, stack=None, writer=None):
+    """``fuse_stack``'s work. ``stack``: the ``FrameStack`` if read already (and decoding
+    ahead), or the exception that reading it raised; ``writer``: write there, and return
+    the pending write."""
+    targets = output.targets(spec, options)
+    result = StackResult(spec.name, str(targets.image), "written", options.device)
     if targets.image.exists() and not output.overwrite:
         result.status = "skipped"
         return result, None
@@ -135,13 +228,13 @@ def _run_stack(folder: Path, options: FuseOptions, output: BatchOutput, stack=No
             warnings.simplefilter("always")
             if isinstance(stack, BaseException):
                 raise stack
-            stack = stack or FrameStack([folder])
+            stack = stack or FrameStack(list(spec.inputs))
             result.frames = len(stack)
             steps = None
             if output.steps is not None:
                 from .steps import StepWriter
 
-                steps = StepWriter(Path(output.steps) / folder.name, len(stack), stack.names)
+                steps = StepWriter(Path(output.steps) / spec.name, len(stack), stack.names)
             job = FusionJob(stack, targets, options, output.output, output.overwrite, steps)
             job.fuse()
             result.device = str(job.fuser.device)
@@ -176,18 +269,18 @@ def _finish(result: StackResult, pending) -> StackResult:
     return result
 
 
-def _in_order(folders, options: FuseOptions, output: BatchOutput, on_result) -> list[StackResult]:
+def _in_order(stacks, options: FuseOptions, output: BatchOutput, on_result) -> list[StackResult]:
     """One stack after another in this process, the next one read while this one fuses."""
     results = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-write") as writer, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="gpufocus-next"
     ) as reader:
 
-        def open_stack(folder: Path) -> FrameStack | Exception | None:
-            if output.targets(folder, options).image.exists() and not output.overwrite:
+        def open_stack(spec: StackSpec) -> FrameStack | Exception | None:
+            if output.targets(spec, options).image.exists() and not output.overwrite:
                 return None
             try:
-                stack = FrameStack([folder])
+                stack = FrameStack(list(spec.inputs))
             except Exception as error:  # noqa: BLE001 - _run_stack reports it as this stack's failure
                 return error
             stack.prefetch(options.chunk or 1)
@@ -198,13 +291,13 @@ def _in_order(folders, options: FuseOptions, output: BatchOutput, on_result) -> 
             if on_result is not None:
                 on_result(results[-1])
 
-        upcoming = reader.submit(open_stack, folders[0])
+        upcoming = reader.submit(open_stack, stacks[0])
         writing = None  # the previous stack, its files still being written
-        for n, folder in enumerate(folders):
+        for n, spec in enumerate(stacks):
             stack = upcoming.result()
-            if n + 1 < len(folders):
-                upcoming = reader.submit(open_stack, folders[n + 1])
-            running = _run_stack(folder, options, output, stack, writer)
+            if n + 1 < len(stacks):
+                upcoming = reader.submit(open_stack, stacks[n + 1])
+            running = _run_stack(spec, options, output, stack, writer)
             if writing is not None:
                 report(writing)
             writing = running
@@ -228,11 +321,11 @@ def _start_worker(devices, workers: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def _fuse_on_worker(folder: Path, options: FuseOptions, output: BatchOutput) -> StackResult:
-    return fuse_stack(folder, options.replace(device=_worker_device), output)
+def _fuse_on_worker(spec: StackSpec, options: FuseOptions, output: BatchOutput) -> StackResult:
+    return fuse_stack(spec, options.replace(device=_worker_device), output)
 
 
-def _over_devices(folders, options: FuseOptions, output: BatchOutput, devices, on_result) -> list[StackResult]:
+def _over_devices(stacks, options: FuseOptions, output: BatchOutput, devices, on_result) -> list[StackResult]:
     """A worker process per device; each takes the next stack when it is done with one."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     workers = len(devices)
@@ -241,12 +334,12 @@ def _over_devices(folders, options: FuseOptions, output: BatchOutput, devices, o
         for device in devices:
             queue.put(device)
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(queue, workers)) as pool:
-            futures = {pool.submit(_fuse_on_worker, folder, options, output): folder for folder in folders}
+            futures = {pool.submit(_fuse_on_worker, spec, options, output): spec for spec in stacks}
             return _collect(futures, as_completed(futures), options, output, on_result)
 
 
 def _collect(futures: dict, finished, options: FuseOptions, output: BatchOutput, on_result) -> list[StackResult]:
-    """Results of ``futures`` (future -> folder) as they finish, each passed to
+    """Results of ``futures`` (future -> stack) as they finish, each passed to
     ``on_result`` too. A future that failed (a worker process died, a cluster lost
     its task) fails its stack."""
     results = []
@@ -254,16 +347,16 @@ def _collect(futures: dict, finished, options: FuseOptions, output: BatchOutput,
         try:
             result = future.result()
         except Exception as error:  # noqa: BLE001 - one lost stack must not stop the batch
-            folder = futures[future]
-            image = output.targets(folder, options).image
-            result = _failed(StackResult(folder.name, str(image), "failed", options.device), error)
+            spec = futures[future]
+            image = output.targets(spec, options).image
+            result = _failed(StackResult(spec.name, str(image), "failed", options.device), error)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
 
 
-def _on_cluster(folders, options: FuseOptions, output: BatchOutput, scheduler, on_result) -> list[StackResult]:
+def _on_cluster(stacks, options: FuseOptions, output: BatchOutput, scheduler, on_result) -> list[StackResult]:
     """Every stack a Dask task (``pip install gpufocus[cluster]``)."""
     try:
         from distributed import Client, as_completed as completed
@@ -271,7 +364,7 @@ def _on_cluster(folders, options: FuseOptions, output: BatchOutput, scheduler, o
         raise GpufocusError("the Dask scheduler needs Dask's distributed package (pip install 'gpufocus[cluster]')") from None
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
-        futures = {client.submit(fuse_stack, folder, options, output, pure=False): folder for folder in folders}
+        futures = {client.submit(fuse_stack, spec, options, output, pure=False): spec for spec in stacks}
         return _collect(futures, completed(list(futures)), options, output, on_result)
     finally:
         if client is not scheduler:
@@ -279,7 +372,7 @@ def _on_cluster(folders, options: FuseOptions, output: BatchOutput, scheduler, o
 
 
 def run_batch(
-    folders: Sequence[str | os.PathLike],
+    stacks: Sequence[StackSpec | str | os.PathLike],
     options: FuseOptions | None,
     output: BatchOutput,
     *,
@@ -287,10 +380,10 @@ def run_batch(
     scheduler=None,
     on_result: Callable[[StackResult], None] | None = None,
 ) -> list[StackResult]:
-    """Fuse every stack folder; return a result per stack, in the folders' order.
+    """Fuse every stack; return a result per stack, in the stacks' order.
 
     Args:
-        folders: the stack folders (``find_stacks(root)``, say).
+        stacks: ``StackSpec`` (``read_manifest``, say) or stack folders (``find_stacks(root)``).
         options: how to fuse them (``None``: the defaults).
         output: where and how to write them (the folder is made if missing).
         devices: several devices get a worker process each (the stacks go to them in
@@ -300,26 +393,101 @@ def run_batch(
         on_result: called with each stack's result as it is done.
     """
     options = options or FuseOptions()
-    folders = [Path(f) for f in folders]
+    stacks = [StackSpec.of(s) for s in stacks]
     target = output.folder.resolve()
-    for folder in folders:
-        if target == folder.resolve() or folder.resolve() in target.parents:
-            raise GpufocusError(f"{output.folder}: is inside the stack folder {folder}; its results would become frames")
-    try:
-        output.folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise GpufocusError(f"{output.folder}: cannot create the folder ({error.strerror or error})") from None
+    for spec in stacks:
+        for folder in (item for item in spec.inputs if item.is_dir()):
+            if target == folder.resolve() or folder.resolve() in target.parents:
+                raise GpufocusError(
+                    f"{output.folder}: is inside the stack folder {folder}; its results would become frames"
+                )
+    for folder in {output.folder, *(spec.output.parent for spec in stacks if spec.output is not None)}:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise GpufocusError(f"{folder}: cannot create the folder ({error.strerror or error})") from None
     devices = list(devices or [])
     if len(devices) == 1:
         options = options.replace(device=devices[0])
     if scheduler is not None:
-        results = _on_cluster(folders, options, output, scheduler, on_result)
+        results = _on_cluster(stacks, options, output, scheduler, on_result)
     elif len(devices) > 1:
-        results = _over_devices(folders, options, output, devices, on_result)
+        results = _over_devices(stacks, options, output, devices, on_result)
     else:
-        results = _in_order(folders, options, output, on_result)
-    order = {folder.name: i for i, folder in enumerate(folders)}
+        results = _in_order(stacks, options, output, on_result)
+    order = {spec.name: i for i, spec in enumerate(stacks)}
     return sorted(results, key=lambda r: order[r.name])
+
+
+def watch_stacks(
+    root: str | os.PathLike,
+    options: FuseOptions | None,
+    output: BatchOutput,
+    *,
+    settle: float = 10.0,
+    marker: str | None = None,
+    poll: float = 1.0,
+    stop: threading.Event | None = None,
+    on_result: Callable[[StackResult], None] | None = None,
+) -> list[StackResult]:
+    """Fuse each sub-folder of ``root`` once it is complete, until ``stop`` is set.
+
+    A folder is complete when it holds the file ``marker`` (if given), or else when
+    none of its files has changed for ``settle`` seconds. Stacks whose output exists
+    are skipped (so a restarted watch resumes); a stack that fails is reported once
+    and not retried until its folder changes. ``stop`` is checked between stacks: the
+    stack in hand is always finished.
+
+    Returns:
+        The results of the stacks fused (or failed), in the order they were done.
+    """
+    options = options or FuseOptions()
+    root, stop = Path(root), stop or threading.Event()
+    if not root.is_dir():
+        raise GpufocusError(f"{root}: not a directory to watch")
+    results: list[StackResult] = []
+    done: dict[str, tuple] = {}  # folder name -> the state it was fused (or failed) in
+    while not stop.is_set():
+        for folder in _sub_folders(root):
+            if stop.is_set():
+                break
+            state = _folder_state(folder)
+            if state is None or done.get(folder.name) == state or not _complete(folder, state, settle, marker):
+                continue
+            spec = StackSpec(folder.name, (folder,))
+            if output.targets(spec, options).image.exists() and not output.overwrite:
+                done[folder.name] = state
+                continue
+            result = run_batch([spec], options, output)[0]
+            done[folder.name] = state
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+        stop.wait(poll)
+    return results
+
+
+def _sub_folders(root: Path) -> Iterable[Path]:
+    try:
+        return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
+    except OSError:
+        return []
+
+
+def _folder_state(folder: Path) -> tuple | None:
+    """The folder's files with their sizes and modification times; ``None`` if empty."""
+    try:
+        entries = [(e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_file()]
+    except OSError:
+        return None
+    return tuple(sorted(entries)) or None
+
+
+def _complete(folder: Path, state: tuple, settle: float, marker: str | None) -> bool:
+    if marker is not None:
+        return any(name == marker for name, _, _ in state)
+    newest = max(mtime for _, _, mtime in state) / 1e9
+    return time.time() - newest >= settle
 
 
 def summarize(results: list[StackResult], seconds: float) -> dict:

@@ -15,9 +15,10 @@ import inspect
 import json
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -143,6 +144,9 @@ IgnoreAlphaOption = Annotated[
 ]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 QuietOption = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or summary.")]
+VerboseOption = Annotated[
+    bool, typer.Option("-v", "--verbose", help="Say what is decided (chunks, tiles, each frame's alignment) and time each stage.")
+]
 StepsOption = Annotated[
     Optional[Path],
     typer.Option("--save-steps", help="Write the intermediate results as pictures to this folder (see docs/algorithms.md)."),
@@ -284,7 +288,9 @@ def _keep_warning(shown: list[str], message, category) -> None:
 
 
 def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
 
     console = _console()
     return Progress(
@@ -292,10 +298,57 @@ def _progress(quiet: bool):
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
         console=console,
         disable=quiet or not console.is_terminal,  # no bars in logs and pipes
         transient=True,
     )
+
+
+@contextmanager
+def _verbose(on: bool, options: FuseOptions):
+    """With ``-v``: the library's log on stderr (``gpufocus.engine: ...``) while the block
+    runs, and a timer of the stages (``NO_TIMER`` without). Timing synchronises a CUDA
+    device at every stage."""
+    from .timing import NO_TIMER, StageTimer
+
+    if not on:
+        yield NO_TIMER
+        return
+    from .device import resolve_device
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logger = logging.getLogger("gpufocus")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield StageTimer(resolve_device(options.device))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _log_stages(timer) -> None:
+    stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timer.seconds.items())
+    logging.getLogger("gpufocus.cli").info("time per stage: %s", stages)
+
+
+def _stage_bar(progress):
+    """A ``progress(done, total, stage)`` callback: one bar per pass, named after it, its
+    time left estimated from this pass alone."""
+    tasks: dict[str, int] = {}
+
+    def update(done: int, total: int, stage: str) -> None:
+        if stage not in tasks:
+            for task in tasks.values():
+                progress.update(task, visible=False)
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.update(tasks[stage], completed=done)
+
+    return update
 
 
 def _table(title: str, header: Sequence[str], rows, right: Sequence[str] = ()):
@@ -328,6 +381,7 @@ def fuse_command(
     compression: CompressionOption = Compression(_OUTPUT.compression),
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     evaluate: Annotated[
         bool, typer.Option("--eval", help="Then print the sharpness table of the result (as gpufocus eval).")
     ] = False,
@@ -356,10 +410,12 @@ def fuse_command(
             steps = StepWriter(save_steps, len(stack), stack.names)
         job = FusionJob(stack, targets, options, out, overwrite, steps)
         started = time.perf_counter()
-        with _progress(quiet) as progress:
-            task = progress.add_task(f"fusing {len(stack)} frames", total=len(stack))
-            job.fuse(progress=lambda done, total: progress.update(task, completed=done, total=total))
-        job.write()
+        with _verbose(verbose, options) as timer:
+            with _progress(quiet) as progress:
+                job.fuse(progress=_stage_bar(progress), timer=timer)
+            job.write()
+            if verbose:
+                _log_stages(timer)
         if not quiet:
             height, width = stack.size
             _say(
@@ -375,8 +431,19 @@ def fuse_command(
 @app.command("batch")
 @_with_fusion_options
 def batch_command(
-    root: Annotated[Path, typer.Argument(help="A folder whose sub-folders are stacks.")],
+    root: Annotated[
+        Path, typer.Argument(help="A folder whose sub-folders are stacks, or a manifest (.csv or .json) of stacks.")
+    ],
     outdir: Annotated[Path, typer.Option("-o", "--output", help="Folder for the results, named after the stacks.")],
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep watching ROOT: fuse each sub-folder once complete; Ctrl-C stops.")
+    ] = False,
+    settle: Annotated[
+        float, typer.Option("--settle", min=0, help="--watch: a folder is complete when quiet this many seconds.")
+    ] = 10.0,
+    marker: Annotated[
+        Optional[str], typer.Option("--marker", help="--watch: a folder is complete when it holds this file instead.")
+    ] = None,
     fmt: Annotated[
         Optional[str], typer.Option("--format", help="jpg, png or tif. Default: jpg, tif for stacks of RAW files.")
     ] = None,
@@ -394,19 +461,21 @@ def batch_command(
     compression: CompressionOption = Compression(_OUTPUT.compression),
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Dask scheduler address: run the stacks there.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write every stack's result as JSON.")] = None,
     *,
     options: FuseOptions,
     fusion_values: dict,
 ) -> None:
-    """Fuse every stack (sub-folder) of ROOT; skip the ones done; report the ones that fail."""
+    """Fuse every stack (sub-folder) of ROOT, or of a manifest; skip the ones done; report
+    the ones that fail. With --watch, fuse sub-folders as they are completed."""
     import time
 
-    from .batch import BatchOutput, find_stacks, run_batch, summarize
+    from .batch import BatchOutput, find_stacks, read_manifest, run_batch, summarize
     from .write import check_output_file, write_json
 
-    with _user_errors():
+    with _user_errors(), _verbose(verbose, options):
         devices = [d.strip() for d in fusion_values["device"].split(",") if d.strip()]
         for device in devices[1:]:
             FuseOptions(device=device)  # each one checked, as the first is
@@ -415,22 +484,25 @@ def batch_command(
         if save_steps is not None and save_steps.exists() and not save_steps.is_dir():
             raise GpufocusError(f"{save_steps}: not a directory")
         output = BatchOutput(outdir, fmt, out, save_transforms, overwrite, save_steps)
-        folders = find_stacks(root)
         if report is not None:
             check_output_file(report, overwrite=True)
         started = time.perf_counter()
-        with _progress(quiet) as progress:
-            task = progress.add_task(f"{len(folders)} stacks", total=len(folders))
+        if watch:
+            results = _watch(root, options, output, settle, marker, quiet)
+        else:
+            stacks = read_manifest(root) if root.is_file() else find_stacks(root)
+            with _progress(quiet) as progress:
+                task = progress.add_task(f"{len(stacks)} stacks", total=len(stacks))
 
-            def done(result) -> None:
-                progress.advance(task)
-                if result.status == "failed":
-                    _say(f"failed: {result.name}: {result.error}")
+                def done(result) -> None:
+                    progress.advance(task)
+                    if result.status == "failed":
+                        _say(f"failed: {result.name}: {result.error}")
 
-            results = run_batch(
-                folders, options, output, devices=devices if len(devices) > 1 else None, scheduler=scheduler,
-                on_result=done,
-            )
+                results = run_batch(
+                    stacks, options, output, devices=devices if len(devices) > 1 else None, scheduler=scheduler,
+                    on_result=done,
+                )
         summary = summarize(results, time.perf_counter() - started)
         if report is not None:
             write_json(report, summary, overwrite=True)
@@ -464,6 +536,7 @@ def align_command(
     save_transforms: TransformsOption = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Align a stack and write the aligned frames, for fusing elsewhere."""
     from .align import transforms_to_json
@@ -473,11 +546,12 @@ def align_command(
     from .options import AlignOptions
     from .write import Outputs, check_distinct, check_output, check_output_file, output_folder
 
-    with _user_errors():
+    with _user_errors(), ExitStack() as scope:
         if fmt not in ("png", "tif"):
             raise OptionError("format", fmt, "use png or tif")
         align = AlignOptions(align_model.value, reference, match_exposure, size=align_size, global_align=global_align)
         options = FuseOptions(device=device, chunk=chunk, align=align)
+        scope.enter_context(_verbose(verbose, options))
         stack = FrameStack(inputs)
         targets = [outdir / f"{Path(name.replace('[', '_').rstrip(']')).stem}.{fmt}" for name in stack.names]
         if len(set(targets)) < len(targets):
@@ -488,10 +562,7 @@ def align_command(
         with output_folder(outdir), Outputs() as out, _progress(quiet) as progress:
             for target in targets:
                 check_output(target, stack.bits, overwrite)
-            task = progress.add_task(f"aligning {len(stack)} frames", total=len(stack))
-            aligner, frames = align_stack(
-                stack, options, progress=lambda done, total: progress.update(task, completed=done, total=total)
-            )
+            aligner, frames = align_stack(stack, options, progress=_stage_bar(progress))
             for index, frame in frames:
                 info = stack.infos[index]
                 out.image(
@@ -504,6 +575,45 @@ def align_command(
                 out.json(save_transforms, report, overwrite)
         if not quiet:
             _say(f"wrote {len(targets)} aligned frames to {outdir} (reference: frame {reference})")
+
+
+def _watch(root: Path, options: FuseOptions, output, settle: float, marker: str | None, quiet: bool) -> list:
+    """``watch_stacks`` until Ctrl-C: the first one lets the stack in hand finish, a
+    second one interrupts it."""
+    import os
+    import signal
+    import threading
+
+    from .batch import watch_stacks
+
+    stop = threading.Event()
+
+    def on_interrupt(number, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        # Straight to the file descriptor: the handler may run while a print is half done,
+        # and a buffered stream refuses a reentrant write.
+        try:
+            os.write(sys.stderr.fileno(), b"stopping once the stack in hand is done (Ctrl-C again to interrupt it)\n")
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def report(result) -> None:
+        if result.status == "failed":
+            _say(f"failed: {result.name}: {result.error}")
+        elif not quiet:
+            _say(f"{result.status}: {result.name} -> {result.output} ({result.frames} frames, {result.seconds:.1f} s)")
+
+    if not quiet:
+        what = f"the file {marker}" if marker else f"{settle:g} s without changes"
+        _say(f"watching {root}: a folder is fused once complete ({what}); Ctrl-C stops")
+    previous = signal.signal(signal.SIGINT, on_interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return watch_stacks(root, options, output, settle=settle, marker=marker, stop=stop, on_result=report)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _print_scores(scores: dict) -> None:

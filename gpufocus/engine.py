@@ -9,6 +9,7 @@ the settings need but that was skipped is an error, not a silently different ima
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from .timing import NO_TIMER, StageTimer
 
 __all__ = ["StackFuser", "fuse", "align_stack", "to_float"]
 
-Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
 Source = Tensor | FrameStack | Sequence[str | os.PathLike] | str | os.PathLike
 
 
@@ -131,8 +134,9 @@ class StackFuser:
         Args:
             source: an ``(N, C, H, W)`` tensor (``uint8``, ``uint16`` or float in [0, 1]),
                 a ``FrameStack``, a directory, or a list of image files.
-            progress: called as ``progress(frames_read, frames_to_read)`` after each
-                chunk, over all passes.
+            progress: called as ``progress(frames_done, frames, stage)`` after each
+                chunk: the frames done in this pass (``stage``: ``"estimating motion"``,
+                ``"fusing"``, ``"halo control"``), out of the stack's.
             timer: charges the stages ``decode``, ``upload``, ``align``, ``fuse``,
                 ``collapse`` and ``download`` (see ``gpufocus.timing``).
 
@@ -147,13 +151,18 @@ class StackFuser:
             if self.names is None:
                 self.names = source.names
         total = len(source)
-        passes = [self.add]
+        passes = [("fusing", self.add)]
         if self._needs_estimate:
             _check_reference(self.options.align.reference, total)
-            passes.insert(0, self.estimate)
+            passes.insert(0, ("estimating motion", self.estimate))
         if self.options.consistency:
-            passes.append(self.refold)
+            passes.append(("halo control", self.refold))
         chunk = _chunk_for(source, self.options.chunk, self.device, self.dtype, self.options.memory_budget)
+        height, width = source.shape[-2:] if isinstance(source, Tensor) else source.size
+        log.info(
+            "%d frames of %dx%d; %s on %s in %s; %d frames a chunk; passes: %s", total, width, height,
+            self.options.method, self.device, self.options.dtype, chunk, ", ".join(name for name, _ in passes),
+        )
         for _ in _passes(source, chunk, passes, total, progress, timer, self.device):
             pass
         image = self.result(timer)
@@ -233,6 +242,9 @@ class StackFuser:
             tiles = plan_tiles(height, width, tile, self.levels, self.kernel_size)
         else:
             tiles = [Tile((0, 0, height, width), (0, 0, height, width))]
+        per_channel = "each channel on its own" if options.per_channel else "on the luminance"
+        log.info("%d pyramid levels, decided %s; %d tile(s)%s", self.levels, per_channel, len(tiles),
+                 f" of about {tile} px" if len(tiles) > 1 else "")
         for t in tiles:
             rule = make_rule(options, self.levels, track_index=self.steps is not None)
             self._regions.append(_Region(t, rule, DepthMap(*t.padded[2:]) if options.depth_map else None))
@@ -471,10 +483,10 @@ def align_stack(
         aligned, _ = aligner.align(frames, start, mask=mask)
         return [(start + i, frame.float().clamp(0, 1).cpu()) for i, frame in enumerate(aligned)]
 
-    passes = [align_frames]
+    passes = [("aligning", align_frames)]
     if align.reference != 0:
         _check_reference(align.reference, total)
-        passes.insert(0, estimate)
+        passes.insert(0, ("estimating motion", estimate))
 
     def frames() -> Iterator[tuple[int, Tensor]]:
         for done in _passes(source, chunk, passes, total, progress, NO_TIMER, device):
@@ -518,13 +530,14 @@ def _arrived(copied: Tensor, done: torch.cuda.Event, host: Tensor) -> Tensor:
 
 
 def _passes(source, chunk: int, passes, total: int, progress: Progress | None, timer: StageTimer, device):
-    """Read the stack once per pass, feeding each chunk to the pass; yield after each chunk.
+    """Read the stack once per pass (``(stage, handle)``), feeding each chunk to the pass;
+    yield after each chunk.
 
-    ``progress`` counts frames over all passes. For a CUDA ``device``, JPEG stacks are
+    ``progress`` counts the frames of each pass. For a CUDA ``device``, JPEG stacks are
     decoded there (nvJPEG) where torchvision allows, others go through ``_upload_ahead``.
     """
-    done = 0
-    for handle in passes:
+    for stage, handle in passes:
+        done = 0
         if isinstance(source, Tensor):
             chunks = _tensor_chunks(source, chunk)
         elif device is not None and source.decodable_on(device):
@@ -537,7 +550,7 @@ def _passes(source, chunk: int, passes, total: int, progress: Progress | None, t
             result = handle(frames, timer)
             done += len(frames)
             if progress is not None:
-                progress(done, total * len(passes))
+                progress(done, total, stage)
             yield result
 
 

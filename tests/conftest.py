@@ -21,6 +21,15 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+def interruptible() -> None:
+    """``preexec_fn`` for a child that a test interrupts: Ctrl-C's default disposition,
+    whatever this process inherited (a job started with ``&`` ignores SIGINT, and a
+    Python child would then never see its KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def write_frames(folder: Path, frames: np.ndarray, suffix: str = ".png", **save_options) -> list[Path]:
     """Write (N, H, W, 3) uint8 frames as files named frame_0, frame_1, ..."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import interruptible
+
 from gpufocus.cli import app
 from gpufocus.batch import BatchOutput, find_stacks, run_batch
 from gpufocus.options import FuseOptions
@@ -73,3 +75,134 @@ def test_prefetched_frames_are_the_frames(root):
     stack.prefetch(2)
     prefetched = np.concatenate(list(stack.chunks(2)))
     assert np.array_equal(prefetched, np.concatenate(list(FrameStack([root / "s1"]).chunks(1))))
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_a_manifest_names_each_stacks_frames_and_output(root, tmp_path, kind):
+    from gpufocus.batch import read_manifest
+
+    s1 = sorted((root / "s1").glob("frame_*.png"))
+    rows = [
+        {"name": "whole", "frames": [str(root / "s2")], "output": "results/whole.png"},
+        {"name": "picked", "frames": [str(s1[0]), str(s1[2])]},
+        {"frames": [str(root / "s3" / "frame_*.png")]},  # a pattern; named after its first file
+    ]
+    manifest = tmp_path / f"stacks.{kind}"
+    if kind == "json":
+        manifest.write_text(json.dumps({"stacks": rows}))
+    else:
+        lines = ["name,frames,output"] + [f"{r.get('name', '')},{';'.join(r['frames'])},{r.get('output', '')}" for r in rows]
+        manifest.write_text("\n".join(lines) + "\n")
+    stacks = read_manifest(manifest)
+    assert [s.name for s in stacks] == ["whole", "picked", "frame_000"]
+    assert len(stacks[2].inputs) == 3 and stacks[0].output == tmp_path / "results" / "whole.png"
+    result = CliRunner().invoke(app, ["batch", str(manifest), "-o", str(tmp_path / "out"), "--no-align", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "results" / "whole.png").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frame_000.jpg", "picked.jpg"]
+    # the picked frames, and only those, were fused
+    from gpufocus import fuse
+
+    expected = (fuse(s1[::2], device="cpu", align=False) * 255).round().permute(1, 2, 0).byte().numpy()
+    direct = tmp_path / "direct.png"
+    Image.fromarray(expected).save(direct)
+    assert np.abs(pixels(tmp_path / "out" / "picked.jpg").astype(int) - pixels(direct).astype(int)).mean() < 3
+
+
+def test_manifest_errors(tmp_path):
+    from gpufocus import GpufocusError
+    from gpufocus.batch import read_manifest
+
+    cases = {
+        "a.json": ("[{\"name\": \"x\"}]", "stack 1 has no frames"),
+        "b.json": ("{oops", "not JSON"),
+        "c.csv": ("frames\nnowhere/*.png\n", "nowhere/\\*.png matches no file"),
+        "d.csv": ("name,frames\nx,a\nx,b\n", "two stacks are named 'x'"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(GpufocusError, match=message):
+            read_manifest(tmp_path / name)
+
+
+def _arrive(folder, frames, delay: float, marker: str | None = None) -> None:
+    """Frames written into ``folder`` one by one, ``delay`` seconds apart (a camera
+    tethered to the computer), then the marker file."""
+    import time
+
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        partial = folder / f".frame_{i:03d}.png.part"
+        Image.fromarray(frame).save(partial, format="PNG")
+        partial.rename(folder / f"frame_{i:03d}.png")
+        time.sleep(delay)
+    if marker:
+        (folder / marker).write_text("")
+
+
+def _frames(seed: int) -> np.ndarray:
+    stack = make_stack(48, 64, 4, max_blur=3.0, seed=seed)
+    return (stack.frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("marker", [None, "DONE"])
+def test_watch_fuses_each_stack_once_complete_and_resumes(tmp_path, marker):
+    import threading
+    import time
+
+    from gpufocus.batch import watch_stacks
+
+    watched, out = tmp_path / "shoot", tmp_path / "out"
+    watched.mkdir()
+    output = BatchOutput(out, "png")
+    stop, results = threading.Event(), []
+    options = FuseOptions(align=None, device="cpu")
+    watcher = threading.Thread(
+        target=lambda: results.extend(
+            watch_stacks(watched, options, output, settle=0.8, marker=marker, poll=0.1, stop=stop)
+        )
+    )
+    watcher.start()
+    try:
+        for n in range(2):  # the second stack starts arriving while the first may be fused
+            _arrive(watched / f"stack{n}", _frames(n), delay=0.3, marker=marker)
+        deadline = time.time() + 60
+        while len(list(out.glob("*.png"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        watcher.join(60)
+    assert [(r.name, r.status, r.frames) for r in results] == [("stack0", "written", 4), ("stack1", "written", 4)]
+    for n in range(2):  # every frame went in: the result is the whole stack's
+        whole = run_batch([watched / f"stack{n}"], options, BatchOutput(tmp_path / "check", "png"))[0]
+        assert whole.status == "written"
+        assert np.array_equal(pixels(out / f"stack{n}.png"), pixels(tmp_path / "check" / f"stack{n}.png"))
+    # a second watch over the same folders finds them done
+    stop = threading.Event()
+    timer = threading.Timer(1.5, stop.set)
+    timer.start()
+    assert watch_stacks(watched, options, output, settle=0.2, marker=marker, poll=0.1, stop=stop) == []
+
+
+def test_watch_command_finishes_the_stack_in_hand_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    watched = tmp_path / "shoot"
+    _arrive(watched / "stack0", _frames(0), delay=0)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gpufocus", "batch", str(watched), "-o", str(tmp_path / "out"), "--watch",
+         "--settle", "0", "--no-align"],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=interruptible,
+    )
+    lines = []
+    for line in child.stderr:
+        lines.append(line)
+        if line.startswith("written: stack0"):
+            break
+    child.send_signal(signal.SIGINT)
+    _, rest = child.communicate(timeout=60)
+    assert child.returncode == 0, lines + [rest]
+    assert "stopping once the stack in hand is done" in rest and "1 written, 0 skipped, 0 failed" in rest
+    assert (tmp_path / "out" / "stack0.jpg").exists()

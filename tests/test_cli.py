@@ -367,3 +367,15 @@ def test_batch_saves_each_stacks_steps(tmp_path):
     for i in range(2):
         names = {p.name for p in (tmp_path / "steps" / f"s{i}").iterdir()}
         assert {"1-aligned-000-frame_000.jpg", "2-decisions-level0.png", "3-base.png", "5-fused.png"} <= names
+
+
+def test_verbose_says_what_is_decided_and_times_the_stages(small_stack, tmp_path):
+    result = run("fuse", *small_stack, "-o", tmp_path / "out.png", "-v")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("gpufocus.engine: 3 frames of 56x40; max-energy on cpu") for line in lines), lines
+    assert any(line.startswith("gpufocus.align: frame 2 (frame_2.png): step ") for line in lines), lines
+    stages = next(line for line in lines if line.startswith("gpufocus.cli: time per stage: "))
+    assert all(f"{stage} " in stages for stage in ("decode", "align", "fuse", "collapse"))
+    quiet = run("fuse", *small_stack, "-o", tmp_path / "out2.png", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == ""

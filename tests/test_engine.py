@@ -135,3 +135,14 @@ def test_out_of_memory_with_one_frame_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(gpufocus.pyramid, "build_laplacian_pyramid", none_fits)
     with pytest.raises(GpufocusError, match="out of GPU memory with a single frame"):
         fuse(torch.rand(2, 3, 32, 32), device="cpu", chunk=2, align=False)
+
+
+def test_progress_names_each_pass_and_counts_its_frames():
+    from gpufocus import AlignOptions
+    from gpufocus.synth import make_stack
+
+    frames = make_stack(48, 64, 5, max_blur=3.0, seed=8).frames
+    calls = []
+    fuse(frames, device="cpu", chunk=2, consistency=1, align=AlignOptions(reference=2),
+         progress=lambda done, total, stage: calls.append((stage, done, total)))
+    assert calls == [(stage, done, 5) for stage in ("estimating motion", "fusing", "halo control") for done in (2, 4, 5)]

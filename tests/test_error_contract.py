@@ -21,6 +21,7 @@ from gpufocus.cli import app
 from gpufocus.options import FuseOptions
 from gpufocus.synth import make_stack, write_stack
 from gpufocus.write import Outputs, check_distinct
+from conftest import interruptible
 from test_write import _unwritable_folder
 
 
@@ -362,7 +363,8 @@ main()
 
 def _start_child(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", _SLOW_CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _SLOW_CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible,
     )
 
 
@@ -371,7 +373,7 @@ def test_ctrl_c_while_starting(tmp_path, delay):
     write_stack(make_stack(480, 640, 6, max_blur=3.0, seed=2), tmp_path / "S")  # seconds of work after start-up
     child = subprocess.Popen(
         [sys.executable, "-m", "gpufocus", "fuse", str(tmp_path / "S"), "-o", str(tmp_path / "out.png")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
     )
     time.sleep(delay)  # torch alone takes over a second to import here
     child.send_signal(signal.SIGINT)
