@@ -234,7 +234,7 @@ def _run_stack(spec: StackSpec, options: FuseOptions, output: BatchOutput, stack
             if output.steps is not None:
                 from .steps import StepWriter
 
-                steps = StepWriter(Path(output.steps) / spec.name, len(stack), stack.names)
+                steps = StepWriter(Path(output.steps) / spec.name, len(stack), stack.stems)
             job = FusionJob(stack, targets, options, output.output, output.overwrite, steps)
             job.fuse()
             result.device = str(job.fuser.device)

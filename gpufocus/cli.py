@@ -407,7 +407,7 @@ def fuse_command(
 
             if save_steps.exists() and not save_steps.is_dir():
                 raise GpufocusError(f"{save_steps}: not a directory")
-            steps = StepWriter(save_steps, len(stack), stack.names)
+            steps = StepWriter(save_steps, len(stack), stack.stems)
         job = FusionJob(stack, targets, options, out, overwrite, steps)
         started = time.perf_counter()
         with _verbose(verbose, options) as timer:
@@ -553,7 +553,7 @@ def align_command(
         options = FuseOptions(device=device, chunk=chunk, align=align)
         scope.enter_context(_verbose(verbose, options))
         stack = FrameStack(inputs)
-        targets = [outdir / f"{Path(name.replace('[', '_').rstrip(']')).stem}.{fmt}" for name in stack.names]
+        targets = [outdir / f"{stem}.{fmt}" for stem in stack.stems]
         if len(set(targets)) < len(targets):
             raise GpufocusError(f"{outdir}: two frames have the same name; give them distinct names")
         if save_transforms is not None:

@@ -185,6 +185,19 @@ class FrameStack:
         return [info.path.name if info.frames == 1 else f"{info.path.name}[{i}]" for info, i in self._frames]
 
     @property
+    def stems(self) -> list[str]:
+        """A file-name stem per frame, for files made from the frames: the file's stem,
+        with the frame's number for a z-stack (``zstack_003`` for ``zstack.ome.tif[3]``)."""
+        stems = []
+        for info, i in self._frames:
+            name = info.path.name
+            lower = name.lower()
+            stem = name[: -len(".ome.tif")] if lower.endswith(".ome.tif") else Path(name).stem
+            stem = name[: -len(".ome.tiff")] if lower.endswith(".ome.tiff") else stem
+            stems.append(stem if info.frames == 1 else f"{stem}_{i:03d}")
+        return stems
+
+    @property
     def size(self) -> tuple[int, int]:
         """``(height, width)`` of every frame."""
         return self.infos[0].height, self.infos[0].width

@@ -34,13 +34,13 @@ class StepWriter:
     Args:
         folder: where the pictures go (made if missing).
         frames: frames in the stack (for the colours of the decision maps).
-        names: the frames' names, for the aligned frames' file names.
+        stems: the frames' file-name stems (``FrameStack.stems``), for the aligned frames.
     """
 
-    def __init__(self, folder: str | os.PathLike, frames: int, names: list[str] | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike, frames: int, stems: list[str] | None = None) -> None:
         self.folder = Path(folder)
         self.frames = frames
-        self.names = names
+        self.stems = stems
         self.written: list[Path] = []
 
     def _write(self, name: str, image, **options) -> None:
@@ -49,7 +49,7 @@ class StepWriter:
 
     def frame(self, index: int, image: Tensor) -> None:
         """An aligned frame, ``(C, H, W)`` in [0, 1], on the reference's grid."""
-        stem = Path(self.names[index]).stem if self.names else f"frame{index}"
+        stem = self.stems[index] if self.stems else f"frame{index}"
         self._write(f"1-aligned-{index:03d}-{stem}.jpg", _displayable(image), quality=90)
 
     def decisions(self, level: int, index: Tensor) -> None:

@@ -37,7 +37,7 @@ def test_ome_tiff_zstack_fuses_as_its_frames_do_as_files(tmp_path, zstack):
         (folder / f"z{i:02d}.png").write_bytes(imagecodecs.png_encode(frame))
     stack = FrameStack(ome)
     assert (len(stack), stack.channels, stack.bits, stack.colour) == (30, 1, 16, False)
-    assert stack.names[:2] == ["z.ome.tif[0]", "z.ome.tif[1]"]
+    assert stack.names[:2] == ["z.ome.tif[0]", "z.ome.tif[1]"] and stack.stems[:2] == ["z_000", "z_001"]
     chunks = np.concatenate(list(stack.chunks(7)))  # page by page, 7 at a time
     assert chunks.shape == (30, 48, 64, 1) and np.array_equal(chunks[..., 0], zstack)
     from_pages = fuse(ome, device="cpu", chunk=4)
@@ -50,6 +50,9 @@ def test_ome_tiff_zstack_fuses_as_its_frames_do_as_files(tmp_path, zstack):
     written = tifffile.imread(out_pages)
     assert written.dtype == np.uint16 and written.shape == (48, 64)
     assert np.array_equal(written, tifffile.imread(out_files))
+    # gpufocus align names a z-stack's frames after the file and the page
+    assert CliRunner().invoke(app, ["align", str(ome), "-o", str(tmp_path / "aligned"), "-q"]).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "aligned").iterdir()) == [f"z_{i:03d}.png" for i in range(30)]
 
 
 def test_a_zstack_file_is_opened_once_per_reading_thread(tmp_path, zstack, monkeypatch):
