@@ -11,7 +11,8 @@ on for even cases. Counted:
 - fused / refused: exit 0 with a readable output, or exit 1 with one ``error:`` line;
 - tracebacks: "Traceback" on stderr, or an exit code other than 0, 1 (and 130 for
   the interrupts);
-- noisy: more than one line on stderr (native libraries' chatter included);
+- noisy: a line on stderr that is not ours (native libraries' chatter), or a refusal
+  in more than one line (a fused result may warn, a line per frame);
 - inputs changed, partial outputs (an output after an error), stale temporaries.
 
 Then ``--interrupts`` runs get SIGINT at a random moment (imports included) and as
@@ -62,9 +63,10 @@ def _one(n: int, kind: str, suffix: str, mutation: str, data: bytes, good: bytes
     if "Traceback" in done.stderr or done.returncode not in (0, 1) or "internal error" in done.stderr:
         found["tracebacks"] += 1
         print(f"case {n} ({kind}, {mutation}): exit {done.returncode}: {done.stderr[-300:]}", file=sys.stderr)
-    if len(lines) > 1:
+    foreign = [line for line in lines if not line.startswith(("warning: ", "error: "))]
+    if foreign or (done.returncode == 1 and len(lines) != 1):
         found["noisy"] += 1
-        print(f"case {n} ({kind}, {mutation}): {len(lines)} lines: {lines[:3]}", file=sys.stderr)
+        print(f"case {n} ({kind}, {mutation}): exit {done.returncode}, {len(lines)} lines: {lines[:3]}", file=sys.stderr)
     if done.returncode == 0:
         found["fused"] += 1
     elif done.returncode == 1:
