@@ -101,7 +101,9 @@ def _interrupt(n: int, how: signal.Signals, rng: random.Random, stack: Path, roo
             found["interrupted cleanly"] += 1
         elif child.returncode == 0 and out.exists():
             found["finished before the signal"] += 1
-        elif "<frozen site>" in stderr and not out.exists():  # Python's own start-up, before gpufocus runs
+        elif ("<frozen site>" in stderr or child.returncode == -signal.SIGINT) and not out.exists():
+            # Python's own start-up, before gpufocus runs: its traceback, or (before Python
+            # installs its handler at all) the signal's default action, silently
             found["interrupted while Python itself started"] += 1
         else:
             found["tracebacks"] += 1
