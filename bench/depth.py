@@ -1,6 +1,6 @@
 """Depth-map accuracy on the shared synthetic stacks, in frames.
 
-    python bench/depth.py [--shared ../shared]
+    python bench/depth.py [--shared ../shared] [--threshold T] [--smooth R]
 
 For each stack in ``shared/data/synthetic``: the default fusion with ``--depth-map``
 (alignment on); its depth map rounded to whole frames against ``focus_index.png``
@@ -8,8 +8,9 @@ For each stack in ``shared/data/synthetic``: the default fusion with ``--depth-m
 stacks that have steps); and as it is against the continuous truth from
 ``depth.png`` and ``params.json`` (the frame index at which each pixel is in focus,
 between frames). Mean absolute errors, in frames.
-Only the public API is used, so the script measures an older checkout too
-(``PYTHONPATH=that/checkout python bench/depth.py``) for a before/after.
+``--threshold`` and ``--smooth`` replace the defaults of ``depth_threshold`` and
+``depth_smooth``. Without them only the public API is used, so the script measures an
+older checkout too (``PYTHONPATH=that/checkout python bench/depth.py``).
 """
 
 from __future__ import annotations
@@ -22,22 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from halo import edge_band
 
 from gpufocus import StackFuser, read_image
 from gpufocus.benchmark import machine_description
 
 HERE = Path(__file__).resolve().parent
-
-
-def edge_band(depth: np.ndarray, reach: int = 8) -> np.ndarray:
-    """Pixels within ``reach`` of a step in the depth map."""
-    d = torch.from_numpy(depth)[None, None]
-    step = (d[..., 1:, :] - d[..., :-1, :]).abs().amax() * 0.05
-    edges = torch.zeros_like(d, dtype=torch.bool)
-    edges[..., 1:, :] |= (d[..., 1:, :] - d[..., :-1, :]).abs() > step
-    edges[..., :, 1:] |= (d[..., :, 1:] - d[..., :, :-1]).abs() > step
-    return (F.max_pool2d(edges.float(), 2 * reach + 1, 1, reach)[0, 0] > 0).numpy()
 
 
 def true_frames(folder: Path) -> np.ndarray:
@@ -53,7 +44,11 @@ def true_frames(folder: Path) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
+    parser.add_argument("--threshold", type=float, help="depth_threshold (default: the library's)")
+    parser.add_argument("--smooth", type=int, help="depth_smooth (default: the library's)")
     args = parser.parse_args()
+    settings = {name: value for name, value in (("depth_threshold", args.threshold), ("depth_smooth", args.smooth))
+                if value is not None}
     print(f"machine: {machine_description()}\n")
     print("| stack | frames | rounded vs focus_index | within 8 px of steps | vs continuous truth | seconds |")
     print("|---|---|---|---|---|---|")
@@ -61,11 +56,11 @@ def main() -> None:
     for folder in sorted((args.shared / "data" / "synthetic").iterdir()):
         index = read_image(folder / "focus_index.png")[..., 0].astype(np.float64)
         truth = true_frames(folder)
-        band = edge_band(truth)
+        band = edge_band(torch.from_numpy(truth)[None]).numpy()
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fuser = StackFuser(device="cpu", depth_map=True)
+            fuser = StackFuser(device="cpu", depth_map=True, **settings)
             fuser.run(folder)
         depth = fuser.depth_map().numpy().astype(np.float64)
         seconds = time.perf_counter() - start

@@ -36,7 +36,7 @@ from pathlib import Path
 from .decode import RAW_SUFFIXES
 from .errors import GpufocusError, GpufocusWarning
 from .job import FusionJob, Targets
-from .load import FrameStack, natural_key
+from .load import FrameStack, list_frames, natural_key
 from .options import FuseOptions, OptionError, OutputOptions
 
 __all__ = [
@@ -106,13 +106,11 @@ class BatchOutput:
 
 
 def _default_format(stack: StackSpec) -> str:
-    names = []
-    for item in stack.inputs:
-        try:
-            names += [entry.name for entry in os.scandir(item)] if item.is_dir() else [item.name]
-        except OSError:  # reading the stack names the problem
-            pass
-    return "tif" if any(name.lower().endswith(RAW_SUFFIXES) for name in names) else "jpg"
+    try:
+        frames = list_frames(list(stack.inputs))
+    except GpufocusError:  # reading the stack names the problem
+        frames = []
+    return "tif" if any(frame.suffix.lower() in RAW_SUFFIXES for frame in frames) else "jpg"
 
 
 @dataclass

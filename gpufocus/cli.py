@@ -405,8 +405,7 @@ def fuse_command(
         if save_steps is not None:
             from .steps import StepWriter
 
-            if save_steps.exists() and not save_steps.is_dir():
-                raise GpufocusError(f"{save_steps}: not a directory")
+            StepWriter.check(save_steps)
             steps = StepWriter(save_steps, len(stack), stack.stems)
         job = FusionJob(stack, targets, options, out, overwrite, steps)
         started = time.perf_counter()
@@ -481,8 +480,10 @@ def batch_command(
             FuseOptions(device=device)  # each one checked, as the first is
         options = options.replace(depth_map=depth_map)
         out = OutputOptions(bits=bits, quality=quality, compression=compression.value)
-        if save_steps is not None and save_steps.exists() and not save_steps.is_dir():
-            raise GpufocusError(f"{save_steps}: not a directory")
+        if save_steps is not None:
+            from .steps import StepWriter
+
+            StepWriter.check(save_steps)
         output = BatchOutput(outdir, fmt, out, save_transforms, overwrite, save_steps)
         if report is not None:
             check_output_file(report, overwrite=True)

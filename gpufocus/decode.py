@@ -95,7 +95,7 @@ def decoding(path: Path) -> Iterator[None]:
     ``struct.error``, ``EOFError``, ``zlib.error``, ``IndexError``, ``KeyError``, ...;
     tifffile its ``TiffFileError``, imagecodecs its codecs' errors, rawpy LibRaw's), so
     everything but our own errors and an interrupt is taken as "the file is broken".
-    Only calls into decoders run inside this.
+    ``probe_image`` and ``read_image`` run their whole work inside this.
     """
     try:
         yield
@@ -121,11 +121,12 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _sniff(path: Path) -> str:
-    """``TIFF``, ``RAW``, ``PNG`` or ``PILLOW`` (Pillow finds out the rest)."""
-    if path.suffix.lower() in RAW_SUFFIXES:
+def _sniff(path: Path, by_name: bool = True) -> str:
+    """``RAW`` (by name, unless ``by_name`` is false), ``TIFF``, ``PNG`` or ``PILLOW``
+    (Pillow finds out the rest)."""
+    if by_name and path.suffix.lower() in RAW_SUFFIXES:
         return "RAW"
-    with decoding(path), open(path, "rb") as file:
+    with open(path, "rb") as file:
         head = file.read(8)
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "TIFF"
@@ -142,8 +143,8 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
             RAW file without the ``raw`` extra.
     """
     path = Path(path)
-    kind = _sniff(path)
     with decoding(path):
+        kind = _sniff(path)
         if kind == "TIFF":
             info = _probe_tiff(path)
             return _probe_raw(path) if info is None else info
@@ -280,8 +281,7 @@ _MODES = {"1": (1, False), "L": (1, False), "LA": (1, True), "RGB": (3, False), 
 
 
 def _open(path: Path, formats=_PILLOW_FORMATS) -> Image.Image:
-    with decoding(path):
-        image = Image.open(path)
+    image = Image.open(path)
     if image.format not in formats:
         image.close()
         raise GpufocusError(f"{path}: {image.format} is not a supported format (JPEG, PNG, TIFF, BMP, WebP, RAW)")
@@ -289,7 +289,7 @@ def _open(path: Path, formats=_PILLOW_FORMATS) -> Image.Image:
 
 
 def _probe_pillow(path: Path, formats=_PILLOW_FORMATS) -> ImageInfo:
-    with _open(path, formats) as image, decoding(path):
+    with _open(path, formats) as image:
         mode = image.mode
         bits, channels, alpha = 8, *_MODES.get(mode, (3, False))
         if mode == "P":
@@ -336,10 +336,9 @@ def _decode_pillow(info: ImageInfo) -> np.ndarray:
     if info.format == "PNG" and info.bits == 16:
         import imagecodecs
 
-        with decoding(path):
-            pixels = imagecodecs.png_decode(path.read_bytes())
+        pixels = imagecodecs.png_decode(path.read_bytes())
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
-    with _open(path, {info.format}) as image, decoding(path):  # 8 bits: 16-bit PNG is above, 16-bit TIFF tifffile's
+    with _open(path, {info.format}) as image:  # 8 bits: 16-bit PNG is above, 16-bit TIFF tifffile's
         target = {(1, False): "L", (1, True): "LA", (3, False): "RGB", (3, True): "RGBA"}[info.channels, info.alpha]
         pixels = np.asarray(image if image.mode == target else image.convert(target))
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
@@ -403,7 +402,7 @@ def _probe_tiff(path: Path) -> ImageInfo | None:
     """A TIFF's layout, or ``None`` for a DNG (a RAW file in TIFF's clothes)."""
     import tifffile
 
-    with decoding(path), tifffile.TiffFile(path) as tif:
+    with tifffile.TiffFile(path) as tif:
         first = tif.pages.first
         if _DNG_VERSION in first.tags:
             return None
@@ -419,7 +418,7 @@ def _probe_tiff(path: Path) -> ImageInfo | None:
         return _probe_pillow(path, {"TIFF"})
     if dtype not in (np.uint8, np.uint16):
         raise GpufocusError(f"{path}: {dtype} samples are not supported (8 or 16-bit unsigned integers)")
-    grid, page_axes = _split_pages(path, axes, shape, pages)
+    grid = _page_grid(path, axes, shape, pages)
     samples = math.prod(shape[len(grid) :]) // (shape[axes.index("Y")] * shape[axes.index("X")])
     sizes = dict(zip(grid, shape[: len(grid)]))
     stack = next((a for a in _STACK_AXES if sizes.get(a, 1) > 1), None)
@@ -448,13 +447,13 @@ def _probe_tiff(path: Path) -> ImageInfo | None:
     )
 
 
-def _split_pages(path: Path, axes: str, shape: tuple[int, ...], pages: int) -> tuple[str, str]:
-    """The series' axes over pages (the leading ones whose sizes multiply to the page
-    count) and within a page (Y, X and samples)."""
+def _page_grid(path: Path, axes: str, shape: tuple[int, ...], pages: int) -> str:
+    """The series' axes over pages: the leading ones whose sizes multiply to the page
+    count, the rest (Y, X and samples) being within a page."""
     count = 1
     for n, size in enumerate(shape):
         if count == pages and set(axes[n:]) <= set("YXSC") and {"Y", "X"} <= set(axes[n:]):
-            return axes[:n], axes[n:]
+            return axes[:n]
         count *= size
     raise GpufocusError(f"{path}: a TIFF layout that is not a stack of images (axes {axes}, shape {tuple(shape)})")
 
@@ -501,21 +500,16 @@ def _need_rawpy(path: Path):
 
 def _probe_raw(path: Path) -> ImageInfo:
     rawpy = _need_rawpy(path)
-    with decoding(path), rawpy.imread(str(path)) as raw:  # opens and reads the header only
+    with rawpy.imread(str(path)) as raw:  # opens and reads the header only
         sizes = raw.sizes
         width, height = (sizes.height, sizes.width) if sizes.flip in (5, 6) else (sizes.width, sizes.height)
         balance = tuple(float(w) for w in raw.camera_whitebalance)
-    exif = _tiff_exif(path) if _sniff_tiff(path) else Image.Exif()
+    exif = _tiff_exif(path) if _sniff(path, by_name=False) == "TIFF" else Image.Exif()
     return ImageInfo(
         path=path, width=width, height=height, bits=16, orientation=1, exif=_portable_exif(exif), icc=None,
         format="RAW", channels=3, linear=True, software=_text(exif.get(_SOFTWARE)), white_balance=balance,
         decoder="rawpy",
     )
-
-
-def _sniff_tiff(path: Path) -> bool:
-    with open(path, "rb") as file:
-        return file.read(4) in (b"II*\x00", b"MM\x00*")
 
 
 def _decode_raw(info: ImageInfo) -> np.ndarray:

@@ -211,14 +211,7 @@ class StackFuser:
         self._estimated += frames.shape[0]
 
     def _split(self, frames: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The image channels, and the alpha channel where the frames carry one."""
-        if frames.dim() != 4:
-            raise GpufocusError(f"expected (B, C, H, W) frames, got shape {tuple(frames.shape)}")
-        if not self.alpha:
-            return frames, None
-        if frames.shape[1] < 2:
-            raise GpufocusError(f"alpha=True needs image channels and an alpha channel, got shape {tuple(frames.shape)}")
-        return frames[:, :-1], (frames[:, -1:] if self.options.use_alpha else None)
+        return _split_alpha(frames, self.alpha, self.options.use_alpha)
 
     def _start(self, channels: int, height: int, width: int) -> None:
         options = self.options
@@ -297,7 +290,7 @@ class StackFuser:
                 if region.depth is not None:
                     region.depth.fold(parts, first)
                 region.rule.fold(parts)
-        if self.steps is not None:
+        if self.steps is not None:  # whole frames: the regions above hold tiles of them
             for offset, frame in enumerate(frames):
                 moved = frame if self._aligner is None else apply_transform(frame[None], self.transforms[first + offset])[0][0]
                 self.steps.frame(first + offset, moved)
@@ -427,6 +420,18 @@ def _as_source(source) -> Tensor | FrameStack:
     return source if isinstance(source, FrameStack) else FrameStack(source)
 
 
+def _split_alpha(frames: Tensor, alpha: bool, use_alpha: bool) -> tuple[Tensor, Tensor | None]:
+    """The image channels of ``(B, C, H, W)`` frames, and with ``alpha`` their last
+    channel as the mask (``None`` without alpha, or where ``use_alpha`` is off)."""
+    if frames.dim() != 4:
+        raise GpufocusError(f"expected (B, C, H, W) frames, got shape {tuple(frames.shape)}")
+    if not alpha:
+        return frames, None
+    if frames.shape[1] < 2:
+        raise GpufocusError(f"alpha=True needs image channels and an alpha channel, got shape {tuple(frames.shape)}")
+    return frames[:, :-1], (frames[:, -1:] if use_alpha else None)
+
+
 def _chunk_for(
     source: Tensor | FrameStack, chunk: int | None, device: torch.device, dtype: torch.dtype, budget: int | None = None
 ) -> int:
@@ -463,10 +468,7 @@ def align_stack(
     alpha = isinstance(source, FrameStack) and source.alpha
 
     def split(frames):  # the image, and its alpha (used as a mask, not written)
-        frames = to_float(_batch(frames), device, dtype)
-        if not alpha:
-            return frames, None
-        return frames[:, :-1], (frames[:, -1:] if options.use_alpha else None)
+        return _split_alpha(to_float(_batch(frames), device, dtype), alpha, options.use_alpha)
     total, chunk = len(source), _chunk_for(source, options.chunk, device, dtype)
     counters = {"estimated": 0, "aligned": 0}
 

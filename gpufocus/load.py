@@ -25,7 +25,7 @@ from .decode import RAW_SUFFIXES, ImageInfo, OpenFiles, probe_image, read_image
 from .errors import GpufocusError, GpufocusWarning
 from .pyramid import MIN_LEVEL_SIDE
 from .timing import NO_TIMER, StageTimer
-from .write import OWN_ROLES
+from .write import OWN_ROLES, own_role
 
 __all__ = [
     "FRAME_SUFFIXES",
@@ -46,7 +46,6 @@ FRAME_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".we
 #: leaves these out of folders that hold its ``params.json``, and only there.
 SIDE_FILES = frozenset({"ground_truth.png", "depth.png", "focus_index.png"})
 
-_OWN_OUTPUT = re.compile(r"^gpufocus \S+ \((?P<role>[^)]*)\)$")
 
 
 def natural_key(path: Path) -> list:
@@ -131,9 +130,9 @@ class FrameStack:
         infos, notes = [], []  # notes: warnings, given once every check has passed
         for path, listed in _listed(inputs):
             info = probe_image(path)
-            found = _OWN_OUTPUT.match(info.software or "")
-            if listed and found and found["role"] in OWN_ROLES:
-                notes.append(f"{path}: skipped, a {found['role']} that gpufocus wrote")
+            role = own_role(info.software)
+            if listed and role in OWN_ROLES:
+                notes.append(f"{path}: skipped, a {role} that gpufocus wrote")
                 continue
             if info.series > 1:
                 notes.append(f"{path}: holds {info.series} image series; fusing the first")
@@ -143,12 +142,10 @@ class FrameStack:
         if len(self._frames) < 2:
             name = infos[0].path if infos else Path(inputs if isinstance(inputs, (str, os.PathLike)) else inputs[0])
             raise GpufocusError(f"{name}: a stack needs at least 2 frames, got {len(self._frames)}")
-        self.infos = [info for info, _ in self._frames]
-        self.paths = [info.path for info in self.infos]
         self._early: list = []  # frames decoding ahead, from prefetch
         self._prefetcher: ThreadPoolExecutor | None = None
         self._files = OpenFiles()
-        first = self.infos[0]
+        first = infos[0]
         if min(first.width, first.height) < MIN_LEVEL_SIDE:
             raise GpufocusError(
                 f"{first.path}: {first.width}x{first.height} is too small to fuse "
@@ -180,6 +177,16 @@ class FrameStack:
         return len(self._frames)
 
     @property
+    def infos(self) -> list[ImageInfo]:
+        """Each frame's file header (the same one for the pages of a z-stack)."""
+        return [info for info, _ in self._frames]
+
+    @property
+    def paths(self) -> list[Path]:
+        """Each frame's file."""
+        return [info.path for info, _ in self._frames]
+
+    @property
     def names(self) -> list[str]:
         """Each frame's name for messages: the file name, with the page for a z-stack."""
         return [info.path.name if info.frames == 1 else f"{info.path.name}[{i}]" for info, i in self._frames]
@@ -188,14 +195,8 @@ class FrameStack:
     def stems(self) -> list[str]:
         """A file-name stem per frame, for files made from the frames: the file's stem,
         with the frame's number for a z-stack (``zstack_003`` for ``zstack.ome.tif[3]``)."""
-        stems = []
-        for info, i in self._frames:
-            name = info.path.name
-            lower = name.lower()
-            stem = name[: -len(".ome.tif")] if lower.endswith(".ome.tif") else Path(name).stem
-            stem = name[: -len(".ome.tiff")] if lower.endswith(".ome.tiff") else stem
-            stems.append(stem if info.frames == 1 else f"{stem}_{i:03d}")
-        return stems
+        stems = [re.sub(r"(?i)(\.ome)?\.[^.]*$", "", info.path.name) for info, _ in self._frames]
+        return [stem if info.frames == 1 else f"{stem}_{i:03d}" for stem, (info, i) in zip(stems, self._frames)]
 
     @property
     def size(self) -> tuple[int, int]:

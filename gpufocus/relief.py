@@ -48,9 +48,8 @@ def render_relief(
     height, width = depth.shape
     top = 65535.0 if image.dtype == np.uint16 else 255.0
     colour = image.astype(np.float64) / top
-    colour = np.repeat(colour[..., None], 3, axis=2) if colour.ndim == 2 else colour[..., :3]
-    if colour.shape[2] == 1:
-        colour = np.repeat(colour, 3, axis=2)
+    colour = colour[..., None] if colour.ndim == 2 else colour
+    colour = colour[..., :3] if colour.shape[2] >= 3 else np.repeat(colour[..., :1], 3, axis=2)
     d = depth.astype(np.float64)
     span = d.max() - d.min()
     level = (d - d.min()) / span if span > 0 else np.zeros_like(d)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from .errors import GpufocusError
 from .write import to_array, write_image
 
 __all__ = ["StepWriter", "frame_colours"]
@@ -42,6 +43,12 @@ class StepWriter:
         self.frames = frames
         self.stems = stems
         self.written: list[Path] = []
+
+    @staticmethod
+    def check(folder: str | os.PathLike) -> None:
+        """Fail before any work if ``folder`` cannot hold the pictures (it is a file)."""
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise GpufocusError(f"{folder}: not a directory")
 
     def _write(self, name: str, image, **options) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ __all__ = [
     "OWN_ROLES",
     "Outputs",
     "software_tag",
+    "own_role",
     "output_format",
     "check_output",
     "check_output_file",
@@ -55,6 +56,12 @@ def software_tag(role: str) -> str:
     from . import __version__
 
     return f"gpufocus {__version__} ({role})"
+
+
+def own_role(software: str | None) -> str | None:
+    """The role in a ``Software`` tag that ``software_tag`` wrote; ``None`` for others."""
+    found = re.fullmatch(r"gpufocus \S+ \((?P<role>[^)]*)\)", software or "")
+    return found["role"] if found else None
 
 
 def output_format(path: str | os.PathLike, bits: int = 8, channels: int = 3) -> str:
