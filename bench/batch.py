@@ -5,7 +5,7 @@
 Makes the stacks once with gpufocus.synth (JPEG frames, some breathing and shift) in
 bench/out/batch/, then fuses them all with defaults (alignment on), three times each
 way after a warm-up: in this process (stacks pipelined), and with two worker
-processes (`--devices cpu,cpu`). Prints the median wall time and stacks per minute.
+processes (`--device cpu,cpu`). Prints the median wall time and stacks per minute.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     print(f"machine: {machine_description()}\n")
     print(f"{args.stacks} stacks of {args.frames} JPEG frames of {width}x{height}; whole `gpufocus batch` command\n")
     print("| how | median s | runs (s) | stacks per minute |\n|---|---|---|---|")
-    for label, extra in [("one process, pipelined", []), ("2 worker processes", ["--devices", "cpu,cpu"])]:
+    for label, extra in [("one process, pipelined", []), ("2 worker processes", ["--device", "cpu,cpu"])]:
         runs = []
         for attempt in range(args.repeat + 1):
             out = HERE / "out" / "batch" / "results"

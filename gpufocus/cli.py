@@ -884,6 +884,12 @@ def _version_of(package: str) -> str:
         return "not installed"
 
 
+# Typer up to 0.15 raises Click's own exceptions; later versions carry a copy of Click
+# whose exceptions derive from typer.TyperException instead.
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+_USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+
+
 def run(args: Sequence[str]) -> int:
     """Run the command line on ``args`` in this process; return the exit code.
 
@@ -892,9 +898,11 @@ def run(args: Sequence[str]) -> int:
     command = typer.main.get_command(app)
     try:
         code = command.main(list(args), prog_name="gpufocus", standalone_mode=False)
-    except click.exceptions.Abort:  # end of input at a prompt, or Ctrl-C while Click parsed
+    except _ABORTS:  # end of input at a prompt, or Ctrl-C while Click parsed
         code = 130
-    except click.ClickException as error:
+    except _USAGE_ERRORS as error:
+        if not hasattr(error, "show"):
+            raise
         error.show()
         return error.exit_code
     # Typer turns a Ctrl-C in a command into exit code 130, silently: the caller says it.

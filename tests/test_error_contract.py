@@ -451,3 +451,12 @@ def test_a_frame_found_broken_late_is_one_line_even_after_warnings(tmp_path):
     assert result.stderr.splitlines() == [result.stderr.splitlines()[0]] and "f3.png" in result.stderr, result.stderr
     good = run("fuse", *[tmp_path / f"f{i}.png" for i in range(3)], "-o", tmp_path / "out.png", "--chunk", "2")
     assert good.exit_code == 0 and "warning: frame 1 (f1.png): alignment failed" in good.stderr, good.stderr
+
+
+@pytest.mark.parametrize("args", [["fuse", "--nonsense"], ["batch", "x", "-o", "y", "--devices", "cpu"], ["fuse"]])
+def test_usage_errors_are_clicks_message_and_exit_2(args):
+    # Typer's own copy of Click raises exceptions that are not click's: they must still
+    # end as a usage message, not as an internal error.
+    done = subprocess.run([sys.executable, "-m", "gpufocus", *args], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "Error: " in done.stderr and "internal error" not in done.stderr and "Traceback" not in done.stderr
