@@ -143,10 +143,13 @@ def timing(repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", choices=["quality", "timing"], default=["quality", "timing"])
+    parser.add_argument("parts", nargs="*", help="quality, timing (default: both)")
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    args.parts = args.parts or ["quality", "timing"]
+    if set(args.parts) - {"quality", "timing"}:
+        parser.error(f"unknown parts: {' '.join(args.parts)}")
     print(f"machine: {machine_description()}\n")
     if "quality" in args.parts:
         registered_pairs(args.shared)

@@ -116,6 +116,10 @@ AlignSizeOption = Annotated[
 GlobalAlignOption = Annotated[
     bool, typer.Option("--global-align", help="Refine each frame against the reference itself (stacks moving one way).")
 ]
+HaloGuardOption = Annotated[
+    bool,
+    typer.Option("--halo-guard/--no-halo-guard", help="Max-energy: at depth edges, finest detail from the frame in focus there."),
+]
 ConsistencyOption = Annotated[
     int, typer.Option("--consistency", min=0, max=2, help="Halo control (max-energy): 0 off, 1 or 2; reads the stack twice.")
 ]
@@ -184,6 +188,7 @@ _FUSION = {
     "crop": _Setting("align.crop", CropOption, _ALIGN.crop),
     "align_size": _Setting("align.size", AlignSizeOption, _ALIGN.size),
     "global_align": _Setting("align.global_align", GlobalAlignOption, _ALIGN.global_align),
+    "halo_guard": _Setting("halo_guard", HaloGuardOption, _FUSE.halo_guard),
     "consistency": _Setting("consistency", ConsistencyOption, _FUSE.consistency),
     "depth_threshold": _Setting("depth_threshold", DepthThresholdOption, _FUSE.depth_threshold),
     "depth_smooth": _Setting("depth_smooth", DepthSmoothOption, _FUSE.depth_smooth),
@@ -219,6 +224,7 @@ def _fuse_options(devices: bool = False, **values) -> FuseOptions:
         dtype=value("dtype"),
         chunk=values["chunk"],
         align=align,
+        halo_guard=values["halo_guard"],
         consistency=values["consistency"],
         depth_threshold=values["depth_threshold"],
         depth_smooth=values["depth_smooth"],

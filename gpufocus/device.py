@@ -76,7 +76,8 @@ def free_memory(device: torch.device) -> int:
 
 
 # Of an explicit memory budget, what frames in flight may take: the rest is for the
-# running result (about 21 bytes a pixel), the frames decoding ahead and the program.
+# running result (about 49 bytes a pixel, 28 of them the halo guard's), the frames
+# decoding ahead and the program.
 _BUDGET_SHARE = 0.6
 
 

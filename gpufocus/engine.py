@@ -23,6 +23,7 @@ from .color import luminance
 from .depth import DepthMap, finish
 from .device import default_chunk, frame_budget, resolve_device, resolve_dtype, working_bytes
 from .errors import GpufocusError
+from .halo import noise_level
 from .load import FrameStack
 from .options import FuseOptions, OptionError
 from .pyramid import Decomposition, auto_levels, max_levels
@@ -284,9 +285,13 @@ class StackFuser:
                 f"before add() (it saw {self._estimated} frames; or use run())"
             )
         first = self.count
+        noise = None
+        if self.options.halo_guard and self.options.method == "max-energy":
+            with timer.stage("fuse"):
+                noise = noise_level(frames)  # of whole frames: the regions may be tiles
         for region, part, valid in self._regions_of(frames, mask, first, timer):
             with timer.stage("fuse"):
-                parts = self._decompose(part, valid)
+                parts = self._decompose(part, valid, noise)
                 if region.depth is not None:
                     region.depth.fold(parts, first)
                 region.rule.fold(parts)
@@ -295,10 +300,10 @@ class StackFuser:
                 moved = frame if self._aligner is None else apply_transform(frame[None], self.transforms[first + offset])[0][0]
                 self.steps.frame(first + offset, moved)
 
-    def _decompose(self, part: Tensor, valid: Tensor | None) -> Decomposition:
+    def _decompose(self, part: Tensor, valid: Tensor | None, noise: Tensor | None = None) -> Decomposition:
         """The chunk taken apart once, for the rule and the depth map (max-log reads no
-        pyramid, but may take more levels than a frame has)."""
-        return Decomposition(part, valid, min(self.levels, max_levels(*part.shape[-2:])))
+        pyramid, but may take more levels than a frame has); ``noise``: the whole frames'."""
+        return Decomposition(part, valid, min(self.levels, max_levels(*part.shape[-2:])), noise)
 
     def _regions_of(self, frames: Tensor, mask: Tensor | None, first: int, timer: StageTimer):
         """Each region (tile) with its part of the frames, aligned, and their validity.

@@ -139,6 +139,9 @@ class FuseOptions:
             does not depend on it.
         align: ``AlignOptions``, or ``None`` to fuse the frames as they are (``True``
             and ``False`` are taken for the default alignment and none).
+        halo_guard: for ``max-energy``: at depth edges, the finest detail comes from the
+            frame in focus there, not from one whose strong edge beside it spills over
+            (``gpufocus.halo``); other methods ignore it.
         consistency: halo control for ``max-energy``: 0 off, 1 or 2 (reads the stack twice).
         tile: fuse in tiles of about this many pixels a side (the same result);
             ``None`` tiles only where memory needs it, 0 never. Not for ``wang-chang``.
@@ -160,6 +163,7 @@ class FuseOptions:
     dtype: str = "float32"
     chunk: int | None = None
     align: AlignOptions | None = field(default_factory=AlignOptions)
+    halo_guard: bool = True
     consistency: int = 0
     tile: int | None = None
     memory_budget: int | None = None

@@ -23,6 +23,7 @@ import functools
 from torch import Tensor
 
 from .color import luminance
+from .halo import noise_level
 from .kernels import laplacian_level
 from .kernels.filters import binomial_taps, correlate1d, pyr_down, pyr_up, reflect_pad, separable_filter
 
@@ -163,11 +164,21 @@ class Decomposition:
         frames: ``(B, C, H, W)`` floating point.
         valid: ``(B, 1, H, W)`` bool, the pixels that hold image data, or ``None`` for all.
         levels: detail levels of the pyramid.
+        noise: ``(B,)``, the frames' ``gpufocus.halo.noise_level``, where ``frames`` are
+            tiles of them (it is a whole frame's); ``None``: measured on ``frames``.
     """
 
-    def __init__(self, frames: Tensor, valid: Tensor | None, levels: int) -> None:
+    def __init__(self, frames: Tensor, valid: Tensor | None, levels: int, noise: Tensor | None = None) -> None:
         self.frames, self.valid, self.levels = frames, valid, levels
         self._luma: dict[int, Tensor] = {}
+        self._noise = noise
+
+    @property
+    def noise(self) -> Tensor:
+        """The frames' noise level (``gpufocus.halo.noise_level``), ``(B,)``."""
+        if self._noise is None:
+            self._noise = noise_level(self.frames)
+        return self._noise
 
     @functools.cached_property
     def pyramid(self) -> list[Tensor]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .color import luminance
+from .halo import HaloGuard, window_energies
 from .kernels import RunningMax, energy_fold, fold_max, mask_unusable
 from .options import FuseOptions
 from .pyramid import (
@@ -172,6 +173,10 @@ class MaxEnergy(_PyramidRule):
     The winner's coefficients are taken for all channels together, so colours never
     mix between frames. The base level is the mean of the frames' bases.
 
+    ``halo_guard`` changes the finest level's choice at depth edges where a frame's
+    energy comes from a strong edge beside the coefficient rather than from its own
+    detail (``gpufocus.halo``); it needs two levels.
+
     ``consistency`` (halo control) makes the choice of frame agree with its neighbours
     after all frames are seen: 1 takes, per coefficient, the frame most of its 3x3
     neighbourhood chose; 2 lets the coarser level's (consistent) choice vote too.
@@ -180,7 +185,8 @@ class MaxEnergy(_PyramidRule):
     """
 
     def __init__(
-        self, levels: int, kernel_size: int, per_channel: bool, consistency: int, track_index: bool = False
+        self, levels: int, kernel_size: int, per_channel: bool, consistency: int, track_index: bool = False, *,
+        halo_guard: bool,
     ) -> None:
         super().__init__(levels, kernel_size, per_channel)
         if consistency not in (0, 1, 2):
@@ -191,15 +197,28 @@ class MaxEnergy(_PyramidRule):
         self._best: list[RunningMax | None] = [None] * levels
         self._changes: list[tuple[Tensor, Tensor]] | None = None  # per level: chosen index, where it changed
         self._refolded = 0
+        self._guard = HaloGuard(self._window) if halo_guard and levels >= 2 else None
 
     def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None:
+        if level == 0 and self._guard is not None:
+            measured = self._measured(parts, 0)
+            energy, half = window_energies(measured * measured, self._window)
+            self._best[0] = fold_max(self._best[0], mask_unusable(energy, usable), parts.pyramid[0], self.count, True)
+            self._guard.fold(parts, self._measured(parts, 1), energy, half, usable, self.count)
+            return
         self._best[level] = energy_fold(
             self._best[level], self._measured(parts, level), parts.pyramid[level], self._window, usable, self.count,
             self._track,
         )
 
+    def _guarded(self) -> None:
+        """The halo guard's switch, once every frame is in (``gpufocus.halo``)."""
+        if self._guard is not None:
+            self._guard.apply(self._best[0], self.count)
+
     def _settle(self) -> None:
         """Between the passes: the consistent choice of frame, coarse levels first."""
+        self._guarded()
         chosen: list[Tensor] = [None] * self.levels
         for level in reversed(range(self.levels)):
             index = self._best[level].index
@@ -229,6 +248,8 @@ class MaxEnergy(_PyramidRule):
         self._refolded += frames.shape[0]
 
     def _fused_level(self, level: int) -> Tensor:
+        if level == 0:
+            self._guarded()
         return self._best[level].value
 
     def decisions(self) -> list[Tensor] | None:
@@ -236,6 +257,7 @@ class MaxEnergy(_PyramidRule):
         first channel with ``per_channel``); ``None`` unless made with ``track_index``."""
         if not self._track:
             return None
+        self._guarded()
         if self._changes is not None:  # halo control: the consistent choice
             return [chosen[0, 0] for chosen, _ in self._changes]
         return [best.index[0, 0] for best in self._best]
@@ -365,10 +387,12 @@ class MaxLoG(SelectionRule):
 
 
 def make_rule(options: FuseOptions, levels: int, track_index: bool = False) -> SelectionRule:
-    """The rule ``options.method`` names, with its window, channels and halo control;
+    """The rule ``options.method`` names, with its window, channels, halo guard and control;
     ``track_index``: max-energy keeps the winners' frame index (``decisions``)."""
     if options.method == "max-energy":
-        return MaxEnergy(levels, options.window, options.per_channel, options.consistency, track_index)
+        return MaxEnergy(
+            levels, options.window, options.per_channel, options.consistency, track_index, halo_guard=options.halo_guard
+        )
     if options.method == "wang-chang":
         return WangChang(levels, options.window, options.per_channel)
     return MaxLoG(options.window, options.per_channel)

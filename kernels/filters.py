@@ -36,7 +36,7 @@ def reflect_pad(x: Tensor, dim: int, before: int, after: int) -> Tensor:
     return torch.cat(parts, dim) if len(parts) > 1 else x
 
 
-def correlate1d(x: Tensor, taps: tuple[float, ...], dim: int, stride: int = 1) -> Tensor:
+def correlate1d(x: Tensor, taps: tuple[float, ...], dim: int, stride: int = 1, odd: bool = False) -> Tensor:
     """Correlate ``x`` along ``dim`` with a symmetric odd-length filter, reflect borders.
 
     Args:
@@ -44,6 +44,8 @@ def correlate1d(x: Tensor, taps: tuple[float, ...], dim: int, stride: int = 1) -
         taps: filter weights, odd length, symmetric (``taps[i] == taps[-1 - i]``).
         dim: the dimension to filter.
         stride: keep every ``stride``-th output sample, starting with the first.
+        odd: correlate with the antisymmetric filter instead: ``taps`` before the
+            centre, their negatives after it, nothing at the centre.
 
     Returns:
         The filtered tensor; along ``dim`` it has ``ceil(n / stride)`` samples.
@@ -58,17 +60,19 @@ def correlate1d(x: Tensor, taps: tuple[float, ...], dim: int, stride: int = 1) -
     last = (n - 1 - radius) // stride
     beyond = (out_n - 1) * stride + radius - (n - 1)  # samples needed past the end
     if last - first < 2:
-        return _correlate_valid(reflect_pad(x, dim, radius, beyond), taps, dim, stride, out_n)
+        return _correlate_valid(reflect_pad(x, dim, radius, beyond), taps, dim, stride, out_n, odd=odd)
     out = x.new_empty(x.shape[:dim] + (out_n,) + x.shape[dim + 1 :])
     inner = x.narrow(dim, first * stride - radius, (last - first) * stride + 2 * radius + 1)
-    _correlate_valid(inner, taps, dim, stride, last - first + 1, out=out.narrow(dim, first, last - first + 1))
+    _correlate_valid(inner, taps, dim, stride, last - first + 1, out=out.narrow(dim, first, last - first + 1), odd=odd)
     if first > 0:
         head = reflect_pad(x.narrow(dim, 0, (first - 1) * stride + radius + 1), dim, radius, 0)
-        _correlate_valid(head, taps, dim, stride, first, out=out.narrow(dim, 0, first))
+        _correlate_valid(head, taps, dim, stride, first, out=out.narrow(dim, 0, first), odd=odd)
     if last < out_n - 1:
         start = (last + 1) * stride - radius
         tail = reflect_pad(x.narrow(dim, start, n - start), dim, 0, beyond)
-        _correlate_valid(tail, taps, dim, stride, out_n - 1 - last, out=out.narrow(dim, last + 1, out_n - 1 - last))
+        _correlate_valid(
+            tail, taps, dim, stride, out_n - 1 - last, out=out.narrow(dim, last + 1, out_n - 1 - last), odd=odd
+        )
     return out
 
 
@@ -84,9 +88,10 @@ def separable_filter(x: Tensor, taps: tuple[float, ...]) -> Tensor:
 
 
 def _correlate_valid(
-    x: Tensor, taps: tuple[float, ...], dim: int, stride: int, count: int, out: Tensor | None = None
+    x: Tensor, taps: tuple[float, ...], dim: int, stride: int, count: int, out: Tensor | None = None, odd: bool = False
 ) -> Tensor:
-    """``out[i] = sum_k taps[k] * x[i * stride + k]`` for ``i < count`` (no padding)."""
+    """``out[i] = sum_k taps[k] * x[i * stride + k]`` for ``i < count`` (no padding); with
+    ``odd``, the taps after the centre negated and the centre's left out."""
     radius = len(taps) // 2
     span = (count - 1) * stride + 1
 
@@ -94,9 +99,15 @@ def _correlate_valid(
         return x.narrow(dim, k, span)[_every(dim, stride, x.dim())]
 
     # Symmetric taps: add the mirrored pair before multiplying (half the products).
-    acc = torch.mul(tap(radius), taps[radius], out=out) if out is not None else tap(radius) * taps[radius]
-    for k in range(radius):
-        acc += torch.add(tap(k), tap(len(taps) - 1 - k)).mul_(taps[k])
+    pair = torch.sub if odd else torch.add
+    if odd:  # no centre tap: start from the outermost pair
+        acc = torch.mul(pair(tap(0), tap(len(taps) - 1)), taps[0], out=out)
+        pairs = range(1, radius)
+    else:
+        acc = torch.mul(tap(radius), taps[radius], out=out) if out is not None else tap(radius) * taps[radius]
+        pairs = range(radius)
+    for k in pairs:
+        acc += pair(tap(k), tap(len(taps) - 1 - k)).mul_(taps[k])
     return acc
 
 

@@ -54,6 +54,13 @@ def fold_max(
     Returns:
         The updated state.
     """
+    if score.shape[0] > 1 and score.device.type == "cpu":
+        # One frame at a time: on the CPU a gather costs more than the comparisons it
+        # saves (chunks there are 2 frames); the winners are the same.
+        for k in range(score.shape[0]):
+            one = None if value is None else value[k : k + 1]
+            state = fold_max(state, score[k : k + 1], one, first_index + k, track_index)
+        return state
     chunk_index = None
     if score.shape[0] == 1:
         chunk_score, chunk_value = score, value

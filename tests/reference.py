@@ -180,3 +180,78 @@ def max_log(frames: np.ndarray, kernel_size: int) -> np.ndarray:
         [np.abs(filter2d(filter2d(measured(f, False)[0], np.outer(gauss, gauss)), laplace))[None] for f in frames]
     )
     return pick(scores, frames)
+
+
+def noise_level(frames: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N,): per frame, the squared lower median of |luminance - its 5x5
+    binomial blur| over rows 2, 18, 34, ... and every column two or more from the sides."""
+    kernel = np.outer(BINOMIAL5, BINOMIAL5)
+    out = []
+    for frame in frames:
+        luma = np.tensordot(LUMA, frame, axes=1)
+        h, w = luma.shape
+        values = []
+        for y in range(2, h - 2, 16):
+            for x in range(2, w - 2):
+                values.append(abs(luma[y, x] - float((kernel * luma[y - 2 : y + 3, x - 2 : x + 3]).sum())))
+        out.append(sorted(values)[(len(values) - 1) // 2] ** 2)
+    return np.array(out)
+
+
+def half_window_energy(plane: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) -> (H, W): the least of the four half-window binomial means (the window's
+    rows above, below, columns left or right of the centre cut off, the centre kept)."""
+    taps, r = binomial(size), size // 2
+    h, w = plane.shape
+    halves = []
+    for axis in (0, 1):
+        for side in (-1, 1):
+            cut = taps.copy()
+            if side < 0:
+                cut[r + 1 :] = 0
+            else:
+                cut[:r] = 0
+            cut /= cut.sum()
+            weights = np.outer(cut, taps) if axis == 0 else np.outer(taps, cut)
+            halves.append(filter2d(plane, weights))
+    return np.minimum.reduce(halves)
+
+
+def max_energy_guarded(
+    frames: np.ndarray, levels: int, kernel_size: int, half_share: float, min_jump: int, jump_share: float,
+    min_sharpness: float, noise_factor: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``max_energy`` on the luminance with the halo guard (gpufocus.halo's notes), pixel
+    by pixel; also the finest level's frame index per pixel."""
+    n = len(frames)
+    pyramids = [laplacian_pyramid(frame, levels) for frame in frames]
+    window = np.outer(binomial(kernel_size), binomial(kernel_size))
+    fused = []
+    for level in range(1, levels):
+        coefficients = np.stack([p[level] for p in pyramids])
+        energy = np.stack([[filter2d(measured(c, False)[0] ** 2, window)] for c in coefficients])
+        fused.append(pick(energy, coefficients))
+    coefficients = np.stack([p[0] for p in pyramids])
+    luma0 = [measured(p[0], False)[0] for p in pyramids]
+    luma1 = [measured(p[1], False)[0] for p in pyramids]
+    energy = np.stack([filter2d(m**2, window) for m in luma0])
+    half = np.stack([half_window_energy(m**2, kernel_size) for m in luma0])
+    coarser = np.stack([pyr_up(filter2d(m**2, window)[None], luma0[0].shape)[0] for m in luma1])
+    sharpness = energy / np.maximum(coarser, np.finfo(float).tiny)
+    score = np.minimum(energy, half / half_share)
+    floor = noise_factor * noise_level(frames).min()
+    jump = max(min_jump, math.ceil(jump_share * (n - 1)))
+    finest, index = np.zeros(coefficients.shape[1:]), np.zeros(luma0[0].shape, dtype=int)
+    for y in range(index.shape[0]):
+        for x in range(index.shape[1]):
+            best, other = int(np.argmax(energy[:, y, x])), int(np.argmax(score[:, y, x]))
+            if (
+                abs(other - best) >= jump and sharpness[other, y, x] >= min_sharpness and energy[best, y, x] >= floor
+                and half[other, y, x] >= floor and score[other, y, x] >= floor
+            ):
+                best = other
+            index[y, x] = best
+            finest[:, y, x] = coefficients[best, :, y, x]
+    fused.insert(0, finest)
+    fused.append(np.mean([p[-1] for p in pyramids], axis=0))
+    return collapse(fused), index

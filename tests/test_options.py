@@ -124,13 +124,14 @@ def test_the_fusion_options_reach_the_engine(monkeypatch, tmp_path):
     flags = ["-m", "max-energy", "-d", "3", "-k", "5", "--per-channel", "--device", "cpu", "--dtype", "float16",
              "--chunk", "2", "--align-model", "affine", "--reference", "1", "--no-match-exposure", "--crop",
              "--align-size", "512", "--global-align",
-             "--consistency", "2", "--tile", "512", "--memory-budget", "1G"]
+             "--no-halo-guard", "--consistency", "2", "--tile", "512", "--memory-budget", "1G"]
     runner = CliRunner()
     runner.invoke(app, ["fuse", str(tmp_path / "root" / "s1"), "-o", str(tmp_path / "o.png"), *flags])
     runner.invoke(app, ["batch", str(tmp_path / "root"), "-o", str(tmp_path / "out"), *flags])
     expected = FuseOptions(
         levels=3, kernel_size=5, per_channel=True, device="cpu", dtype="float16", chunk=2,
-        align=AlignOptions("affine", 1, False, True, 512, True), consistency=2, tile=512, memory_budget=2**30,
+        align=AlignOptions("affine", 1, False, True, 512, True), halo_guard=False, consistency=2, tile=512,
+        memory_budget=2**30,
     )
     assert seen == [expected, expected]
 

@@ -32,7 +32,7 @@ def fold_in_chunks(rule, frames: np.ndarray, chunk: int) -> np.ndarray:
 @pytest.mark.parametrize("kernel_size", [3, 9])
 def test_max_energy_matches_reference(per_channel, kernel_size):
     frames = random_stack(seed=kernel_size)
-    ours = fold_in_chunks(MaxEnergy(2, kernel_size, per_channel, 0), frames, chunk=2)
+    ours = fold_in_chunks(MaxEnergy(2, kernel_size, per_channel, 0, halo_guard=False), frames, chunk=2)
     np.testing.assert_allclose(ours, reference.max_energy(frames, 2, kernel_size, per_channel), atol=1e-9)
 
 
@@ -83,7 +83,7 @@ def test_colours_come_from_one_frame_per_pixel():
 
 def test_bad_kernel():
     with pytest.raises(ValueError):
-        MaxEnergy(2, 4, False, 0)
+        MaxEnergy(2, 4, False, 0, halo_guard=False)
 
 
 def test_majority_of_neighbourhoods():
