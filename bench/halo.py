@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -63,17 +62,16 @@ def edge_band(depth: torch.Tensor, reach: int = 8) -> torch.Tensor:
     return F.max_pool2d(edges.float(), 2 * reach + 1, 1, reach)[0, 0] > 0
 
 
-def _fused(frames, **settings) -> tuple[torch.Tensor, float]:
-    start = time.perf_counter()
+def _fused(frames, **settings) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image = fuse(frames, device="cpu", **settings)
-    return (image * 255).round() / 255, time.perf_counter() - start  # as written to an 8-bit file
+    return (image * 255).round() / 255  # as written to an 8-bit file
 
 
 def against_truth(folders: list[Path], consistency_for: tuple[str, ...] = ()) -> None:
-    print("| stack | settings | PSNR (image) | PSNR (within 8 px of depth edges) | edge pixels | time s |")
-    print("|---|---|---|---|---|---|")
+    print("| stack | settings | PSNR (image) | PSNR (within 8 px of depth edges) | edge pixels |")
+    print("|---|---|---|---|---|")
     for folder in folders:
         truth = as_unit_float(read_image(folder / "ground_truth.png")).float()
         band = edge_band(as_unit_float(read_image(folder / "depth.png")).float())
@@ -81,10 +79,10 @@ def against_truth(folders: list[Path], consistency_for: tuple[str, ...] = ()) ->
         if folder.name in consistency_for:
             runs += [(f"--consistency {c}", {"consistency": c}) for c in (1, 2)]
         for label, settings in runs:
-            image, seconds = _fused(list_frames([folder]), **settings)
+            image = _fused(list_frames([folder]), **settings)
             whole = psnr(border_crop(image), border_crop(truth))
             near = psnr(image[:, band], truth[:, band])
-            print(f"| {folder.name} | {label} | {whole:.3f} | {near:.3f} | {int(band.sum())} | {seconds:.1f} |", flush=True)
+            print(f"| {folder.name} | {label} | {whole:.3f} | {near:.3f} | {int(band.sum())} |", flush=True)
 
 
 def held_out(shared: Path, root: Path) -> list[Path]:
@@ -102,8 +100,8 @@ def real(shared: Path) -> None:
     print("|---|---|---|---|---|---|---|")
     for folder in sorted(p for p in (shared / "data" / "real").iterdir() if p.is_dir()):
         stack = FrameStack([folder])
-        off, _ = _fused(stack, halo_guard=False)
-        on, _ = _fused(stack)
+        off = _fused(stack, halo_guard=False)
+        on = _fused(stack)
         changed = (off != on).any(0).float().mean().item()
         sources = torch.cat([as_unit_float(chunk[0, ..., : stack.channels])[None] for chunk in stack.chunks(1)])
         sources = sources[..., : off.shape[-2], : off.shape[-1]]

@@ -99,12 +99,13 @@ def window_energies(squares: Tensor, taps: tuple[float, ...]) -> tuple[Tensor, T
     centre = taps[len(taps) // 2]
     columns = correlate1d(squares, taps, -2)
     energy = correlate1d(columns, taps, -1)
+    # Left and right halves first, then up and down: one filtered copy alive at a time.
+    least = torch.add(energy, columns, alpha=centre).sub_(correlate1d(columns, taps, -1, odd=True).abs_())
+    del columns
     rows = correlate1d(squares, taps, -1)
-    least = None
-    for line, dim in ((rows, -2), (columns, -1)):
-        half = torch.add(energy, line, alpha=centre).sub_(correlate1d(line, taps, dim, odd=True).abs_())
-        least = half if least is None else torch.minimum(least, half, out=least)
-    return energy, least.div_(1 + centre)
+    half = torch.add(energy, rows, alpha=centre).sub_(correlate1d(rows, taps, -2, odd=True).abs_())
+    del rows
+    return energy, torch.minimum(least, half, out=least).div_(1 + centre)
 
 
 class HaloGuard:
@@ -121,22 +122,23 @@ class HaloGuard:
         self._channels = 0
 
     def fold(
-        self, parts, level1: Tensor, energy: Tensor, half: Tensor, usable: Tensor | None, first_index: int
+        self, coefficients: Tensor, noise: Tensor, level1: Tensor, energy: Tensor, half: Tensor,
+        usable: Tensor | None, first_index: int,
     ) -> None:
-        """Take the chunk: ``energy`` and ``half`` its finest level's ``window_energies``,
-        ``level1`` what the rule measures one level coarser (``(B, S, h, w)``), ``parts``
-        the chunk's ``Decomposition`` (its coefficients and noise level)."""
+        """Take the next frames: their finest-level ``coefficients`` (``(B, C, h, w)``),
+        ``noise_level`` (``(B,)``), what the rule measures one level coarser (``level1``,
+        ``(B, S, h/2, w/2)``), and their finest level's ``window_energies``."""
         coarser = pyr_up(separable_filter(level1 * level1, self.taps), energy.shape[-2:])
         # Carried with the winner: its half-window energy, or -1 (below any noise floor)
         # where its detail is not its own.
         own = torch.where(energy >= MIN_SHARPNESS * coarser, half, -1.0)
+        del coarser
         score = mask_unusable(torch.minimum(energy, half / HALF_SHARE), usable)
-        coefficients = parts.pyramid[0]
         self._channels = coefficients.shape[1]
         carried = torch.cat([coefficients, own.to(coefficients.dtype)], 1)
         self._alternative = fold_max(self._alternative, score, carried, first_index, track_index=True)
-        noise = parts.noise.min()
-        self._noise = noise if self._noise is None else torch.minimum(self._noise, noise)
+        least = noise.min()
+        self._noise = least if self._noise is None else torch.minimum(self._noise, least)
 
     def apply(self, best: RunningMax, count: int) -> None:
         """Switch ``best`` (the finest level's winners, with their index) to the

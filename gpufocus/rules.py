@@ -201,10 +201,14 @@ class MaxEnergy(_PyramidRule):
 
     def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None:
         if level == 0 and self._guard is not None:
-            measured = self._measured(parts, 0)
-            energy, half = window_energies(measured * measured, self._window)
-            self._best[0] = fold_max(self._best[0], mask_unusable(energy, usable), parts.pyramid[0], self.count, True)
-            self._guard.fold(parts, self._measured(parts, 1), energy, half, usable, self.count)
+            finest, coarser, noise = self._measured(parts, 0), self._measured(parts, 1), parts.noise
+            for k in range(finest.shape[0]):  # a frame at a time: the guard's temporaries are whole planes
+                one, index = slice(k, k + 1), self.count + k
+                energy, half = window_energies(finest[one] * finest[one], self._window)
+                usable_one = None if usable is None else usable[one]
+                values = parts.pyramid[0][one]
+                self._best[0] = fold_max(self._best[0], mask_unusable(energy, usable_one), values, index, True)
+                self._guard.fold(values, noise[one], coarser[one], energy, half, usable_one, index)
             return
         self._best[level] = energy_fold(
             self._best[level], self._measured(parts, level), parts.pyramid[level], self._window, usable, self.count,
