@@ -76,7 +76,7 @@ def free_memory(device: torch.device) -> int:
 
 
 # Of an explicit memory budget, what frames in flight may take: the rest is for the
-# running result (about 49 bytes a pixel, 28 of them the halo guard's), the frames
+# running result (about 53 bytes a pixel, 32 of them the halo guard's), the frames
 # decoding ahead and the program.
 _BUDGET_SHARE = 0.6
 

@@ -288,7 +288,8 @@ class StackFuser:
         noise = None
         if self.options.halo_guard and self.options.method == "max-energy":
             with timer.stage("fuse"):
-                noise = noise_level(frames)  # of whole frames: the regions may be tiles
+                # of whole frames (the regions may be tiles), on the planes decided on
+                noise = noise_level(frames if self.options.per_channel else luminance(frames))
         for region, part, valid in self._regions_of(frames, mask, first, timer):
             with timer.stage("fuse"):
                 parts = self._decompose(part, valid, noise)

@@ -29,8 +29,8 @@ A stack without depth edges keeps every coefficient (tested on the shared smooth
 plane stacks: the same PSNR); the thresholds were chosen on the shared synthetic stacks
 and checked on six others made by ``gpufocus synth`` (bench/halo.py prints both).
 Cost: one more running winner of the finest level (its coefficients, score, frame and
-half-window energy) and the usual winner's frame, about 28 bytes a pixel for colour
-frames; on the CPU the fusion stage takes about 1.5 times as long (bench/halo.py); on
+half-window energy, the last with a copy of the score) and the usual winner's frame,
+about 32 bytes a pixel for colour frames; on the CPU the fusion stage takes about 1.5 times as long (bench/halo.py); on
 CUDA the finest level leaves the fused Triton kernel, which keeps no frame index.
 """
 
@@ -41,7 +41,6 @@ import math
 import torch
 from torch import Tensor
 
-from .color import luminance
 from .kernels import RunningMax, fold_max, mask_unusable
 from .kernels.filters import correlate1d, pyr_up, separable_filter
 
@@ -62,25 +61,26 @@ _NOISE_ROW_STEP = 16  # the noise level reads every 16th row: enough for a media
 _BINOMIAL5 = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
 
 
-def noise_level(frames: Tensor) -> Tensor:
-    """Per frame, the squared median of the luminance's finest detail (the pixel less
-    the 5x5 binomial blur around it), on every 16th row; ``(B,)`` float32.
+def noise_level(planes: Tensor) -> Tensor:
+    """Per image and plane, the squared median of its finest detail (the pixel less the
+    5x5 binomial blur around it), on every 16th row; ``(B, P)`` float32.
 
     A robust measure of the noise: most of a frame is out of focus, where that detail
-    is noise. A median is one of the values, so it does not depend on the batch.
+    is noise. A median is one of the values, so it does not depend on the batch. Pass
+    the planes decisions are made on: the luminance, or each channel.
 
     Shape:
-        - frames: ``(B, C, H, W)``, at least 5 pixels a side.
+        - planes: ``(B, P, H, W)``, at least 5 pixels a side.
     """
-    height = frames.shape[-2]
+    height = planes.shape[-2]
     rows = (height - 5) // _NOISE_ROW_STEP + 1
     stop = lambda k: k + _NOISE_ROW_STEP * (rows - 1) + 1  # noqa: E731
-    lines = [luminance(frames[..., k : stop(k) : _NOISE_ROW_STEP, :].float()) for k in range(5)]
+    lines = [planes[..., k : stop(k) : _NOISE_ROW_STEP, :].float() for k in range(5)]
     vertical = sum(t * line for t, line in zip(_BINOMIAL5, lines))
     width = vertical.shape[-1] - 4
     blurred = sum(t * vertical[..., k : k + width] for k, t in enumerate(_BINOMIAL5))
     detail = lines[2][..., 2 : 2 + width] - blurred
-    return detail.abs().flatten(1).median(dim=1).values.square()
+    return detail.abs().flatten(2).median(dim=2).values.square()
 
 
 def window_energies(squares: Tensor, taps: tuple[float, ...]) -> tuple[Tensor, Tensor]:
@@ -117,40 +117,40 @@ class HaloGuard:
 
     def __init__(self, taps: tuple[float, ...]) -> None:
         self.taps = taps
-        self._alternative: RunningMax | None = None
+        self._alternative: RunningMax | None = None  # by score: coefficients and frame
+        self._own: RunningMax | None = None  # by the same score: the winner's half-window energy
         self._noise: Tensor | None = None
-        self._channels = 0
 
     def fold(
         self, coefficients: Tensor, noise: Tensor, level1: Tensor, energy: Tensor, half: Tensor,
         usable: Tensor | None, first_index: int,
     ) -> None:
         """Take the next frames: their finest-level ``coefficients`` (``(B, C, h, w)``),
-        ``noise_level`` (``(B,)``), what the rule measures one level coarser (``level1``,
-        ``(B, S, h/2, w/2)``), and their finest level's ``window_energies``."""
+        ``noise_level`` of the planes decided on (``(B, S)``), what the rule measures one
+        level coarser (``level1``, ``(B, S, h/2, w/2)``), and their finest level's
+        ``window_energies``."""
         coarser = pyr_up(separable_filter(level1 * level1, self.taps), energy.shape[-2:])
-        # Carried with the winner: its half-window energy, or -1 (below any noise floor)
-        # where its detail is not its own.
+        # Kept for the winner: its half-window energy, or -1 (below any noise floor) where
+        # its detail is not its own.
         own = torch.where(energy >= MIN_SHARPNESS * coarser, half, -1.0)
         del coarser
         score = mask_unusable(torch.minimum(energy, half / HALF_SHARE), usable)
-        self._channels = coefficients.shape[1]
-        carried = torch.cat([coefficients, own.to(coefficients.dtype)], 1)
-        self._alternative = fold_max(self._alternative, score, carried, first_index, track_index=True)
-        least = noise.min()
+        self._alternative = fold_max(self._alternative, score, coefficients, first_index, track_index=True)
+        self._own = fold_max(self._own, score, own, first_index)  # the same scores: the same winners
+        least = noise.amin(0)  # per plane
         self._noise = least if self._noise is None else torch.minimum(self._noise, least)
 
     def apply(self, best: RunningMax, count: int) -> None:
         """Switch ``best`` (the finest level's winners, with their index) to the
         alternative where the module's conditions hold; in place, once."""
-        alternative, channels = self._alternative, self._channels
+        alternative, own = self._alternative, self._own
         if alternative is None:
             return
-        self._alternative = None  # its memory goes back
-        own = alternative.value[:, channels:]
-        floor = (self._noise * NOISE_FACTOR).to(best.score.dtype)
+        self._alternative = self._own = None  # their memory goes back
+        own = own.value
+        floor = (self._noise * NOISE_FACTOR).to(best.score.dtype).view(1, -1, 1, 1)
         jump = max(MIN_JUMP, math.ceil(JUMP_SHARE * (count - 1)))
         switch = (alternative.index - best.index).abs() >= jump
         switch &= (best.score >= floor) & (own >= floor) & (alternative.score >= floor)
-        torch.where(switch, alternative.value[:, :channels], best.value, out=best.value)
+        torch.where(switch, alternative.value, best.value, out=best.value)
         torch.where(switch, alternative.index, best.index, out=best.index)

@@ -164,8 +164,8 @@ class Decomposition:
         frames: ``(B, C, H, W)`` floating point.
         valid: ``(B, 1, H, W)`` bool, the pixels that hold image data, or ``None`` for all.
         levels: detail levels of the pyramid.
-        noise: ``(B,)``, the frames' ``gpufocus.halo.noise_level``, where ``frames`` are
-            tiles of them (it is a whole frame's); ``None``: measured on ``frames``.
+        noise: ``(B, S)``, the whole frames' ``gpufocus.halo.noise_level`` of the planes
+            decided on, where ``frames`` are tiles of them; ``None``: measured on ``frames``.
     """
 
     def __init__(self, frames: Tensor, valid: Tensor | None, levels: int, noise: Tensor | None = None) -> None:
@@ -173,11 +173,11 @@ class Decomposition:
         self._luma: dict[int, Tensor] = {}
         self._noise = noise
 
-    @property
-    def noise(self) -> Tensor:
-        """The frames' noise level (``gpufocus.halo.noise_level``), ``(B,)``."""
+    def noise(self, per_channel: bool) -> Tensor:
+        """The frames' noise level (``gpufocus.halo.noise_level``) of their luminance, or
+        of each channel, ``(B, S)``."""
         if self._noise is None:
-            self._noise = noise_level(self.frames)
+            self._noise = noise_level(self.frames if per_channel else luminance(self.frames))
         return self._noise
 
     @functools.cached_property

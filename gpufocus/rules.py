@@ -201,7 +201,7 @@ class MaxEnergy(_PyramidRule):
 
     def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None:
         if level == 0 and self._guard is not None:
-            finest, coarser, noise = self._measured(parts, 0), self._measured(parts, 1), parts.noise
+            finest, coarser, noise = self._measured(parts, 0), self._measured(parts, 1), parts.noise(self.per_channel)
             for k in range(finest.shape[0]):  # a frame at a time: the guard's temporaries are whole planes
                 one, index = slice(k, k + 1), self.count + k
                 energy, half = window_energies(finest[one] * finest[one], self._window)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from gpufocus import fuse
+from gpufocus.color import luminance
 from gpufocus.halo import (
     HALF_SHARE,
     JUMP_SHARE,
@@ -37,10 +38,16 @@ def edge_band(depth: torch.Tensor, reach: int = 8) -> torch.Tensor:
 
 def test_noise_level_matches_reference(rng):
     frames = rng.random((3, 3, 37, 23))
-    ours = noise_level(torch.from_numpy(frames))
-    np.testing.assert_allclose(ours.double().numpy(), reference.noise_level(frames), rtol=1e-5)
+    ours = noise_level(luminance(torch.from_numpy(frames)))
+    np.testing.assert_allclose(ours[:, 0].double().numpy(), reference.noise_level(frames), rtol=1e-5)
     # a median is one of the values: a frame's level does not depend on its batch
-    assert torch.equal(torch.cat([noise_level(torch.from_numpy(frames[i : i + 1])) for i in range(3)]), ours)
+    single = [noise_level(luminance(torch.from_numpy(frames[i : i + 1]))) for i in range(3)]
+    assert torch.equal(torch.cat(single), ours)
+    # each plane on its own
+    per_plane = noise_level(torch.from_numpy(frames))
+    assert per_plane.shape == (3, 3)
+    for c in range(3):
+        assert torch.equal(per_plane[:, c : c + 1], noise_level(torch.from_numpy(frames[:, c : c + 1])))
 
 
 @pytest.mark.parametrize("size", [3, 9])
@@ -110,3 +117,14 @@ def test_guard_does_not_depend_on_chunks_or_tiles(edges):
     assert torch.equal(fuse(edges.frames, device="cpu", align=False, levels=4, chunk=3, tile=0), whole)
     tiled = fuse(edges.frames, device="cpu", align=False, levels=4, chunk=3, tile=64)
     assert torch.equal(tiled, whole)
+
+
+def test_guard_decides_each_channel_on_its_own(edges):
+    # two grey channels of another kind (not RGB): decided, guard included, each on its
+    # own, so the 2-channel fusion is the fusion of each channel alone
+    planes = edges.frames[:, 1:]
+    both = fuse(planes, device="cpu", align=False)
+    alone = torch.cat([fuse(planes[:, c : c + 1], device="cpu", align=False) for c in range(2)])
+    assert torch.equal(both, alone)
+    off = torch.cat([fuse(planes[:, c : c + 1], device="cpu", align=False, halo_guard=False) for c in range(2)])
+    assert not torch.equal(alone, off)  # the guard switched coefficients here
