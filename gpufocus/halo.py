@@ -30,8 +30,9 @@ plane stacks: the same PSNR); the thresholds were chosen on the shared synthetic
 and checked on six others made by ``gpufocus synth`` (bench/halo.py prints both).
 Cost: one more running winner of the finest level (its coefficients, score, frame and
 half-window energy, the last with a copy of the score) and the usual winner's frame,
-about 32 bytes a pixel for colour frames; on the CPU the fusion stage takes about 1.5 times as long (bench/halo.py); on
-CUDA the finest level leaves the fused Triton kernel, which keeps no frame index.
+about 32 bytes a pixel for colour frames; on the CPU the fusion stage takes 1.5-1.7
+times as long (bench/halo.py); on CUDA the finest level leaves the fused Triton kernel,
+which keeps no frame index.
 """
 
 from __future__ import annotations
