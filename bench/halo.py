@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from gpufocus import FrameStack, fuse, list_frames, read_image
 from gpufocus.benchmark import bench_frames, machine_description
-from gpufocus.metrics import as_unit_float, average_gradient, border_crop, psnr, qabf
+from gpufocus.metrics import QabfAccumulator, as_unit_float, average_gradient, border_crop, psnr
 
 HERE = Path(__file__).resolve().parent
 OBJECT_STACKS = ("syn_astronaut_object_512", "syn_mosaic_object_2048x1536")
@@ -103,9 +103,12 @@ def real(shared: Path) -> None:
         off = _fused(stack, halo_guard=False)
         on = _fused(stack)
         changed = (off != on).any(0).float().mean().item()
-        sources = torch.cat([as_unit_float(chunk[0, ..., : stack.channels])[None] for chunk in stack.chunks(1)])
-        sources = sources[..., : off.shape[-2], : off.shape[-1]]
-        q = [qabf(border_crop(sources), border_crop(image)) for image in (off, on)]
+        scores = [QabfAccumulator(border_crop(image)) for image in (off, on)]
+        for chunk in stack.chunks(1):  # one frame in memory at a time
+            source = border_crop(as_unit_float(chunk[0, ..., : stack.channels]))
+            for score in scores:
+                score.add(source)
+        q = [score.value() for score in scores]
         g = [average_gradient(image) for image in (off, on)]
         print(f"| {folder.name} | {len(stack)} | {changed:.3%} | {q[0]:.4f} | {q[1]:.4f} | {g[0]:.5f} | {g[1]:.5f} |",
               flush=True)

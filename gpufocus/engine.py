@@ -23,7 +23,6 @@ from .color import luminance
 from .depth import DepthMap, finish
 from .device import default_chunk, frame_budget, resolve_device, resolve_dtype, working_bytes
 from .errors import GpufocusError
-from .halo import noise_level
 from .load import FrameStack
 from .options import FuseOptions, OptionError
 from .pyramid import Decomposition, auto_levels, max_levels
@@ -288,8 +287,8 @@ class StackFuser:
         noise = None
         if self.options.halo_guard and self.options.method == "max-energy":
             with timer.stage("fuse"):
-                # of whole frames (the regions may be tiles), on the planes decided on
-                noise = noise_level(frames if self.options.per_channel else luminance(frames))
+                # of whole frames: the regions may be tiles
+                noise = Decomposition(frames, None, self.levels).noise(self.options.per_channel)
         for region, part, valid in self._regions_of(frames, mask, first, timer):
             with timer.stage("fuse"):
                 parts = self._decompose(part, valid, noise)

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .kernels import RunningMax, fold_max, mask_unusable
-from .kernels.filters import correlate1d, pyr_up, separable_filter
+from .kernels.filters import binomial_taps, correlate1d, pyr_up, separable_filter
 
 __all__ = ["HALF_SHARE", "MIN_JUMP", "JUMP_SHARE", "MIN_SHARPNESS", "NOISE_FACTOR", "noise_level", "window_energies", "HaloGuard"]
 
@@ -59,7 +59,7 @@ MIN_SHARPNESS = 0.2
 NOISE_FACTOR = 400.0
 
 _NOISE_ROW_STEP = 16  # the noise level reads every 16th row: enough for a median
-_BINOMIAL5 = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
+_BINOMIAL5 = binomial_taps(5)
 
 
 def noise_level(planes: Tensor) -> Tensor:
