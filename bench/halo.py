@@ -110,7 +110,7 @@ def real(shared: Path) -> None:
                 score.add(source)
         q = [score.value() for score in scores]
         g = [average_gradient(image) for image in (off, on)]
-        print(f"| {folder.name} | {len(stack)} | {changed:.3%} | {q[0]:.4f} | {q[1]:.4f} | {g[0]:.5f} | {g[1]:.5f} |",
+        print(f"| {folder.name} | {len(stack)} | {changed:.3%} | {q[0]:.6f} | {q[1]:.6f} | {g[0]:.5f} | {g[1]:.5f} |",
               flush=True)
 
 
