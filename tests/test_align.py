@@ -206,3 +206,50 @@ def test_one_read_back_per_chunk_whatever_the_frames_and_iterations(moving, monk
     monkeypatch.setattr(align, "_ITERATIONS_COARSE", 7)
     fuse(moving.frames, device="cpu", chunk=chunk)
     assert len(reads) == -(-len(moving.frames) // chunk)
+
+
+def test_blur_matching_blurs_whichever_frame_is_sharper_tile_by_tile():
+    from gpufocus.align import _TILES, _blur_matched, _blurs
+
+    sharp = torch.randn(1, 256, 256, generator=torch.Generator().manual_seed(0))
+    soft = _blurs(sharp)[1]
+    left = torch.arange(256) < 128  # the template is sharp on the left, the image on the right
+    template, image = torch.where(left, sharp, soft), torch.where(left, soft, sharp)
+    valid = torch.ones(1, 256, 256, dtype=torch.bool)
+    best, choice = _blur_matched(template, image, _blurs(template), _blurs(image), valid)
+    tiles = choice.view(_TILES, _TILES)
+    assert (tiles[:, : _TILES // 2] == 3).all() and (tiles[:, _TILES // 2 :] == 4).all()  # blurred by the second taps
+    assert best.mean() < 0.05 * ((image - template) ** 2).mean()
+
+
+def test_the_matched_pair_differs_only_by_its_motion():
+    from gpufocus.align import _Level, _blurs, _match_blur
+
+    sharp = torch.randn(1, 1, 256, 256, generator=torch.Generator().manual_seed(1))
+    soft = _blurs(sharp)[0]
+    left = torch.arange(256) < 128
+    template, image = torch.where(left, sharp, soft), torch.where(left, soft, sharp)
+    level = _Level((256, 256), 1, 8, (256, 256), "cpu")
+    still = torch.eye(3, dtype=torch.float64)[None]
+    matched_template, matched_image = _match_blur(template, image, level, still, False)
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    before = ((image - template)[inner] ** 2).mean()
+    assert ((matched_image - matched_template)[inner] ** 2).mean() < 0.1 * before
+
+
+def test_blur_matching_keeps_the_chain_from_drifting(monkeypatch):
+    # Neighbours focused differently: the change of blur moves edges a little, always the
+    # same way, and the chain adds it up frame after frame unless the blur is matched.
+    import gpufocus.align as align
+
+    stack = make_stack(480, 640, 20, family="smooth", breathing=0.002, shift=0.3, max_blur=12.0, noise=2.0, seed=14)
+
+    def last_frame_error() -> float:
+        fuser = StackFuser(device="cpu", align=AlignOptions(match_exposure=False))
+        fuser.run(stack.frames)
+        truth = true_matrix(stack.params["frame_info"][-1], 480, 640)
+        return corner_error(fuser.transforms[-1].matrix, truth, 480, 640)
+
+    matched = last_frame_error()
+    monkeypatch.setattr(align, "_match_blur", lambda template, image, *rest: (template, image))
+    assert matched <= 0.1 and matched < 0.7 * last_frame_error()
