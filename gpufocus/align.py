@@ -19,8 +19,8 @@ way from one pair to the next, so the chain adds it up (0.11-0.12 px at the corn
 the last frame of the shared breathing stacks): before the finest level, the pair is
 blur-matched, tile by tile, the sharper of the two blurred to the other's focus (the
 same choice as the no-harm test's, below), and the finest level is estimated on the
-matched pair (0.04-0.10 px). That level takes every other row and column: a quarter of
-the work, the same estimate to a few thousandths of a pixel.
+matched pair (0.04-0.10 px). The two finest levels take every other row and column: a
+quarter of the work, the same estimate to a few thousandths of a pixel.
 
 Transforms are 3x3 matrices in *canonical* coordinates: full-resolution pixel
 coordinates, centred on the image and divided by half the longer side, so that the
@@ -90,7 +90,8 @@ _MARGIN = 24  # three wide sigmas: band pixels this near a border are left out
 _COARSEST_SIDE = 40  # LK pyramid: stop reducing below this shorter side
 _ITERATIONS_COARSE, _ITERATIONS_FINE = 4, 2  # converged: more change nothing (bench/alignment.py)
 _DAMPING = 1e-6
-_FINE_STRIDE = 2  # the finest level is estimated on every other row and column
+# The two finest levels are estimated on every other row and column (the same estimate).
+_FINE_STRIDE, _STRIDED_LEVELS = 2, 2
 # Plausible motion between neighbouring frames (canonical units: half the longer side).
 _MAX_SCALE_STEP, _MAX_ROTATION, _MAX_SHIFT, _MAX_PERSPECTIVE = 0.05, math.radians(5), 0.25, 0.05
 # Transforms that move no point by more than this many pixels are the identity: no
@@ -101,7 +102,7 @@ _MIN_STEP_PX = 0.05
 # The no-harm test (see the module notes), on a grid of tiles of the finest level.
 _TILES = 8
 _TILE_SIDE = 32
-_MATCH_TAPS = (5, 9)  # binomial windows: blurs of variance 1 and 2 pixels
+_MATCH_BLURS = 2  # the frames blurred once, twice... by 5 binomial taps: variance 1, 2... pixels
 _MIN_BETTER = 0.15
 _MIN_TILES_BETTER = 0.70
 # An estimate whose residual exceeds no motion's by this factor has failed.
@@ -186,25 +187,13 @@ def corner_error(matrix: Tensor, truth: Tensor, height: int, width: int) -> floa
 # -- features -----------------------------------------------------------------------------
 
 
-def _gaussian_taps(sigma: float, like: Tensor) -> Tensor:
-    """Normalised Gaussian taps out to three sigma, made on ``like``'s device."""
-    radius = max(1, math.ceil(3 * sigma))
-    k = torch.arange(-radius, radius + 1, dtype=torch.float64, device=like.device)
-    taps = torch.exp(-(k * k) / (2 * sigma * sigma))
-    return (taps / taps.sum()).to(like.dtype)
-
-
 def _gaussian(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``(B, 1, h, w)``, reflect borders; a convolution per frame,
-    so that a frame's result does not depend on the others in its batch."""
-    taps = _gaussian_taps(sigma, x)
-    radius = len(taps) // 2
-    out = []
-    for frame in x.split(1):
-        frame = F.pad(frame, (radius, radius, radius, radius), mode="reflect")
-        frame = F.conv2d(F.conv2d(frame, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1))
-        out.append(frame)
-    return torch.cat(out)
+    """Separable Gaussian blur of the last two dimensions, taps out to three sigma, reflect
+    borders (``separable_filter``'s shifted products: a quarter of a convolution's time
+    here, and a frame's result does not depend on the others in its batch)."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = [math.exp(-k * k / (2 * sigma * sigma)) for k in range(-radius, radius + 1)]
+    return separable_filter(x, tuple(t / sum(taps) for t in taps))
 
 
 def _band_pass(luma: Tensor, opaque: Tensor | None = None) -> Tensor:
@@ -390,8 +379,8 @@ def _estimate(template: _Features, image: _Features, model: str, start: Tensor |
 
     Inverse compositional: the Hessian of each level comes from the template alone, is
     factorised once, and every step costs one sampling and ``P`` sums. The finest level
-    works on the blur-matched pair, on every ``_FINE_STRIDE``-th point. Nothing is read
-    back to the host.
+    works on the blur-matched pair; the finest ``_STRIDED_LEVELS`` on every
+    ``_FINE_STRIDE``-th point. Nothing is read back to the host.
     """
     device = template.levels[0].device
     full = (template.height, template.width)
@@ -403,10 +392,9 @@ def _estimate(template: _Features, image: _Features, model: str, start: Tensor |
         t, i = template.levels[index], image.levels[index]
         batch, _, h, w = t.shape
         level = _Level((h, w), template.spacing[index], _margin(index), full, device)
-        stride = 1
+        stride = _FINE_STRIDE if index < _STRIDED_LEVELS and index < coarsest else 1
         if index == 0 and coarsest > 0:  # the coarser levels' estimate is close enough to compare blur
             t, i = _match_blur(t, i, level, matrix, model == "homography")
-            stride = _FINE_STRIDE
         gy, gx = (g[:, ::stride, ::stride] for g in torch.gradient(t[:, 0], dim=(1, 2)))
         t, level = t[..., ::stride, ::stride], level.every(stride)
         h, w = t.shape[-2:]
@@ -446,8 +434,12 @@ def _tile_sums(x: Tensor) -> Tensor:
 
 
 def _blurs(x: Tensor) -> list[Tensor]:
-    """``x`` blurred by each of ``_MATCH_TAPS``."""
-    return [separable_filter(x, binomial_taps(taps)) for taps in _MATCH_TAPS]
+    """``x`` blurred ``1 .. _MATCH_BLURS`` times by the 5-tap binomial (the 9-tap one, twice)."""
+    blurred = []
+    for _ in range(_MATCH_BLURS):
+        x = separable_filter(x, binomial_taps(5))
+        blurred.append(x)
+    return blurred
 
 
 def _blur_matched(
@@ -455,8 +447,8 @@ def _blur_matched(
 ) -> tuple[Tensor, Tensor]:
     """Per tile, the mean squared difference after blurring whichever frame is sharper
     there to the other's blur (the best of the frames as they are, and each blurred by
-    each of ``_MATCH_TAPS``: ``blurred_*``), ``(B, tiles)``; and which was best: 0 the
-    frames as they are, ``1 + 2 k`` the template blurred by the ``k``-th taps, ``2 + 2 k`` the image."""
+    each of ``_blurs``: ``blurred_*``), ``(B, tiles)``; and which was best: 0 the
+    frames as they are, ``1 + 2 k`` the template blurred ``k + 1`` times, ``2 + 2 k`` the image."""
     count = _tile_sums(valid.float()).clamp_min(1)
     best = _tile_sums((warped - template) ** 2 * valid) / count
     choice = torch.zeros_like(best, dtype=torch.int64)
@@ -488,7 +480,7 @@ def _match_blur(
     def where_chosen(n: int) -> Tensor:  # 1 in the tiles that chose n, blended between them
         return F.interpolate((tiles == n).to(template.dtype), size=template.shape[-2:], mode="bilinear")
 
-    for k in range(len(_MATCH_TAPS)):
+    for k in range(_MATCH_BLURS):
         on_image = level.sample(where_chosen(2 + 2 * k), to_image, projective)[0][:, None]  # the image's grid
         template = template + where_chosen(1 + 2 * k) * (blurred_template[k] - template)
         image = image + on_image * (blurred_image[k] - image)
