@@ -1,6 +1,6 @@
 """Alignment: no harm on stacks that do not move, the true motion on stacks that do, and its cost.
 
-    python bench/alignment.py [quality] [timing] [--shared ../shared] [--repeat 3]
+    python bench/alignment.py [quality] [blur-matching] [timing] [--shared ../shared] [--repeat 3]
 
 quality (default with timing):
 1. Registered pairs: every lytro_XX pair of <shared>/data/real fused with the defaults
@@ -11,8 +11,14 @@ quality (default with timing):
    image corners (last frame, and largest); whether the result equals --no-align; the
    last frame's corner error with --global-align.
 3. The real stacks: how many steps each took as motion, and the largest motion.
+blur-matching (on request):
+4. The breathing stacks of <shared>/data/synthetic and six held-out ones made by
+   `gpufocus synth` (scenes: frames of the shared real stacks and procedural ones; smooth,
+   object and plane depth; noise, JPEG): the corner error (last frame, largest) and the
+   PSNR of the defaults, with the finest level estimated on the blur-matched pair (the
+   defaults) and on the pair as it is.
 timing:
-4. `fuse()` of 10 frames of 2000x1500 in memory on the CPU, frames that do not move and
+5. `fuse()` of 10 frames of 2000x1500 in memory on the CPU, frames that do not move and
    frames that breathe 0.2 % a frame: the `align` and `fuse` stages (gpufocus.timing),
    median of --repeat runs after a warm-up, host allocator tuned as the command does.
    This part runs on older versions of gpufocus too (PYTHONPATH=... for "before").
@@ -117,6 +123,72 @@ def real_stacks(shared: Path) -> None:
         print(f"| {folder.name} | {len(stack)} | {taken} of {len(steps)} | {moved:.2f} | {len(caught)} |")
 
 
+# Held-out breathing stacks (name -> arguments of `gpufocus synth`; "real:<stack>/<file>" is a
+# frame of the shared data used as the scene): for the blur matching's ablation.
+HELD_OUT = {
+    "b1_pcb_smooth": ["--image", "real:petteri_pcb/pcb_004.jpg", "--family", "smooth", "--frames", "12",
+                      "--max-blur", "14", "--noise", "2", "--breathing", "0.002", "--shift", "0.3", "--format", "jpg",
+                      "--seed", "11"],
+    "b2_mffw_objects": ["--image", "real:mffw_02/mffw_02_A.jpg", "--family", "objects", "--frames", "16",
+                        "--max-blur", "20", "--noise", "2", "--breathing", "0.002", "--shift", "0.3", "--format", "jpg",
+                        "--seed", "12"],
+    "b3_procedural_smooth": ["--family", "smooth", "--frames", "20", "--max-blur", "12", "--noise", "2",
+                             "--breathing", "0.002", "--shift", "0.3", "--format", "jpg", "--seed", "13"],
+    "b4_fly_plane": ["--image", "real:bznick_test7/hf001.jpg", "--family", "plane", "--frames", "10", "--max-blur",
+                     "12", "--noise", "1", "--breathing", "0.003", "--shift", "0.5", "--seed", "14"],
+    "b5_bug_smooth": ["--image", "real:photomontage_bug/b_bigbug0000_croppped.png", "--family", "smooth", "--frames", "14",
+                      "--max-blur", "16", "--noise", "2", "--breathing", "0.002", "--shift", "0.3", "--format", "jpg",
+                      "--seed", "15"],
+    "b6_mffw_objects": ["--image", "real:mffw_04/mffw_04_A.jpg", "--family", "objects", "--frames", "12",
+                        "--max-blur", "12", "--noise", "1", "--breathing", "0.002", "--shift", "0.3", "--seed", "16"],
+}
+
+
+def blur_matching(shared: Path) -> None:
+    """The shared breathing stacks and HELD_OUT, with the finest level estimated on the
+    blur-matched pair (the defaults) and on the pair as it is."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import gpufocus.align as align
+    from gpufocus import FrameStack, StackFuser
+    from gpufocus.align import corner_error
+    from gpufocus.load import read_image
+    from gpufocus.metrics import border_crop, psnr
+    from gpufocus.synth import true_matrix
+
+    matched = align._match_blur
+    print("\n| stack | corner error, last / largest (px): matched | as they are | PSNR matched | as they are |"
+          "\n|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as root:
+        folders = [f for f in sorted((shared / "data" / "synthetic").iterdir())
+                   if json.loads((f / "params.json").read_text()).get("breathing")]
+        for name, arguments in HELD_OUT.items():
+            arguments = [str(shared / "data" / "real" / a[5:]) if a.startswith("real:") else a for a in arguments]
+            subprocess.run([sys.executable, "-m", "gpufocus", "synth", f"{root}/{name}", *arguments], check=True,
+                           capture_output=True)
+            folders.append(Path(root) / name)
+        for folder in folders:
+            params = json.loads((folder / "params.json").read_text())
+            stack = FrameStack([folder])
+            height, width = stack.size
+            truths = [true_matrix(info, height, width) for info in params["frame_info"]]
+            image = read_image(folder / "ground_truth.png")
+            truth = torch.from_numpy(image.astype("float32") / (65535 if image.dtype.itemsize == 2 else 255))
+            errors, scores = [], []
+            for estimate_on in (matched, lambda template, image, *rest: (template, image)):
+                align._match_blur = estimate_on
+                fuser = StackFuser(device="cpu")
+                fused = _quietly(fuser.run, stack)
+                corners = [corner_error(t.matrix, m, height, width) for t, m in zip(fuser.transforms, truths)]
+                errors.append(f"{corners[-1]:.3f} / {max(corners):.3f}")
+                scores.append(f"{psnr(border_crop(fused), border_crop(truth.permute(2, 0, 1))):.2f}")
+            align._match_blur = matched
+            print(f"| {folder.name} ({width}x{height}, {len(stack)}) | {errors[0]} | {errors[1]} | {scores[0]} "
+                  f"| {scores[1]} |")
+
+
 def timing(repeat: int) -> None:
     try:  # as the command does (gpufocus from issue 10 on; before, the library did it itself)
         from gpufocus.allocator import tune_host_allocator
@@ -143,18 +215,20 @@ def timing(repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", help="quality, timing (default: both)")
+    parser.add_argument("parts", nargs="*", help="quality, blur-matching, timing (default: quality and timing)")
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     args.parts = args.parts or ["quality", "timing"]
-    if set(args.parts) - {"quality", "timing"}:
+    if set(args.parts) - {"quality", "blur-matching", "timing"}:
         parser.error(f"unknown parts: {' '.join(args.parts)}")
     print(f"machine: {machine_description()}\n")
     if "quality" in args.parts:
         registered_pairs(args.shared)
         synthetic(args.shared)
         real_stacks(args.shared)
+    if "blur-matching" in args.parts:
+        blur_matching(args.shared)
     if "timing" in args.parts:
         timing(args.repeat)
 

@@ -102,7 +102,7 @@ _MIN_STEP_PX = 0.05
 # The no-harm test (see the module notes), on a grid of tiles of the finest level.
 _TILES = 8
 _TILE_SIDE = 32
-_MATCH_BLURS = 2  # the frames blurred once, twice... by 5 binomial taps: variance 1, 2... pixels
+_MATCH_BLURS = 2  # blurs by 5 binomial taps, once or twice: variance 1 or 2 pixels
 _MIN_BETTER = 0.15
 _MIN_TILES_BETTER = 0.70
 # An estimate whose residual exceeds no motion's by this factor has failed.
@@ -513,7 +513,8 @@ def _implausible(matrix: Tensor, model: str) -> Tensor:
 def _check(template: _Features, image: _Features, estimate: Tensor, model: str) -> dict[str, Tensor]:
     """How well each estimate explains its pair, against no motion at all (``(B,)`` each).
 
-    The fit is judged on the finest level; the no-harm test on the next one where its
+    The fit is judged on the finest level, on every ``_FINE_STRIDE``-th point unless
+    the no-harm test runs there too; the no-harm test on the next one where its
     tiles still hold ``_TILE_SIDE`` pixels a side (a quarter of the pixels, and cheaper
     blurs), else on the finest.
     """
