@@ -405,9 +405,9 @@ def _estimate(template: _Features, image: _Features, model: str, start: Tensor |
         weighted = torch.zeros(batch, size, padded, dtype=t.dtype, device=device)
         weighted[..., :n] = (jacobian * level.interior).flatten(2)
         hessian = torch.empty(batch, size, size, dtype=torch.float64, device=device)
-        for p in range(size):
-            for q in range(p + 1):
-                hessian[:, p, q] = hessian[:, q, p] = fixed_sum(weighted[:, p] * weighted[:, q]).double()
+        for p in range(size):  # a row at a time: P sums, not P (P + 1) / 2
+            row = fixed_sum(weighted[:, p : p + 1] * weighted[:, : p + 1]).double()
+            hessian[:, p, : p + 1], hessian[:, : p + 1, p] = row, row
         diagonal = hessian.diagonal(dim1=1, dim2=2)
         hessian = hessian + torch.diag_embed(diagonal.mean(-1, keepdim=True).expand_as(diagonal) * _DAMPING)
         factor = cholesky(hessian)
