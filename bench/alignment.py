@@ -123,8 +123,8 @@ def real_stacks(shared: Path) -> None:
         print(f"| {folder.name} | {len(stack)} | {taken} of {len(steps)} | {moved:.2f} | {len(caught)} |")
 
 
-# Held-out breathing stacks (name -> arguments of `gpufocus synth`; "real:<stack>/<file>" is a
-# frame of the shared data used as the scene): for the blur matching's ablation.
+# Held-out breathing stacks for the blur matching's ablation: name -> arguments of
+# `gpufocus synth` (made by bench/halo.py's held_out).
 HELD_OUT = {
     "b1_pcb_smooth": ["--image", "real:petteri_pcb/pcb_004.jpg", "--family", "smooth", "--frames", "12",
                       "--max-blur", "14", "--noise", "2", "--breathing", "0.002", "--shift", "0.3", "--format", "jpg",
@@ -147,16 +147,14 @@ HELD_OUT = {
 def blur_matching(shared: Path) -> None:
     """The shared breathing stacks and HELD_OUT, with the finest level estimated on the
     blur-matched pair (the defaults) and on the pair as it is."""
-    import subprocess
-    import sys
     import tempfile
 
     import gpufocus.align as align
-    from gpufocus import FrameStack, StackFuser
+    from gpufocus import FrameStack, StackFuser, read_image
     from gpufocus.align import corner_error
-    from gpufocus.load import read_image
-    from gpufocus.metrics import border_crop, psnr
+    from gpufocus.metrics import as_unit_float, border_crop, psnr
     from gpufocus.synth import true_matrix
+    from halo import held_out
 
     matched = align._match_blur
     print("\n| stack | corner error, last / largest (px): matched | as they are | PSNR matched | as they are |"
@@ -164,18 +162,12 @@ def blur_matching(shared: Path) -> None:
     with tempfile.TemporaryDirectory() as root:
         folders = [f for f in sorted((shared / "data" / "synthetic").iterdir())
                    if json.loads((f / "params.json").read_text()).get("breathing")]
-        for name, arguments in HELD_OUT.items():
-            arguments = [str(shared / "data" / "real" / a[5:]) if a.startswith("real:") else a for a in arguments]
-            subprocess.run([sys.executable, "-m", "gpufocus", "synth", f"{root}/{name}", *arguments], check=True,
-                           capture_output=True)
-            folders.append(Path(root) / name)
-        for folder in folders:
+        for folder in folders + held_out(shared, Path(root), HELD_OUT):
             params = json.loads((folder / "params.json").read_text())
             stack = FrameStack([folder])
             height, width = stack.size
             truths = [true_matrix(info, height, width) for info in params["frame_info"]]
-            image = read_image(folder / "ground_truth.png")
-            truth = torch.from_numpy(image.astype("float32") / (65535 if image.dtype.itemsize == 2 else 255))
+            truth = as_unit_float(read_image(folder / "ground_truth.png")).float()
             errors, scores = [], []
             for estimate_on in (matched, lambda template, image, *rest: (template, image)):
                 align._match_blur = estimate_on
@@ -183,7 +175,7 @@ def blur_matching(shared: Path) -> None:
                 fused = _quietly(fuser.run, stack)
                 corners = [corner_error(t.matrix, m, height, width) for t, m in zip(fuser.transforms, truths)]
                 errors.append(f"{corners[-1]:.3f} / {max(corners):.3f}")
-                scores.append(f"{psnr(border_crop(fused), border_crop(truth.permute(2, 0, 1))):.2f}")
+                scores.append(f"{psnr(border_crop(fused), border_crop(truth)):.2f}")
             align._match_blur = matched
             print(f"| {folder.name} ({width}x{height}, {len(stack)}) | {errors[0]} | {errors[1]} | {scores[0]} "
                   f"| {scores[1]} |")

@@ -85,9 +85,11 @@ def against_truth(folders: list[Path], consistency_for: tuple[str, ...] = ()) ->
             print(f"| {folder.name} | {label} | {whole:.3f} | {near:.3f} | {int(band.sum())} |", flush=True)
 
 
-def held_out(shared: Path, root: Path) -> list[Path]:
+def held_out(shared: Path, root: Path, stacks: dict[str, list[str]] = HELD_OUT) -> list[Path]:
+    """``stacks`` made by `gpufocus synth` in ``root``; "real:<stack>/<file>" is a frame of
+    the shared data, used as the scene."""
     folders = []
-    for name, arguments in HELD_OUT.items():
+    for name, arguments in stacks.items():
         arguments = [str(shared / "data" / "real" / a[5:]) if a.startswith("real:") else a for a in arguments]
         subprocess.run([sys.executable, "-m", "gpufocus", "synth", str(root / name), *arguments], check=True,
                        capture_output=True)
