@@ -193,7 +193,8 @@ def _gaussian(x: Tensor, sigma: float) -> Tensor:
     here, and a frame's result does not depend on the others in its batch)."""
     radius = max(1, math.ceil(3 * sigma))
     taps = [math.exp(-k * k / (2 * sigma * sigma)) for k in range(-radius, radius + 1)]
-    return separable_filter(x, tuple(t / sum(taps) for t in taps))
+    total = sum(taps)
+    return separable_filter(x, tuple(t / total for t in taps))
 
 
 def _band_pass(luma: Tensor, opaque: Tensor | None = None) -> Tensor:
