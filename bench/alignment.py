@@ -1,6 +1,7 @@
 """Alignment: no harm on stacks that do not move, the true motion on stacks that do, and its cost.
 
-    python bench/alignment.py [quality] [blur-matching] [timing] [--shared ../shared] [--repeat 3]
+    python bench/alignment.py [quality] [blur-matching] [lytro-crops] [timing] [breakdown] [--shared ../shared]
+        [--repeat 3]
 
 quality (default with timing):
 1. Registered pairs: every lytro_XX pair of <shared>/data/real fused with the defaults
@@ -17,11 +18,18 @@ blur-matching (on request):
    object and plane depth; noise, JPEG): the corner error (last frame, largest) and the
    PSNR of the defaults, with the finest level estimated on the blur-matched pair (the
    defaults) and on the pair as it is.
+   Then every real stack: how much the matching changes the motion and the result, and
+   Q^AB/F and the average gradient with and without it.
+lytro-crops (on request):
+5. Each Lytro pair: the whole frame's motion, and translations estimated on 3 x 3 crops
+   of 200 pixels (how far they move, and how far from the whole frame's motion).
 timing:
-5. `fuse()` of 10 frames of 2000x1500 in memory on the CPU, frames that do not move and
+6. `fuse()` of 10 frames of 2000x1500 in memory on the CPU, frames that do not move and
    frames that breathe 0.2 % a frame: the `align` and `fuse` stages (gpufocus.timing),
    median of --repeat runs after a warm-up, host allocator tuned as the command does.
    This part runs on older versions of gpufocus too (PYTHONPATH=... for "before").
+breakdown (on request):
+7. The same two stacks: wall time inside each part of gpufocus.align, per frame.
 Prints markdown tables.
 """
 
@@ -152,7 +160,7 @@ def blur_matching(shared: Path) -> None:
     import gpufocus.align as align
     from gpufocus import FrameStack, StackFuser, read_image
     from gpufocus.align import corner_error
-    from gpufocus.metrics import as_unit_float, border_crop, psnr
+    from gpufocus.metrics import QabfAccumulator, as_unit_float, average_gradient, border_crop, psnr
     from gpufocus.synth import true_matrix
     from halo import held_out
 
@@ -180,6 +188,61 @@ def blur_matching(shared: Path) -> None:
             print(f"| {folder.name} ({width}x{height}, {len(stack)}) | {errors[0]} | {errors[1]} | {scores[0]} "
                   f"| {scores[1]} |")
 
+    print("\n| real stack | largest change of motion (px, corners) | pixels changed | Q^AB/F matched | as they are "
+          "| AG matched | as they are |\n|---|---|---|---|---|---|---|")
+    for folder in sorted(p for p in (shared / "data" / "real").iterdir() if p.is_dir()):
+        stack = FrameStack([folder])
+        height, width = stack.size
+        fused, motion = [], []
+        for estimate_on in (matched, lambda template, image, *rest: (template, image)):
+            align._match_blur = estimate_on
+            fuser = StackFuser(device="cpu")
+            fused.append((_quietly(fuser.run, stack) * 255).round() / 255)  # as written to an 8-bit file
+            motion.append([t.matrix for t in fuser.transforms])
+        align._match_blur = matched
+        moved = max(corner_error(a, b, height, width) for a, b in zip(*motion))
+        changed = (fused[0] != fused[1]).any(0).float().mean().item()
+        scores = [QabfAccumulator(border_crop(image)) for image in fused]
+        for chunk in stack.chunks(1):  # one frame in memory at a time
+            source = border_crop(as_unit_float(chunk[0, ..., : stack.channels]))
+            for score in scores:
+                score.add(source)
+        q = [score.value() for score in scores]
+        g = [average_gradient(image) for image in fused]
+        print(f"| {folder.name} | {moved:.3f} | {changed:.3%} | {q[0]:.6f} | {q[1]:.6f} | {g[0]:.5f} | {g[1]:.5f} |",
+              flush=True)
+
+
+def lytro_crops(shared: Path, size: int = 200) -> None:
+    """Each Lytro pair's motion as the defaults estimate it (similarity, whole frame), and
+    a translation estimated on each of 3 x 3 crops of ``size`` pixels: how far each crop
+    moves, and how far that is from what the whole frame's motion predicts there."""
+    import gpufocus.align as align
+    from gpufocus import FrameStack
+    from gpufocus.engine import to_float
+
+    print("\n| pair | whole frame: largest move (px, corners) | crops: shifts (px) | crops against the whole frame's "
+          "motion, RMS (px) |\n|---|---|---|---|")
+    for folder in sorted((shared / "data" / "real").glob("lytro_*")):
+        stack = FrameStack([folder])
+        frames = torch.cat([to_float(chunk, torch.device("cpu"), torch.float32) for chunk in stack.chunks(1)])
+        height, width = frames.shape[-2:]
+        features = align._features(frames, 1024)
+        whole = align._estimate(features.pick(slice(0, 1)), features.pick(slice(1, 2)), "similarity")[0]
+        pixel = align.to_pixel_matrix(whole, height, width)
+        shifts, misses = [], []
+        for top in range(0, height - size + 1, (height - size) // 2):
+            for left in range(0, width - size + 1, (width - size) // 2):
+                crop = align._features(frames[..., top : top + size, left : left + size], 1024)
+                local = align._estimate(crop.pick(slice(0, 1)), crop.pick(slice(1, 2)), "translation")[0]
+                shift = align.to_pixel_matrix(local, size, size)[:2, 2]
+                centre = torch.tensor([left + (size - 1) / 2, top + (size - 1) / 2, 1.0], dtype=torch.float64)
+                shifts.append(float(shift.norm()))
+                misses.append(float(((pixel @ centre)[:2] - centre[:2] - shift).norm()))
+        rms = (sum(m * m for m in misses) / len(misses)) ** 0.5
+        print(f"| {folder.name} | {align.largest_move(whole, height, width):.2f} | {min(shifts):.2f}-{max(shifts):.2f} "
+              f"| {rms:.2f} |")
+
 
 def timing(repeat: int) -> None:
     try:  # as the command does (gpufocus from issue 10 on; before, the library did it itself)
@@ -205,14 +268,61 @@ def timing(repeat: int) -> None:
         print(f"| {name} | {align:.2f} | {fused:.2f} | {align / fused:.2f} | {listed} |")
 
 
+def breakdown(repeat: int) -> None:
+    """Where the align stage's time goes: wall time inside each of gpufocus.align's parts
+    (the blur matching is inside the estimation), per frame, median of ``repeat`` runs."""
+    import time
+
+    import gpufocus.align as align
+    from gpufocus.allocator import tune_host_allocator
+
+    tune_host_allocator()
+    parts = ("_features", "_estimate", "_match_blur", "_check", "_low", "warp_frame")
+    spent = dict.fromkeys(parts, 0.0)
+
+    def timed(name, call):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+        return wrapper
+
+    originals = {name: getattr(align, name) for name in parts}
+    for name, call in originals.items():
+        setattr(align, name, timed(name, call))
+    still = bench_frames(1500, 2000, 10)
+    steps = torch.tensor([1.002**i for i in range(10)])
+    breathing = move_frames(still.float() / 255, steps, torch.zeros(10, 2)).mul(255).round().to(torch.uint8)
+    columns = {}
+    try:
+        for name, frames in (("still", still), ("breathing 0.2 %", breathing)):
+            runs = []
+            for attempt in range(repeat + 1):
+                spent.update(dict.fromkeys(parts, 0.0))
+                _quietly(fuse, frames, device="cpu")
+                if attempt:  # the first is a warm-up
+                    runs.append(dict(spent))
+            columns[name] = {part: statistics.median(r[part] for r in runs) * 1000 / len(frames) for part in parts}
+    finally:
+        for name, call in originals.items():
+            setattr(align, name, call)
+    print("\n| part of the align stage, 10 x 2000x1500 | " + " | ".join(f"{n}: ms a frame" for n in columns)
+          + " |\n|---|" + "---|" * len(columns))
+    for part in parts:
+        print(f"| {part} | " + " | ".join(f"{columns[n][part]:.1f}" for n in columns) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", help="quality, blur-matching, timing (default: quality and timing)")
+    parser.add_argument("parts", nargs="*",
+                        help="quality, blur-matching, lytro-crops, timing, breakdown (default: quality and timing)")
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     args.parts = args.parts or ["quality", "timing"]
-    if set(args.parts) - {"quality", "blur-matching", "timing"}:
+    if set(args.parts) - {"quality", "blur-matching", "lytro-crops", "timing", "breakdown"}:
         parser.error(f"unknown parts: {' '.join(args.parts)}")
     print(f"machine: {machine_description()}\n")
     if "quality" in args.parts:
@@ -221,8 +331,12 @@ def main() -> None:
         real_stacks(args.shared)
     if "blur-matching" in args.parts:
         blur_matching(args.shared)
+    if "lytro-crops" in args.parts:
+        lytro_crops(args.shared)
     if "timing" in args.parts:
         timing(args.repeat)
+    if "breakdown" in args.parts:
+        breakdown(args.repeat)
 
 
 if __name__ == "__main__":
