@@ -177,7 +177,7 @@ def blur_matching(shared: Path) -> None:
             truths = [true_matrix(info, height, width) for info in params["frame_info"]]
             truth = as_unit_float(read_image(folder / "ground_truth.png")).float()
             errors, scores = [], []
-            for estimate_on in (matched, lambda template, image, *rest: (template, image)):
+            for estimate_on in (matched, lambda *pair: (None, None, None)):
                 align._match_blur = estimate_on
                 fuser = StackFuser(device="cpu")
                 fused = _quietly(fuser.run, stack)
@@ -194,7 +194,7 @@ def blur_matching(shared: Path) -> None:
         stack = FrameStack([folder])
         height, width = stack.size
         fused, motion = [], []
-        for estimate_on in (matched, lambda template, image, *rest: (template, image)):
+        for estimate_on in (matched, lambda *pair: (None, None, None)):
             align._match_blur = estimate_on
             fuser = StackFuser(device="cpu")
             fused.append((_quietly(fuser.run, stack) * 255).round() / 255)  # as written to an 8-bit file
@@ -277,7 +277,7 @@ def breakdown(repeat: int) -> None:
     from gpufocus.allocator import tune_host_allocator
 
     tune_host_allocator()
-    parts = ("_features", "_estimate", "_match_blur", "_check", "_low", "warp_frame")
+    parts = ("_features", "_band_pass", "_blurs", "_estimate", "_match_blur", "_check", "_low", "warp_frame")
     spent = dict.fromkeys(parts, 0.0)
 
     def timed(name, call):

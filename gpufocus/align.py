@@ -20,7 +20,10 @@ the last frame of the shared breathing stacks): before the finest level, the pai
 blur-matched, tile by tile, the sharper of the two blurred to the other's focus (the
 same choice as the no-harm test's, below), and the finest level is estimated on the
 matched pair (0.04-0.10 px). The two finest levels take every other row and column: a
-quarter of the work, the same estimate to a few thousandths of a pixel.
+quarter of the work, the same estimate to a few thousandths of a pixel. The matching
+is done there too: each frame's blurs are made once (it is template to one neighbour
+and image to the other), and the template's values and gradient and the image's
+samples are blended point by point rather than the frames themselves.
 
 Transforms are 3x3 matrices in *canonical* coordinates: full-resolution pixel
 coordinates, centred on the image and divided by half the longer side, so that the
@@ -57,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .batchmath import cholesky, cholesky_solve, fixed_sum, inverse3x3, matmul3x3, padded_length
+from .batchmath import cholesky, cholesky_solve, fixed_sum, inverse3x3, matmul3x3
 from .color import luminance
 from .errors import GpufocusWarning
 from .options import ALIGN_MODELS, AlignOptions
@@ -220,21 +223,29 @@ def _band_pass(luma: Tensor, opaque: Tensor | None = None) -> Tensor:
 @dataclass
 class _Features:
     """Band-pass pyramids of ``B`` frames, finest level first, and the pixel spacing of
-    each level in full-resolution pixels."""
+    each level in full-resolution pixels; ``blurred``: the levels that are compared
+    blur-matched (``_matched_levels``), each with its ``_blurs`` after it as channels,
+    ``(B, 1 + _MATCH_BLURS, h, w)`` (a frame is template to one neighbour and image to the
+    other: its blurs are made once)."""
 
     levels: list[Tensor]
     spacing: list[int]
     height: int
     width: int
+    blurred: dict[int, Tensor]
 
     def pick(self, index) -> _Features:
-        return _Features([level[index] for level in self.levels], self.spacing, self.height, self.width)
+        return _Features(
+            [level[index] for level in self.levels], self.spacing, self.height, self.width,
+            {i: stack[index] for i, stack in self.blurred.items()},
+        )
 
     @staticmethod
     def cat(parts: list[_Features]) -> _Features:
         first = parts[0]
         levels = [torch.cat([p.levels[i] for p in parts]) for i in range(len(first.levels))]
-        return _Features(levels, first.spacing, first.height, first.width)
+        blurred = {i: torch.cat([p.blurred[i] for p in parts]) for i in first.blurred}
+        return _Features(levels, first.spacing, first.height, first.width, blurred)
 
 
 def _opaque(frames: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -265,7 +276,20 @@ def _features(frames: Tensor, size: int, opaque: Tensor | None = None) -> _Featu
     while min(levels[-1].shape[-2:]) >= 2 * _COARSEST_SIDE:
         levels.append(pyr_down(levels[-1]))
         spacings.append(spacings[-1] * 2)
-    return _Features(levels, spacings, height, width)
+    blurred = {i: torch.cat([levels[i], *_blurs(levels[i])], 1) for i in _matched_levels(levels)}
+    return _Features(levels, spacings, height, width, blurred)
+
+
+def _test_level(levels: list[Tensor]) -> int:
+    """The level of the no-harm test: the next to finest where its tiles still hold
+    ``_TILE_SIDE`` pixels a side (a quarter of the pixels, and cheaper blurs), else the finest."""
+    return 1 if len(levels) > 1 and min(levels[1].shape[-2:]) >= _TILES * _TILE_SIDE else 0
+
+
+def _matched_levels(levels: list[Tensor]) -> set[int]:
+    """The levels compared blur-matched: the finest, for its estimate (when coarser ones
+    came first), and the no-harm test's."""
+    return ({0} if len(levels) > 1 else set()) | {_test_level(levels)}
 
 
 # -- estimation ---------------------------------------------------------------------------
@@ -273,20 +297,16 @@ def _features(frames: Tensor, size: int, opaque: Tensor | None = None) -> _Featu
 
 def _delta(model: str, p: Tensor) -> Tensor:
     """The ``(B, 3, 3)`` matrices of parameter steps ``p`` (``(B, P)``, float64)."""
-    m = torch.eye(3, dtype=p.dtype, device=p.device).repeat(p.shape[0], 1, 1)
+    one, zero, q = torch.ones_like(p[:, 0]), torch.zeros_like(p[:, 0]), p.unbind(1)
     if model == "translation":
-        m[:, 0, 2], m[:, 1, 2] = p[:, 0], p[:, 1]
+        entries = [one, zero, q[0], zero, one, q[1], zero, zero, one]
     elif model == "similarity":  # x' = (1 + a) x - b y + tx, y' = b x + (1 + a) y + ty
-        m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = 1 + p[:, 0], -p[:, 1], p[:, 2]
-        m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = p[:, 1], 1 + p[:, 0], p[:, 3]
+        entries = [1 + q[0], -q[1], q[2], q[1], 1 + q[0], q[3], zero, zero, one]
     elif model == "affine":
-        m[:, 0, 0], m[:, 1, 0], m[:, 0, 1] = 1 + p[:, 0], p[:, 1], p[:, 2]
-        m[:, 1, 1], m[:, 0, 2], m[:, 1, 2] = 1 + p[:, 3], p[:, 4], p[:, 5]
+        entries = [1 + q[0], q[2], q[4], q[1], 1 + q[3], q[5], zero, zero, one]
     else:
-        m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = 1 + p[:, 0], p[:, 1], p[:, 2]
-        m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = p[:, 3], 1 + p[:, 4], p[:, 5]
-        m[:, 2, 0], m[:, 2, 1] = p[:, 6], p[:, 7]
-    return m
+        entries = [1 + q[0], q[1], q[2], q[3], 1 + q[4], q[5], q[6], q[7], one]
+    return torch.stack(entries, -1).view(-1, 3, 3)
 
 
 def _steepest_descent(model: str, gx: Tensor, gy: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -301,6 +321,28 @@ def _steepest_descent(model: str, gx: Tensor, gy: Tensor, x: Tensor, y: Tensor) 
         radial = gx * x + gy * y
         parts = [gx * x, gx * y, gx, gy * x, gy * y, gy, -x * radial, -y * radial]
     return torch.stack(parts, 1)
+
+
+def _central_difference(x: Tensor, dim: int, stride: int) -> Tensor:
+    """``torch.gradient`` of ``x`` along ``dim`` (unit spacing, one-sided at the ends) at
+    every ``stride``-th sample only, the same numbers."""
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    last = (n - 1) // stride * stride  # the last position kept
+    out = x.new_empty(x.shape[:dim] + (last // stride + 1,) + x.shape[dim + 1 :])
+    every = lambda start, stop: x[(slice(None),) * dim + (slice(start, stop, stride),)]  # noqa: E731
+    out.narrow(dim, 0, 1).copy_(x.narrow(dim, 1, 1) - x.narrow(dim, 0, 1))
+    inner = out.narrow(dim, 1, (last - 1) // stride if last == n - 1 else last // stride)
+    torch.sub(every(stride + 1, n), every(stride - 1, n - 2), out=inner).div_(2)
+    if last == n - 1 and last > 0:
+        out.narrow(dim, -1, 1).copy_(x.narrow(dim, n - 1, 1) - x.narrow(dim, n - 2, 1))
+    return out
+
+
+def _gradient_every(x: Tensor, stride: int) -> tuple[Tensor, Tensor]:
+    """``torch.gradient`` of ``x`` along its last two dimensions, at every ``stride``-th
+    row and column, computed there only."""
+    return _central_difference(x[..., ::stride], -2, stride), _central_difference(x[..., ::stride, :], -1, stride)
 
 
 class _Level:
@@ -337,8 +379,8 @@ class _Level:
         return level
 
     def sample(self, image: Tensor, matrix: Tensor, projective: bool) -> tuple[Tensor, Tensor]:
-        """``image`` (``(B, 1, h, w)``) at ``matrix @ x`` of the grid's points, ``(B, h, w)``,
-        and which points land inside it."""
+        """``image`` (``(B, C, h, w)``) at ``matrix @ x`` of the grid's points, ``(B, C, h', w')``,
+        and which points land inside it, ``(B, h', w')``."""
         n = matmul3x3(self.to_normal, matrix).float()
         c = lambda i, j: n[:, i, j].view(-1, 1, 1)  # noqa: E731
         nx = c(0, 0) * self.x + c(0, 1) * self.y + c(0, 2)
@@ -349,7 +391,7 @@ class _Level:
         inside = (nx.abs() <= 1) & (ny.abs() <= 1)
         grid = torch.stack((nx, ny), -1)
         sampled = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return sampled[:, 0], inside
+        return sampled, inside
 
 
 def _margin(level: int) -> int:
@@ -380,7 +422,8 @@ def _estimate(template: _Features, image: _Features, model: str, start: Tensor |
 
     Inverse compositional: the Hessian of each level comes from the template alone, is
     factorised once, and every step costs one sampling and ``P`` sums. The finest level
-    works on the blur-matched pair; the finest ``_STRIDED_LEVELS`` on every
+    works on the blur-matched pair (the frames' samples and the template's gradient
+    blended as ``_match_blur`` says); the finest ``_STRIDED_LEVELS`` on every
     ``_FINE_STRIDE``-th point. Nothing is read back to the host.
     """
     device = template.levels[0].device
@@ -391,31 +434,32 @@ def _estimate(template: _Features, image: _Features, model: str, start: Tensor |
     )
     for index in range(coarsest, -1, -1):
         t, i = template.levels[index], image.levels[index]
-        batch, _, h, w = t.shape
-        level = _Level((h, w), template.spacing[index], _margin(index), full, device)
+        batch = t.shape[0]
+        level = _Level(t.shape[-2:], template.spacing[index], _margin(index), full, device)
         stride = _FINE_STRIDE if index < _STRIDED_LEVELS and index < coarsest else 1
+        matched = weights = sampled = None
         if index == 0 and coarsest > 0:  # the coarser levels' estimate is close enough to compare blur
-            t, i = _match_blur(t, i, level, matrix, model == "homography")
-        gy, gx = (g[:, ::stride, ::stride] for g in torch.gradient(t[:, 0], dim=(1, 2)))
-        t, level = t[..., ::stride, ::stride], level.every(stride)
-        h, w = t.shape[-2:]
+            t, i = template.blurred[0], image.blurred[0]
+            matched, weights, sampled = _match_blur(t, i, level, matrix, model == "homography")
+        t, gy, gx = (_blend(x, matched) for x in (t[..., ::stride, ::stride], *_gradient_every(t, stride)))
+        level = level.every(stride)
         jacobian = _steepest_descent(model, gx * level.scale, gy * level.scale, level.x, level.y)
         size = jacobian.shape[1]
-        n, padded = h * w, padded_length(h * w)
-        # The Jacobian of the interior pixels, zero elsewhere and in the padding.
-        weighted = torch.zeros(batch, size, padded, dtype=t.dtype, device=device)
-        weighted[..., :n] = (jacobian * level.interior).flatten(2)
+        weighted = (jacobian * level.interior).flatten(2)  # the Jacobian of the interior pixels, zero elsewhere
+        # The lower triangle's products, a row at a time, summed at once.
+        rows, columns = torch.tril_indices(size, size, device=device)
+        products = weighted.new_empty(batch, rows.shape[0], weighted.shape[-1])
+        for p in range(size):
+            torch.mul(weighted[:, p : p + 1], weighted[:, : p + 1], out=products[:, p * (p + 1) // 2 : (p + 1) * (p + 2) // 2])
         hessian = torch.empty(batch, size, size, dtype=torch.float64, device=device)
-        for p in range(size):  # a row at a time: P sums, not P (P + 1) / 2
-            row = fixed_sum(weighted[:, p : p + 1] * weighted[:, : p + 1]).double()
-            hessian[:, p, : p + 1], hessian[:, : p + 1, p] = row, row
+        hessian[:, rows, columns] = hessian[:, columns, rows] = fixed_sum(products).double()
         diagonal = hessian.diagonal(dim1=1, dim2=2)
         hessian = hessian + torch.diag_embed(diagonal.mean(-1, keepdim=True).expand_as(diagonal) * _DAMPING)
         factor = cholesky(hessian)
-        error = torch.zeros(batch, padded, dtype=t.dtype, device=device)
         for _ in range(_ITERATIONS_FINE if index == 0 else _ITERATIONS_COARSE):
-            warped, inside = level.sample(i, matrix, model == "homography")
-            torch.mul(warped - t[:, 0], inside, out=error[:, :n].unflatten(1, (h, w)))
+            warped, inside = sampled or level.sample(i, matrix, model == "homography")
+            warped, sampled = _blend(warped, weights), None
+            error = ((warped - t) * inside).flatten(1)
             step = cholesky_solve(factor, fixed_sum(weighted * error[:, None]).double())
             matrix = matmul3x3(matrix, inverse3x3(_delta(model, step)))
             matrix = matrix / matrix[:, 2:, 2:]
@@ -426,12 +470,13 @@ def _estimate(template: _Features, image: _Features, model: str, start: Tensor |
 
 
 def _tile_sums(x: Tensor) -> Tensor:
-    """``(B, h, w)`` summed over a ``_TILES`` x ``_TILES`` grid (the last rows and columns that
-    do not fill a tile are left out), ``(B, _TILES * _TILES)``."""
-    b, h, w = x.shape
+    """``(..., h, w)`` summed over a ``_TILES`` x ``_TILES`` grid (the last rows and columns
+    that do not fill a tile are left out), ``(..., _TILES * _TILES)``."""
+    *lead, h, w = x.shape
     th, tw = h // _TILES, w // _TILES
-    tiles = x[:, : th * _TILES, : tw * _TILES].reshape(b, _TILES, th, _TILES, tw).permute(0, 1, 3, 2, 4)
-    return fixed_sum(tiles.reshape(b, _TILES * _TILES, th * tw))
+    # Down each tile's columns first (whole rows at a time), then along the tiles' rows.
+    columns = fixed_sum(x[..., : th * _TILES, : tw * _TILES].reshape(*lead, _TILES, th, _TILES * tw), -2)
+    return fixed_sum(columns.reshape(*lead, _TILES, _TILES, tw)).reshape(*lead, _TILES * _TILES)
 
 
 def _blurs(x: Tensor) -> list[Tensor]:
@@ -443,49 +488,56 @@ def _blurs(x: Tensor) -> list[Tensor]:
     return blurred
 
 
-def _blur_matched(
-    template: Tensor, warped: Tensor, blurred_template: list[Tensor], blurred_warped: list[Tensor], valid: Tensor
-) -> tuple[Tensor, Tensor]:
+def _blur_matched(template: Tensor, image: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Per tile, the mean squared difference after blurring whichever frame is sharper
-    there to the other's blur (the best of the frames as they are, and each blurred by
-    each of ``_blurs``: ``blurred_*``), ``(B, tiles)``; and which was best: 0 the
-    frames as they are, ``1 + 2 k`` the template blurred ``k + 1`` times, ``2 + 2 k`` the image."""
-    count = _tile_sums(valid.float()).clamp_min(1)
-    best = _tile_sums((warped - template) ** 2 * valid) / count
-    choice = torch.zeros_like(best, dtype=torch.int64)
-    for k, (blurred, softer) in enumerate(zip(blurred_template, blurred_warped)):
-        for n, other, mine in ((1 + 2 * k, warped, blurred), (2 + 2 * k, softer, template)):
-            residual = _tile_sums((other - mine) ** 2 * valid) / count
-            choice = torch.where(residual < best, n, choice)
-            best = torch.minimum(best, residual)
-    return best, choice
+    there to the other's blur: the best of the frames as they are and of each blurred by
+    each of ``_blurs`` (``template``, ``image``: ``(B, 1 + _MATCH_BLURS, h, w)``, each
+    frame followed by its blurs; ``valid``: ``(B, h, w)``), ``(B, tiles)``; and which was
+    best: 0 the frames as they are, ``1 + 2 k`` the template blurred ``k + 1`` times,
+    ``2 + 2 k`` the image (on a tie, the first of these)."""
+    differences = [image[:, 0] - template[:, 0]]
+    for k in range(1, image.shape[1]):
+        differences += [image[:, 0] - template[:, k], image[:, k] - template[:, 0]]
+    squared = torch.stack(differences, 1) ** 2 * valid[:, None]
+    residual = _tile_sums(squared) / _tile_sums(valid.float()).clamp_min(1)[:, None]
+    return residual.min(1)
 
 
 def _match_blur(
     template: Tensor, image: Tensor, level: _Level, matrix: Tensor, projective: bool
-) -> tuple[Tensor, Tensor]:
-    """The pair (``(B, 1, h, w)`` band images, ``image(matrix x) ~ template(x)``) with,
-    tile by tile, the sharper of the two blurred to the other's focus, as ``_blur_matched``
-    chooses (on every ``_FINE_STRIDE``-th point); the choices blend smoothly between tiles."""
-    blurred_template, blurred_image = _blurs(template), _blurs(image)
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """Blur matching of a pair (``(B, 1 + _MATCH_BLURS, h, w)``: band images, ``image(matrix
+    x) ~ template(x)``, each followed by its ``_blurs``): tile by tile, the sharper of the
+    two is blurred to the other's focus, as ``_blur_matched`` chooses, on every
+    ``_FINE_STRIDE``-th point of the template's grid; the choices blend bilinearly between
+    the tiles.
+
+    Returns:
+        On those points, how much of each blur the template takes and how much the
+        image's samples take (``_blend``), ``(B, _MATCH_BLURS, h', w')`` each (blending
+        samples rather than frames needs no map of the choices on the image's grid nor
+        at full resolution); and the image's channels sampled there at ``matrix`` and
+        where they are inside (``_Level.sample``): the first Gauss-Newton step's samples.
+    """
     grid = level.every(_FINE_STRIDE)
     warped, inside = grid.sample(image, matrix, projective)
-    points = lambda x: x[:, 0, ::_FINE_STRIDE, ::_FINE_STRIDE]  # noqa: E731
-    _, choice = _blur_matched(
-        points(template), warped, [points(b) for b in blurred_template],
-        [grid.sample(b, matrix, projective)[0] for b in blurred_image], inside & grid.interior,
-    )
-    tiles = choice.view(-1, 1, _TILES, _TILES)
-    to_image = inverse3x3(matrix)
+    points = template[..., ::_FINE_STRIDE, ::_FINE_STRIDE]
+    _, choice = _blur_matched(points, warped, inside & grid.interior)
+    # 1 in the tiles that chose 1 + 2 k (the template blurred), 2 + 2 k (the image), blended between tiles.
+    chosen = choice.view(-1, 1, _TILES, _TILES) == torch.arange(1, 1 + 2 * _MATCH_BLURS, device=choice.device).view(1, -1, 1, 1)
+    share = F.interpolate(chosen.to(template.dtype), size=points.shape[-2:], mode="bilinear")
+    return share[:, 0::2], share[:, 1::2], (warped, inside)
 
-    def where_chosen(n: int) -> Tensor:  # 1 in the tiles that chose n, blended between them
-        return F.interpolate((tiles == n).to(template.dtype), size=template.shape[-2:], mode="bilinear")
 
-    for k in range(_MATCH_BLURS):
-        on_image = level.sample(where_chosen(2 + 2 * k), to_image, projective)[0][:, None]  # the image's grid
-        template = template + where_chosen(1 + 2 * k) * (blurred_template[k] - template)
-        image = image + on_image * (blurred_image[k] - image)
-    return template, image
+def _blend(channels: Tensor, weights: Tensor | None) -> Tensor:
+    """A frame's channels (``(B, 1 + K, h, w)``: as it is, then blurred ``1 .. K`` times)
+    blended by ``weights`` (``(B, K, h, w)``; ``None``: the frame as it is), ``(B, h, w)``.
+    Of the template's gradient, too: the weights' own slope, over a tile's width, is
+    left out."""
+    blended = channels[:, 0]
+    for k in range(0 if weights is None else weights.shape[1]):
+        blended = blended + weights[:, k] * (channels[:, k + 1] - blended)
+    return blended
 
 
 # -- checks and decisions ----------------------------------------------------------------
@@ -515,30 +567,27 @@ def _check(template: _Features, image: _Features, estimate: Tensor, model: str) 
     """How well each estimate explains its pair, against no motion at all (``(B,)`` each).
 
     The fit is judged on the finest level, on every ``_FINE_STRIDE``-th point unless
-    the no-harm test runs there too; the no-harm test on the next one where its
-    tiles still hold ``_TILE_SIDE`` pixels a side (a quarter of the pixels, and cheaper
-    blurs), else on the finest.
+    the no-harm test runs there too; the no-harm test on ``_test_level``.
     """
     full = (template.height, template.width)
     stats = {}
-    coarse = len(template.levels) > 1 and min(template.levels[1].shape[-2:]) >= _TILES * _TILE_SIDE
-    test = 1 if coarse else 0
+    test = _test_level(template.levels)
     for index in sorted({0, test}):
         stride = 1 if index == test else _FINE_STRIDE  # the fit's mean residual: every other point will do
         t, i = template.levels[index][:, 0], image.levels[index]
         level = _Level(t.shape[-2:], template.spacing[index], _margin(index), full, t.device).every(stride)
         t = t[:, ::stride, ::stride]
         moved, inside = level.sample(i, estimate, model == "homography")
+        moved = moved[:, 0]
         still = i[:, 0, ::stride, ::stride]  # the identity samples every point where it is
         valid = inside & level.interior
         if index == 0:
             count = fixed_sum(valid.flatten(1).float()).clamp_min(1)
             stats["residual"] = fixed_sum(((moved - t) ** 2 * valid).flatten(1)) / count
             stats["still"] = fixed_sum(((still - t) ** 2 * valid).flatten(1)) / count
-        if index == test:
-            blurred = _blurs(t)
-            before, _ = _blur_matched(t, still, blurred, _blurs(still), valid)
-            after, _ = _blur_matched(t, moved, blurred, _blurs(moved), valid)
+        if index == test:  # stride 1: the frames' own blurs
+            before, _ = _blur_matched(template.blurred[index], image.blurred[index], valid)
+            after, _ = _blur_matched(template.blurred[index], torch.cat([moved[:, None], *_blurs(moved[:, None])], 1), valid)
             stats["better"] = 1 - fixed_sum(after) / fixed_sum(before).clamp_min(1e-12)
             used = (_tile_sums(valid.float()) > 0).float()  # tiles inside the margin do not vote
             stats["tiles_better"] = fixed_sum((after < before).float() * used) / fixed_sum(used).clamp_min(1)
@@ -570,7 +619,12 @@ def _low(frames: Tensor, opaque: Tensor | None = None) -> tuple[Tensor, int]:
     block = 1
     while min(frames.shape[-2:]) // (2 * block) >= 32:
         block *= 2
-    return F.avg_pool2d(frames.float(), block), block
+    b, c, h, w = frames.shape
+    rows, columns = h // block, w // block
+    # Pairwise sums over the block's rows, then its columns: a third of avg_pool2d's time.
+    x = frames.float()[..., : rows * block, : columns * block].reshape(b, c, rows, block, columns * block)
+    x = fixed_sum(x, 3).reshape(b, c, rows, columns, block)
+    return fixed_sum(x) / (block * block), block
 
 
 def _gains(
@@ -588,16 +642,14 @@ def _gains(
     """
     low, block = low
     level = _Level(low.shape[-2:], block, 0, full, low.device, offset=(block - 1) / 2)  # block centres
-    both = True
+    warped, inside = level.sample(low, matrices, True)
     if masked:  # the last channel is opacity (``_low``): compare only what both frames show
-        cover, _ = level.sample(low[:, -1:], matrices, True)
-        both = (cover > 0.999) & (reference_low[:, -1] > 0.999)
-        low, reference_low = low[:, :-1], reference_low[:, :-1]
+        inside = inside & (warped[:, -1] > 0.999) & (reference_low[:, -1] > 0.999)
+        warped, reference_low = warped[:, :-1], reference_low[:, :-1]
+    weight = inside.float()
     channels = []
-    for c in range(low.shape[1]):
-        warped, inside = level.sample(low[:, c : c + 1], matrices, True)
-        weight = (inside & both).float()
-        frame_mean = fixed_sum((warped * weight).flatten(1))
+    for c in range(warped.shape[1]):
+        frame_mean = fixed_sum((warped[:, c] * weight).flatten(1))
         reference_mean = fixed_sum((reference_low[:, c] * weight).flatten(1))
         channels.append(reference_mean / frame_mean.clamp_min(1e-12))
     gain = torch.stack(channels, -1).clamp(0.5, 2.0)
@@ -625,7 +677,11 @@ def warp_frame(
         inside = torch.ones(1, 1, box_h, box_w, dtype=torch.bool, device=frame.device)
         return frame[..., top : top + box_h, left : left + box_w], inside
     pixel = to_pixel_matrix(matrix, height, width).float().to(frame.device)
-    ys = torch.arange(top, top + box_h, device=frame.device, dtype=torch.float32)
+    # grid_sample's CPU kernel gives each batch element to one thread: the rows are cut
+    # into a band per thread, sampled as a batch of the same frame (the same numbers).
+    bands = torch.get_num_threads() if frame.device.type == "cpu" else 1
+    rows = -(-box_h // bands)
+    ys = torch.arange(top, top + rows * bands, device=frame.device, dtype=torch.float32)
     xs = torch.arange(left, left + box_w, device=frame.device, dtype=torch.float32)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     denominator = pixel[2, 0] * gx + pixel[2, 1] * gy + pixel[2, 2]
@@ -633,9 +689,13 @@ def warp_frame(
     py = (pixel[1, 0] * gx + pixel[1, 1] * gy + pixel[1, 2]) / denominator
     # A pixel is covered when its centre falls on some pixel's area of the frame.
     inside = (px > -0.5) & (px < width - 0.5) & (py > -0.5) & (py < height - 0.5)
-    grid = torch.stack((px / (width - 1) * 2 - 1, py / (height - 1) * 2 - 1), dim=-1)[None].to(frame.dtype)
-    warped = F.grid_sample(frame, grid, mode="bicubic", padding_mode="border", align_corners=True)
-    return warped, inside[None, None]
+    grid = torch.stack((px / (width - 1) * 2 - 1, py / (height - 1) * 2 - 1), dim=-1).to(frame.dtype)
+    warped = F.grid_sample(
+        frame.expand(bands, -1, -1, -1), grid.view(bands, rows, box_w, 2),
+        mode="bicubic", padding_mode="border", align_corners=True,
+    )
+    warped = warped.transpose(0, 1).reshape(1, frame.shape[1], rows * bands, box_w)
+    return warped[..., :box_h, :], inside[None, None, :box_h]
 
 
 def apply_transform(

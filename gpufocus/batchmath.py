@@ -11,29 +11,25 @@ batch element gets the same operations in the same order, on any device.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["padded_length", "fixed_sum", "cholesky", "cholesky_solve", "matmul3x3", "inverse3x3"]
+__all__ = ["fixed_sum", "cholesky", "cholesky_solve", "matmul3x3", "inverse3x3"]
 
 
-def padded_length(n: int) -> int:
-    """The power of two ``fixed_sum`` works on: ``n`` rounded up."""
-    return 1 << max(n - 1, 0).bit_length()
-
-
-def fixed_sum(x: Tensor) -> Tensor:
-    """Sum over the last dimension by pairwise halving, in an order fixed by its length.
-
-    Pass a last dimension of ``padded_length(n)`` (zeros after the data) to avoid a copy.
-    """
-    n = x.shape[-1]
-    if n != padded_length(n):
-        x = F.pad(x, (0, padded_length(n) - n))
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
-    return x[..., 0]
+def fixed_sum(x: Tensor, dim: int = -1) -> Tensor:
+    """Sum over ``dim`` (the last by default) by pairwise halving, in an order fixed by its
+    length: the second half is added to the first; of an odd length, the last element is
+    set aside and added at the end."""
+    dim = dim % x.dim()
+    carried = None
+    while x.shape[dim] > 1:
+        n = x.shape[dim]
+        half = n // 2
+        if n % 2:
+            last = x.narrow(dim, n - 1, 1)
+            carried = last if carried is None else carried + last
+        x = x.narrow(dim, 0, half) + x.narrow(dim, half, half)
+    return (x if carried is None else x + carried).squeeze(dim)
 
 
 def cholesky(h: Tensor) -> list[list[Tensor | None]]:
@@ -80,11 +76,6 @@ def inverse3x3(m: Tensor) -> Tensor:
     g, h, i = m[:, 2, 0], m[:, 2, 1], m[:, 2, 2]
     co_a, co_b, co_c = e * i - f * h, f * g - d * i, d * h - e * g
     adjugate = torch.stack(
-        [
-            torch.stack([co_a, c * h - b * i, b * f - c * e], -1),
-            torch.stack([co_b, a * i - c * g, c * d - a * f], -1),
-            torch.stack([co_c, b * g - a * h, a * e - b * d], -1),
-        ],
-        -2,
-    )
+        [co_a, c * h - b * i, b * f - c * e, co_b, a * i - c * g, c * d - a * f, co_c, b * g - a * h, a * e - b * d], -1
+    ).view(-1, 3, 3)
     return adjugate / (a * co_a + b * co_b + c * co_c).view(-1, 1, 1)

@@ -216,14 +216,14 @@ def test_blur_matching_blurs_whichever_frame_is_sharper_tile_by_tile():
     left = torch.arange(256) < 128  # the template is sharp on the left, the image on the right
     template, image = torch.where(left, sharp, soft), torch.where(left, soft, sharp)
     valid = torch.ones(1, 256, 256, dtype=torch.bool)
-    best, choice = _blur_matched(template, image, _blurs(template), _blurs(image), valid)
+    best, choice = _blur_matched(*(torch.stack([x, *_blurs(x)], 1) for x in (template, image)), valid)
     tiles = choice.view(_TILES, _TILES)
     assert (tiles[:, : _TILES // 2] == 3).all() and (tiles[:, _TILES // 2 :] == 4).all()  # blurred by the second taps
     assert best.mean() < 0.05 * ((image - template) ** 2).mean()
 
 
 def test_the_matched_pair_differs_only_by_its_motion():
-    from gpufocus.align import _Level, _blurs, _match_blur
+    from gpufocus.align import _FINE_STRIDE, _Level, _blend, _blurs, _match_blur
 
     sharp = torch.randn(1, 1, 256, 256, generator=torch.Generator().manual_seed(1))
     soft = _blurs(sharp)[0]
@@ -231,10 +231,13 @@ def test_the_matched_pair_differs_only_by_its_motion():
     template, image = torch.where(left, sharp, soft), torch.where(left, soft, sharp)
     level = _Level((256, 256), 1, 8, (256, 256), "cpu")
     still = torch.eye(3, dtype=torch.float64)[None]
-    matched_template, matched_image = _match_blur(template, image, level, still, False)
-    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
-    before = ((image - template)[inner] ** 2).mean()
-    assert ((matched_image - matched_template)[inner] ** 2).mean() < 0.1 * before
+    stacked = torch.cat([template, *_blurs(template)], 1)
+    to_template, to_image, (samples, _) = _match_blur(stacked, torch.cat([image, *_blurs(image)], 1), level, still, False)
+    points = stacked[..., ::_FINE_STRIDE, ::_FINE_STRIDE]  # where the matching is done
+    inner = (slice(None), slice(8 // _FINE_STRIDE, -8 // _FINE_STRIDE), slice(8 // _FINE_STRIDE, -8 // _FINE_STRIDE))
+    before = ((samples[:, 0] - points[:, 0])[inner] ** 2).mean()
+    after = ((_blend(samples, to_image) - _blend(points, to_template))[inner] ** 2).mean()
+    assert after < 0.1 * before
 
 
 def test_blur_matching_keeps_the_chain_from_drifting(monkeypatch):
@@ -251,5 +254,43 @@ def test_blur_matching_keeps_the_chain_from_drifting(monkeypatch):
         return corner_error(fuser.transforms[-1].matrix, truth, 480, 640)
 
     matched = last_frame_error()
-    monkeypatch.setattr(align, "_match_blur", lambda template, image, *rest: (template, image))
+    monkeypatch.setattr(align, "_match_blur", lambda *pair: (None, None, None))  # each as it is
     assert matched <= 0.1 and matched < 0.7 * last_frame_error()
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (7, 8), (9, 9), (150, 201)])
+def test_the_gradient_at_every_other_point_is_torch_gradient_there(shape):
+    from gpufocus.align import _gradient_every
+
+    x = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(sum(shape)))
+    for stride in (1, 2, 3):
+        gy, gx = _gradient_every(x, stride)
+        want_y, want_x = (g[..., ::stride, ::stride] for g in torch.gradient(x, dim=(-2, -1)))
+        assert torch.equal(gy, want_y) and torch.equal(gx, want_x)
+
+
+def test_resampling_does_not_depend_on_the_thread_count():
+    frame = torch.rand(1, 3, 301, 257, generator=torch.Generator().manual_seed(5))
+    matrix = torch.tensor([[1.01, 0.01, 0.002], [-0.005, 0.99, 0.01], [0.001, 0, 1]], dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):  # rows cut into one band per thread
+            torch.set_num_threads(count)
+            results.append([warp_frame(frame, matrix), warp_frame(frame, matrix, (10, 20, 101, 77))])
+    finally:
+        torch.set_num_threads(threads)
+    for whole, box in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(whole + box, results[0][0] + results[0][1]))
+    assert results[0][1][0].shape == (1, 3, 101, 77)
+
+
+def test_exposure_block_means_are_average_pooling():
+    from gpufocus.align import _low
+
+    frames = torch.rand(2, 3, 200, 333, generator=torch.Generator().manual_seed(6))
+    means, block = _low(frames)
+    assert block == 4  # the largest block that leaves at least 32 blocks of twice its size
+    torch.testing.assert_close(means, torch.nn.functional.avg_pool2d(frames, block))
+    means, block = _low(torch.rand(1, 3, 1500, 2000))
+    assert block == 32 and means.shape == (1, 3, 46, 62)
