@@ -450,7 +450,8 @@ def _estimate(template: _Features, image: _Features, model: str, start: Tensor |
         rows, columns = torch.tril_indices(size, size, device=device)
         products = weighted.new_empty(batch, rows.shape[0], weighted.shape[-1])
         for p in range(size):
-            torch.mul(weighted[:, p : p + 1], weighted[:, : p + 1], out=products[:, p * (p + 1) // 2 : (p + 1) * (p + 2) // 2])
+            first = p * (p + 1) // 2  # row p's place in the triangle
+            torch.mul(weighted[:, p : p + 1], weighted[:, : p + 1], out=products[:, first : first + p + 1])
         hessian = torch.empty(batch, size, size, dtype=torch.float64, device=device)
         hessian[:, rows, columns] = hessian[:, columns, rows] = fixed_sum(products).double()
         diagonal = hessian.diagonal(dim1=1, dim2=2)
@@ -524,7 +525,8 @@ def _match_blur(
     points = template[..., ::_FINE_STRIDE, ::_FINE_STRIDE]
     _, choice = _blur_matched(points, warped, inside & grid.interior)
     # 1 in the tiles that chose 1 + 2 k (the template blurred), 2 + 2 k (the image), blended between tiles.
-    chosen = choice.view(-1, 1, _TILES, _TILES) == torch.arange(1, 1 + 2 * _MATCH_BLURS, device=choice.device).view(1, -1, 1, 1)
+    options = torch.arange(1, 1 + 2 * _MATCH_BLURS, device=choice.device).view(1, -1, 1, 1)
+    chosen = choice.view(-1, 1, _TILES, _TILES) == options
     share = F.interpolate(chosen.to(template.dtype), size=points.shape[-2:], mode="bilinear")
     return share[:, 0::2], share[:, 1::2], (warped, inside)
 
@@ -587,7 +589,8 @@ def _check(template: _Features, image: _Features, estimate: Tensor, model: str) 
             stats["still"] = fixed_sum(((still - t) ** 2 * valid).flatten(1)) / count
         if index == test:  # stride 1: the frames' own blurs
             before, _ = _blur_matched(template.blurred[index], image.blurred[index], valid)
-            after, _ = _blur_matched(template.blurred[index], torch.cat([moved[:, None], *_blurs(moved[:, None])], 1), valid)
+            moved = torch.cat([moved[:, None], *_blurs(moved[:, None])], 1)
+            after, _ = _blur_matched(template.blurred[index], moved, valid)
             stats["better"] = 1 - fixed_sum(after) / fixed_sum(before).clamp_min(1e-12)
             used = (_tile_sums(valid.float()) > 0).float()  # tiles inside the margin do not vote
             stats["tiles_better"] = fixed_sum((after < before).float() * used) / fixed_sum(used).clamp_min(1)
@@ -621,7 +624,7 @@ def _low(frames: Tensor, opaque: Tensor | None = None) -> tuple[Tensor, int]:
         block *= 2
     b, c, h, w = frames.shape
     rows, columns = h // block, w // block
-    # Pairwise sums over the block's rows, then its columns: a third of avg_pool2d's time.
+    # Pairwise sums over the block's rows, then its columns: under half avg_pool2d's time.
     x = frames.float()[..., : rows * block, : columns * block].reshape(b, c, rows, block, columns * block)
     x = fixed_sum(x, 3).reshape(b, c, rows, columns, block)
     return fixed_sum(x) / (block * block), block
