@@ -1,7 +1,7 @@
 """Alignment: no harm on stacks that do not move, the true motion on stacks that do, and its cost.
 
     python bench/alignment.py [quality] [blur-matching] [lytro-crops] [timing] [breakdown] [--shared ../shared]
-        [--repeat 3]
+        [--repeat 3] [--chunk N]
 
 quality (default with timing):
 1. Registered pairs: every lytro_XX pair of <shared>/data/real fused with the defaults
@@ -26,7 +26,8 @@ lytro-crops (on request):
 timing:
 6. `fuse()` of 10 frames of 2000x1500 in memory on the CPU, frames that do not move and
    frames that breathe 0.2 % a frame: the `align` and `fuse` stages (gpufocus.timing),
-   median of --repeat runs after a warm-up, host allocator tuned as the command does.
+   median of --repeat runs after a warm-up, host allocator tuned as the command does;
+   frames folded in --chunk at a time (default: the engine's choice, 2 here).
    This part runs on older versions of gpufocus too (PYTHONPATH=... for "before").
 breakdown (on request):
 7. The same two stacks: wall time inside each part of gpufocus.align, per frame.
@@ -244,7 +245,7 @@ def lytro_crops(shared: Path, size: int = 200) -> None:
               f"| {rms:.2f} |")
 
 
-def timing(repeat: int) -> None:
+def timing(repeat: int, chunk: int | None = None) -> None:
     try:  # as the command does (gpufocus from issue 10 on; before, the library did it itself)
         from gpufocus.allocator import tune_host_allocator
 
@@ -259,7 +260,7 @@ def timing(repeat: int) -> None:
         runs = []
         for attempt in range(repeat + 1):
             timer = StageTimer("cpu")
-            _quietly(fuse, frames, device="cpu", timer=timer)
+            _quietly(fuse, frames, device="cpu", timer=timer, chunk=chunk)
             if attempt:  # the first is a warm-up
                 runs.append(dict(timer.seconds))
         align = statistics.median(r["align"] for r in runs)
@@ -320,6 +321,7 @@ def main() -> None:
                         help="quality, blur-matching, lytro-crops, timing, breakdown (default: quality and timing)")
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=None, help="timing: frames folded in at once")
     args = parser.parse_args()
     args.parts = args.parts or ["quality", "timing"]
     if set(args.parts) - {"quality", "blur-matching", "lytro-crops", "timing", "breakdown"}:
@@ -334,7 +336,7 @@ def main() -> None:
     if "lytro-crops" in args.parts:
         lytro_crops(args.shared)
     if "timing" in args.parts:
-        timing(args.repeat)
+        timing(args.repeat, args.chunk)
     if "breakdown" in args.parts:
         breakdown(args.repeat)
 
