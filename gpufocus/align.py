@@ -679,17 +679,23 @@ def warp_frame(
     if largest_move(matrix, height, width) < _STILL_PX:
         inside = torch.ones(1, 1, box_h, box_w, dtype=torch.bool, device=frame.device)
         return frame[..., top : top + box_h, left : left + box_w], inside
-    pixel = to_pixel_matrix(matrix, height, width).float().to(frame.device)
+    pixel = to_pixel_matrix(matrix, height, width).float()
+    affine = bool((pixel[2] == torch.tensor([0.0, 0.0, 1.0])).all())  # host: no division by 1
+    pixel = pixel.to(frame.device)
     # grid_sample's CPU kernel gives each batch element to one thread: the rows are cut
     # into a band per thread, sampled as a batch of the same frame (the same numbers).
     bands = torch.get_num_threads() if frame.device.type == "cpu" else 1
     rows = -(-box_h // bands)
     ys = torch.arange(top, top + rows * bands, device=frame.device, dtype=torch.float32)
     xs = torch.arange(left, left + box_w, device=frame.device, dtype=torch.float32)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    denominator = pixel[2, 0] * gx + pixel[2, 1] * gy + pixel[2, 2]
-    px = (pixel[0, 0] * gx + pixel[0, 1] * gy + pixel[0, 2]) / denominator
-    py = (pixel[1, 0] * gx + pixel[1, 1] * gy + pixel[1, 2]) / denominator
+
+    def plane(row: int) -> Tensor:  # pixel[row] @ (x, y, 1) on the grid, a product per row and column
+        return (pixel[row, 0] * xs)[None, :] + (pixel[row, 1] * ys)[:, None] + pixel[row, 2]
+
+    px, py = plane(0), plane(1)
+    if not affine:
+        denominator = plane(2)
+        px, py = px / denominator, py / denominator
     # A pixel is covered when its centre falls on some pixel's area of the frame.
     inside = (px > -0.5) & (px < width - 0.5) & (py > -0.5) & (py < height - 0.5)
     grid = torch.stack((px / (width - 1) * 2 - 1, py / (height - 1) * 2 - 1), dim=-1).to(frame.dtype)

@@ -269,9 +269,13 @@ def test_the_gradient_at_every_other_point_is_torch_gradient_there(shape):
         assert torch.equal(gy, want_y) and torch.equal(gx, want_x)
 
 
-def test_resampling_does_not_depend_on_the_thread_count():
+_AFFINE = torch.tensor([[1.01, 0.01, 0.002], [-0.005, 0.99, 0.01], [0, 0, 1]], dtype=torch.float64)
+_PROJECTIVE = torch.tensor([[1.01, 0.01, 0.002], [-0.005, 0.99, 0.01], [0.001, 0, 1]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("matrix", [_AFFINE, _PROJECTIVE], ids=["affine", "projective"])
+def test_resampling_does_not_depend_on_the_thread_count(matrix):
     frame = torch.rand(1, 3, 301, 257, generator=torch.Generator().manual_seed(5))
-    matrix = torch.tensor([[1.01, 0.01, 0.002], [-0.005, 0.99, 0.01], [0.001, 0, 1]], dtype=torch.float64)
     threads = torch.get_num_threads()
     try:
         results = []
@@ -283,6 +287,27 @@ def test_resampling_does_not_depend_on_the_thread_count():
     for whole, box in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(whole + box, results[0][0] + results[0][1]))
     assert results[0][1][0].shape == (1, 3, 101, 77)
+    assert torch.equal(results[0][1][0], results[0][0][0][..., 10:111, 20:97])  # a box is that part of the whole
+
+
+@pytest.mark.parametrize("matrix", [_AFFINE, _PROJECTIVE], ids=["affine", "projective"])
+def test_resampling_samples_where_the_matrix_maps_each_pixel(matrix):
+    from gpufocus.align import to_pixel_matrix
+
+    height, width = 40, 50
+    frame = torch.rand(1, 3, height, width, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    warped, valid = warp_frame(frame.float(), matrix)
+    pixel = to_pixel_matrix(matrix, height, width)
+    grid, inside = torch.empty(1, height, width, 2, dtype=torch.float64), torch.empty(height, width, dtype=torch.bool)
+    for y in range(height):  # one pixel at a time, in float64
+        for x in range(width):
+            px, py, pw = (pixel @ torch.tensor([x, y, 1.0], dtype=torch.float64)).tolist()
+            px, py = px / pw, py / pw
+            grid[0, y, x] = torch.tensor([px / (width - 1) * 2 - 1, py / (height - 1) * 2 - 1])
+            inside[y, x] = -0.5 < px < width - 0.5 and -0.5 < py < height - 0.5
+    reference = torch.nn.functional.grid_sample(frame, grid, mode="bicubic", padding_mode="border", align_corners=True)
+    torch.testing.assert_close(warped.double(), reference, atol=1e-4, rtol=0)
+    assert torch.equal(valid[0, 0], inside)
 
 
 def test_exposure_block_means_are_average_pooling():
