@@ -245,6 +245,14 @@ def lytro_crops(shared: Path, size: int = 200) -> None:
               f"| {rms:.2f} |")
 
 
+def _timing_stacks() -> tuple[tuple[str, torch.Tensor], ...]:
+    """10 frames of 2000x1500 that do not move, and the same magnified 0.2 % a frame."""
+    still = bench_frames(1500, 2000, 10)
+    steps = torch.tensor([1.002**i for i in range(10)])
+    breathing = move_frames(still.float() / 255, steps, torch.zeros(10, 2)).mul(255).round().to(torch.uint8)
+    return ("still", still), ("breathing 0.2 %", breathing)
+
+
 def timing(repeat: int, chunk: int | None = None) -> None:
     try:  # as the command does (gpufocus from issue 10 on; before, the library did it itself)
         from gpufocus.allocator import tune_host_allocator
@@ -252,11 +260,8 @@ def timing(repeat: int, chunk: int | None = None) -> None:
         tune_host_allocator()
     except ImportError:
         pass
-    still = bench_frames(1500, 2000, 10)
-    steps = torch.tensor([1.002**i for i in range(10)])
-    breathing = move_frames(still.float() / 255, steps, torch.zeros(10, 2)).mul(255).round().to(torch.uint8)
     print("\n| frames | align s | fuse s | align / fuse | runs (align) |\n|---|---|---|---|---|")
-    for name, frames in (("10 x 2000x1500, still", still), ("10 x 2000x1500, breathing 0.2 %", breathing)):
+    for name, frames in _timing_stacks():
         runs = []
         for attempt in range(repeat + 1):
             timer = StageTimer("cpu")
@@ -266,7 +271,7 @@ def timing(repeat: int, chunk: int | None = None) -> None:
         align = statistics.median(r["align"] for r in runs)
         fused = statistics.median(r["fuse"] for r in runs)
         listed = " ".join(f"{r['align']:.2f}" for r in runs)
-        print(f"| {name} | {align:.2f} | {fused:.2f} | {align / fused:.2f} | {listed} |")
+        print(f"| 10 x 2000x1500, {name} | {align:.2f} | {fused:.2f} | {align / fused:.2f} | {listed} |")
 
 
 def breakdown(repeat: int) -> None:
@@ -293,12 +298,9 @@ def breakdown(repeat: int) -> None:
     originals = {name: getattr(align, name) for name in parts}
     for name, call in originals.items():
         setattr(align, name, timed(name, call))
-    still = bench_frames(1500, 2000, 10)
-    steps = torch.tensor([1.002**i for i in range(10)])
-    breathing = move_frames(still.float() / 255, steps, torch.zeros(10, 2)).mul(255).round().to(torch.uint8)
     columns = {}
     try:
-        for name, frames in (("still", still), ("breathing 0.2 %", breathing)):
+        for name, frames in _timing_stacks():
             runs = []
             for attempt in range(repeat + 1):
                 spent.update(dict.fromkeys(parts, 0.0))

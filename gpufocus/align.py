@@ -470,14 +470,19 @@ def _estimate(template: _Features, image: _Features, model: str, start: Tensor |
 # -- blur matching: for the finest level's estimate and the no-harm test ----------------
 
 
-def _tile_sums(x: Tensor) -> Tensor:
-    """``(..., h, w)`` summed over a ``_TILES`` x ``_TILES`` grid (the last rows and columns
-    that do not fill a tile are left out), ``(..., _TILES * _TILES)``."""
+def _block_sums(x: Tensor, height: int, width: int) -> Tensor:
+    """``x`` (``(..., H, W)``) summed over blocks of ``height`` x ``width`` (the rows and
+    columns past the last whole block are left out), ``(..., H // height, W // width)``:
+    down each block's columns first (whole rows at a time), then along its rows."""
     *lead, h, w = x.shape
-    th, tw = h // _TILES, w // _TILES
-    # Down each tile's columns first (whole rows at a time), then along the tiles' rows.
-    columns = fixed_sum(x[..., : th * _TILES, : tw * _TILES].reshape(*lead, _TILES, th, _TILES * tw), -2)
-    return fixed_sum(columns.reshape(*lead, _TILES, _TILES, tw)).reshape(*lead, _TILES * _TILES)
+    rows, columns = h // height, w // width
+    x = fixed_sum(x[..., : rows * height, : columns * width].reshape(*lead, rows, height, columns * width), -2)
+    return fixed_sum(x.reshape(*lead, rows, columns, width))
+
+
+def _tile_sums(x: Tensor) -> Tensor:
+    """``(..., h, w)`` summed over a ``_TILES`` x ``_TILES`` grid, ``(..., _TILES * _TILES)``."""
+    return _block_sums(x, x.shape[-2] // _TILES, x.shape[-1] // _TILES).flatten(-2)
 
 
 def _blurs(x: Tensor) -> list[Tensor]:
@@ -622,12 +627,8 @@ def _low(frames: Tensor, opaque: Tensor | None = None) -> tuple[Tensor, int]:
     block = 1
     while min(frames.shape[-2:]) // (2 * block) >= 32:
         block *= 2
-    b, c, h, w = frames.shape
-    rows, columns = h // block, w // block
-    # Pairwise sums over the block's rows, then its columns: under half avg_pool2d's time.
-    x = frames.float()[..., : rows * block, : columns * block].reshape(b, c, rows, block, columns * block)
-    x = fixed_sum(x, 3).reshape(b, c, rows, columns, block)
-    return fixed_sum(x) / (block * block), block
+    # Pairwise sums: under half avg_pool2d's time here.
+    return _block_sums(frames.float(), block, block) / (block * block), block
 
 
 def _gains(
