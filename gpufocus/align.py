@@ -627,7 +627,7 @@ def _low(frames: Tensor, opaque: Tensor | None = None) -> tuple[Tensor, int]:
     block = 1
     while min(frames.shape[-2:]) // (2 * block) >= 32:
         block *= 2
-    # Pairwise sums: under half avg_pool2d's time here.
+    # Pairwise sums, faster than avg_pool2d here (bench/alignment.py breakdown, _low).
     return _block_sums(frames.float(), block, block) / (block * block), block
 
 
