@@ -74,6 +74,7 @@ __all__ = [
     "StackAligner",
     "warp_frame",
     "apply_transform",
+    "apply_transforms",
     "to_pixel_matrix",
     "largest_move",
     "corner_error",
@@ -650,18 +651,20 @@ def _gains(
     if masked:  # the last channel is opacity (``_low``): compare only what both frames show
         inside = inside & (warped[:, -1] > 0.999) & (reference_low[:, -1] > 0.999)
         warped, reference_low = warped[:, :-1], reference_low[:, :-1]
-    weight = inside.float()
-    channels = []
-    for c in range(warped.shape[1]):
-        frame_mean = fixed_sum((warped[:, c] * weight).flatten(1))
-        reference_mean = fixed_sum((reference_low[:, c] * weight).flatten(1))
-        channels.append(reference_mean / frame_mean.clamp_min(1e-12))
-    gain = torch.stack(channels, -1).clamp(0.5, 2.0)
+    weight = inside.float()[:, None]
+    frame_mean = fixed_sum((warped * weight).flatten(2))  # per frame and channel
+    reference_mean = fixed_sum((reference_low * weight).flatten(2))
+    gain = (reference_mean / frame_mean.clamp_min(1e-12)).clamp(0.5, 2.0)
     return torch.where((gain - 1).abs() > _MIN_GAIN, gain, torch.ones_like(gain))
 
 
+def _still(matrix: Tensor, height: int, width: int) -> bool:
+    """Whether a transform moves no pixel by more than ``_STILL_PX``: no resampling."""
+    return largest_move(matrix, height, width) < _STILL_PX
+
+
 def warp_frame(
-    frame: Tensor, matrix: Tensor, box: tuple[int, int, int, int] | None = None
+    frame: Tensor, matrix: Tensor, box: tuple[int, int, int, int] | None = None, out: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Resample ``frame`` (``(1, C, H, W)``) at ``matrix @ x`` for every pixel ``x`` of its grid.
 
@@ -671,15 +674,18 @@ def warp_frame(
 
     Args:
         box: ``(top, left, height, width)``: only this part of the grid (a tile).
+        out: ``(1, C, h, w)``, the box's size: written into (a chunk's tensor; one copy
+            fewer than making it from the frames' own results).
 
     Returns:
         ``(warped, valid)`` with ``valid`` ``(1, 1, h, w)`` bool, the box's size.
     """
     height, width = frame.shape[-2:]
     top, left, box_h, box_w = box or (0, 0, height, width)
-    if largest_move(matrix, height, width) < _STILL_PX:
+    if _still(matrix, height, width):
         inside = torch.ones(1, 1, box_h, box_w, dtype=torch.bool, device=frame.device)
-        return frame[..., top : top + box_h, left : left + box_w], inside
+        part = frame[..., top : top + box_h, left : left + box_w]
+        return (part if out is None else out.copy_(part)), inside
     pixel = to_pixel_matrix(matrix, height, width).float()
     affine = bool((pixel[2] == torch.tensor([0.0, 0.0, 1.0])).all())  # host: no division by 1
     pixel = pixel.to(frame.device)
@@ -704,8 +710,17 @@ def warp_frame(
         frame.expand(bands, -1, -1, -1), grid.view(bands, rows, box_w, 2),
         mode="bicubic", padding_mode="border", align_corners=True,
     )
-    warped = warped.transpose(0, 1).reshape(1, frame.shape[1], rows * bands, box_w)
-    return warped[..., :box_h, :], inside[None, None, :box_h]
+    inside = inside[None, None, :box_h]
+    if bands == 1 and out is None:
+        return warped, inside
+    if out is None:
+        out = warped.new_empty(1, frame.shape[1], box_h, box_w)
+    for band in range(bands):  # the bands into place
+        start = band * rows
+        count = min(rows, box_h - start)
+        if count > 0:
+            out[0, :, start : start + count].copy_(warped[band, :, :count])
+    return out, inside
 
 
 def apply_transform(
@@ -716,6 +731,31 @@ def apply_transform(
     if transform.gain is not None:
         warped = warped * transform.gain.to(frame.device, frame.dtype).view(1, -1, 1, 1)
     return warped, inside
+
+
+def apply_transforms(
+    frames: Tensor, transforms: list[FrameTransform], box: tuple[int, int, int, int] | None = None,
+    exposure: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """``apply_transform`` of each of ``frames`` (``(B, C, H, W)``) by its transform, the
+    results written into one tensor; ``exposure=False``: the motion only (for a mask).
+
+    Returns:
+        ``(aligned, valid)``, ``valid`` ``(B, 1, h, w)`` bool; where no frame moves or
+        changes exposure, the frames themselves (a view, no copy) and ``None``.
+    """
+    height, width = frames.shape[-2:]
+    top, left, box_h, box_w = box or (0, 0, height, width)
+    gains = [t.gain if exposure else None for t in transforms]
+    if all(g is None and _still(t.matrix, height, width) for t, g in zip(transforms, gains)):
+        return frames[..., top : top + box_h, left : left + box_w], None
+    aligned = frames.new_empty(frames.shape[0], frames.shape[1], box_h, box_w)
+    valid = []
+    for i, (frame, transform, gain) in enumerate(zip(frames, transforms, gains)):
+        valid.append(warp_frame(frame[None], transform.matrix, box, out=aligned[i : i + 1])[1])
+        if gain is not None:
+            aligned[i].mul_(gain.to(frames.device, frames.dtype).view(-1, 1, 1))
+    return aligned, torch.cat(valid)
 
 
 # -- the aligner ---------------------------------------------------------------------------
@@ -921,12 +961,10 @@ class StackAligner:
             ``(aligned, valid)``: the frames and a ``(B, 1, h, w)`` bool mask of the
             pixels that their data covers.
         """
-        aligned, valid = [], []
-        for frame, transform in zip(frames, self.transforms(frames, first_index, mask)):
-            warped, inside = apply_transform(frame[None], transform, box)
-            aligned.append(warped)
-            valid.append(inside)
-        return torch.cat(aligned), torch.cat(valid)
+        aligned, valid = apply_transforms(frames, self.transforms(frames, first_index, mask), box)
+        if valid is None:
+            valid = torch.ones(aligned.shape[0], 1, *aligned.shape[-2:], dtype=torch.bool, device=aligned.device)
+        return aligned, valid
 
 
 def transforms_to_json(

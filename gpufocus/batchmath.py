@@ -21,14 +21,16 @@ def fixed_sum(x: Tensor, dim: int = -1) -> Tensor:
     length: the second half is added to the first; of an odd length, the last element is
     set aside and added at the end."""
     dim = dim % x.dim()
-    carried = None
+    carried, own = None, False
     while x.shape[dim] > 1:
         n = x.shape[dim]
         half = n // 2
         if n % 2:
             last = x.narrow(dim, n - 1, 1)
             carried = last if carried is None else carried + last
-        x = x.narrow(dim, 0, half) + x.narrow(dim, half, half)
+        first, second = x.narrow(dim, 0, half), x.narrow(dim, half, half)
+        # After the first halving the partial sums are ours: added in place, no new buffers.
+        x, own = (first.add_(second) if own else first + second), True
     return (x if carried is None else x + carried).squeeze(dim)
 
 

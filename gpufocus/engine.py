@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .align import FrameTransform, StackAligner, apply_transform, inner_rectangle, warp_frame
+from .align import FrameTransform, StackAligner, apply_transform, apply_transforms, inner_rectangle
 from .color import luminance
 from .depth import DepthMap, finish
 from .device import default_chunk, frame_budget, resolve_device, resolve_dtype, working_bytes
@@ -320,21 +320,19 @@ class StackFuser:
         for region in self._regions:
             top, left, height, width = box = region.tile.padded
             if transforms is None:
-                valid = None if mask is None else mask[..., top : top + height, left : left + width] >= 0.5
-                part = frames[..., top : top + height, left : left + width]
-                yield region, part, (None if valid is None or valid.all() else valid)
-                continue
-            with timer.stage("align"):
-                parts = [apply_transform(frame[None], t, box) for frame, t in zip(frames, transforms)]
-                part, valid = torch.cat([p for p, _ in parts]), torch.cat([v for _, v in parts])
-                if mask is not None:
-                    moved = torch.cat([warp_frame(m[None], t.matrix, box)[0] for m, t in zip(mask, transforms)])
-                    valid = valid & (moved >= 0.5)
-            if self.options.align.crop:
+                part, valid = frames[..., top : top + height, left : left + width], None
+                moved = None if mask is None else mask[..., top : top + height, left : left + width]
+            else:
+                with timer.stage("align"):  # frames that do not move come as they are
+                    part, valid = apply_transforms(frames, transforms, box)
+                    moved = None if mask is None else apply_transforms(mask, transforms, box, exposure=False)[0]
+            if moved is not None:
+                valid = moved >= 0.5 if valid is None else valid & (moved >= 0.5)
+            if transforms is not None and self.options.align.crop and valid is not None:
                 if self._covered is None:
                     self._covered = torch.ones(self._shape[1:], dtype=torch.bool, device=frames.device)
                 self._covered[top : top + height, left : left + width] &= valid.all(dim=0)[0]
-            yield region, part, (None if valid.all() else valid)  # all covered: the plain, faster path
+            yield region, part, (None if valid is None or valid.all() else valid)  # all covered: the plain, faster path
 
     def result(self, timer: StageTimer = NO_TIMER) -> Tensor:
         """The fused image, ``(C, H, W)`` float32 in [0, 1] on the fusion device.

@@ -310,6 +310,25 @@ def test_resampling_samples_where_the_matrix_maps_each_pixel(matrix):
     assert torch.equal(valid[0, 0], inside)
 
 
+def test_a_chunk_is_resampled_into_one_tensor_as_frame_by_frame():
+    from gpufocus.align import FrameTransform, apply_transform, apply_transforms
+
+    frames = torch.rand(3, 3, 301, 257, generator=torch.Generator().manual_seed(8))
+    eye = torch.eye(3, dtype=torch.float64)
+    transforms = [FrameTransform(eye), FrameTransform(_AFFINE, gain=torch.tensor([1.1, 1.0, 0.9])),
+                  FrameTransform(_PROJECTIVE)]
+    for box in (None, (10, 20, 101, 77)):
+        aligned, valid = apply_transforms(frames, transforms, box)
+        one_by_one = [apply_transform(f[None], t, box) for f, t in zip(frames, transforms)]
+        assert torch.equal(aligned, torch.cat([a for a, _ in one_by_one]))
+        assert torch.equal(valid, torch.cat([v for _, v in one_by_one]))
+        motion_only, _ = apply_transforms(frames, transforms, box, exposure=False)
+        assert torch.equal(motion_only[1:2], warp_frame(frames[1:2], _AFFINE, box)[0])
+    # Nothing moves and no exposure changes: the frames themselves, not a copy.
+    still, valid = apply_transforms(frames, [FrameTransform(eye)] * 3, (10, 20, 101, 77))
+    assert valid is None and still.data_ptr() == frames[..., 10:, 20:].data_ptr() and still.shape[-2:] == (101, 77)
+
+
 def test_exposure_block_means_are_average_pooling():
     from gpufocus.align import _low
 
