@@ -382,15 +382,15 @@ class _Level:
     def sample(self, image: Tensor, matrix: Tensor, projective: bool) -> tuple[Tensor, Tensor]:
         """``image`` (``(B, C, h, w)``) at ``matrix @ x`` of the grid's points, ``(B, C, h', w')``,
         and which points land inside it, ``(B, h', w')``."""
-        n = matmul3x3(self.to_normal, matrix).float()
-        c = lambda i, j: n[:, i, j].view(-1, 1, 1)  # noqa: E731
-        nx = c(0, 0) * self.x + c(0, 1) * self.y + c(0, 2)
-        ny = c(1, 0) * self.x + c(1, 1) * self.y + c(1, 2)
+        n = matmul3x3(self.to_normal, matrix).float().view(-1, 9, 1, 1)
+        grid = self.x.new_empty(n.shape[0], *self.x.shape, 2)  # x and y written in place, not stacked
+        nx, ny = grid.unbind(-1)
+        for row, out in ((0, nx), (1, ny)):
+            torch.mul(n[:, 3 * row], self.x, out=out).add_(n[:, 3 * row + 1] * self.y).add_(n[:, 3 * row + 2])
         if projective:
-            denominator = c(2, 0) * self.x + c(2, 1) * self.y + c(2, 2)
-            nx, ny = nx / denominator, ny / denominator
+            denominator = n[:, 6] * self.x + n[:, 7] * self.y + n[:, 8]
+            nx.div_(denominator), ny.div_(denominator)
         inside = (nx.abs() <= 1) & (ny.abs() <= 1)
-        grid = torch.stack((nx, ny), -1)
         sampled = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
         return sampled, inside
 
@@ -502,10 +502,11 @@ def _blur_matched(template: Tensor, image: Tensor, valid: Tensor) -> tuple[Tenso
     frame followed by its blurs; ``valid``: ``(B, h, w)``), ``(B, tiles)``; and which was
     best: 0 the frames as they are, ``1 + 2 k`` the template blurred ``k + 1`` times,
     ``2 + 2 k`` the image (on a tie, the first of these)."""
-    differences = [image[:, 0] - template[:, 0]]
-    for k in range(1, image.shape[1]):
-        differences += [image[:, 0] - template[:, k], image[:, k] - template[:, 0]]
-    squared = torch.stack(differences, 1) ** 2 * valid[:, None]
+    pairs = [(0, 0)] + [pair for k in range(1, image.shape[1]) for pair in ((0, k), (k, 0))]  # (image, template)
+    squared = image.new_empty(image.shape[0], len(pairs), *image.shape[-2:])  # written in place, not stacked
+    for slot, (i, t) in enumerate(pairs):
+        torch.sub(image[:, i], template[:, t], out=squared[:, slot])
+    squared.pow_(2).mul_(valid[:, None])
     residual = _tile_sums(squared) / _tile_sums(valid.float()).clamp_min(1)[:, None]
     return residual.min(1)
 

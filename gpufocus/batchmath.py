@@ -73,9 +73,7 @@ def matmul3x3(a: Tensor, b: Tensor) -> Tensor:
 
 def inverse3x3(m: Tensor) -> Tensor:
     """Inverse of ``(B, 3, 3)`` matrices by their adjugate."""
-    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
-    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
-    g, h, i = m[:, 2, 0], m[:, 2, 1], m[:, 2, 2]
+    a, b, c, d, e, f, g, h, i = m.reshape(-1, 9).unbind(1)
     co_a, co_b, co_c = e * i - f * h, f * g - d * i, d * h - e * g
     adjugate = torch.stack(
         [co_a, c * h - b * i, b * f - c * e, co_b, a * i - c * g, c * d - a * f, co_c, b * g - a * h, a * e - b * d], -1

@@ -95,8 +95,11 @@ def _correlate_valid(
     radius = len(taps) // 2
     span = (count - 1) * stride + 1
 
+    every = _every(dim, stride, x.dim()) if stride > 1 else None
+
     def tap(k: int) -> Tensor:
-        return x.narrow(dim, k, span)[_every(dim, stride, x.dim())]
+        window = x.narrow(dim, k, span)
+        return window if every is None else window[every]
 
     # Symmetric taps: add the mirrored pair before multiplying (half the products).
     pair = torch.sub if odd else torch.add
