@@ -13,6 +13,7 @@ __all__ = [
     "frame_budget",
     "working_bytes",
     "default_chunk",
+    "fusion_chunk",
 ]
 
 _TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
@@ -23,8 +24,12 @@ _TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 _WORK_BYTES_PER_SAMPLE_AND_BYTE = 8
 # Use at most this share of the free memory for frames in flight.
 _MEMORY_SHARE = 0.25
-# On the CPU a chunk of more than 2 frames only costs memory (bench/RESULTS.md).
-_MAX_CHUNK = {"cpu": 2, "cuda": 16}
+# Frames read and aligned at once. The motion of a chunk is estimated as one batch, whose
+# thousands of small operations cost the same for 2 frames as for 4: on the CPU 4 make
+# the align stage a tenth cheaper (bench/RESULTS.md), fused 2 at a time (``fusion_chunk``).
+_MAX_CHUNK = {"cpu": 4, "cuda": 16}
+# Frames fused at once: on the CPU more than 2 only cost memory (bench/RESULTS.md).
+_MAX_FUSION_CHUNK = {"cpu": 2}
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -91,6 +96,12 @@ def frame_budget(device: torch.device, memory_budget: int | None) -> int:
 def working_bytes(dtype: torch.dtype) -> int:
     """Working memory per sample (pixel and channel) of one frame in flight."""
     return torch.finfo(dtype).bits // 8 * _WORK_BYTES_PER_SAMPLE_AND_BYTE
+
+
+def fusion_chunk(device: torch.device, chunk: int) -> int:
+    """How many of a chunk's frames are fused at once on ``device`` (the result does not
+    depend on it)."""
+    return min(chunk, _MAX_FUSION_CHUNK.get(device.type, chunk))
 
 
 def default_chunk(

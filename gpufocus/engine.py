@@ -21,7 +21,7 @@ from torch import Tensor
 from .align import FrameTransform, StackAligner, apply_transform, apply_transforms, inner_rectangle
 from .color import luminance
 from .depth import DepthMap, finish
-from .device import default_chunk, frame_budget, resolve_device, resolve_dtype, working_bytes
+from .device import default_chunk, frame_budget, fusion_chunk, resolve_device, resolve_dtype, working_bytes
 from .errors import GpufocusError
 from .load import FrameStack
 from .options import FuseOptions, OptionError
@@ -190,10 +190,12 @@ class StackFuser:
             raise GpufocusError("refold(): only halo control (consistency 1 or 2) reads the stack twice")
         with timer.stage("upload"):
             frames, mask = self._split(to_float(_batch(frames), self.device, self.dtype))
-        for region, part, valid in self._regions_of(frames, mask, self._refolded, timer):
-            with timer.stage("fuse"):
-                region.rule.refold(self._decompose(part, valid))
-        self._refolded += frames.shape[0]
+        transforms = self._transforms(frames, mask, self._refolded, timer)
+        for part_frames, part_mask, part_transforms, _ in self._fusion_parts(frames, mask, transforms, self._refolded):
+            for region, part, valid in self._regions_of(part_frames, part_mask, part_transforms, timer):
+                with timer.stage("fuse"):
+                    region.rule.refold(self._decompose(part, valid))
+        self._refolded += len(frames)
 
     @property
     def transforms(self) -> list[FrameTransform]:
@@ -284,39 +286,60 @@ class StackFuser:
                 f"before add() (it saw {self._estimated} frames; or use run())"
             )
         first = self.count
-        noise = None
-        if self.options.halo_guard and self.options.method == "max-energy":
-            with timer.stage("fuse"):
-                # of whole frames: the regions may be tiles
-                noise = Decomposition(frames, None, self.levels).noise(self.options.per_channel)
-        for region, part, valid in self._regions_of(frames, mask, first, timer):
-            with timer.stage("fuse"):
-                parts = self._decompose(part, valid, noise)
-                if region.depth is not None:
-                    region.depth.fold(parts, first)
-                region.rule.fold(parts)
-        if self.steps is not None:  # whole frames: the regions above hold tiles of them
-            for offset, frame in enumerate(frames):
-                moved = frame if self._aligner is None else apply_transform(frame[None], self.transforms[first + offset])[0][0]
-                self.steps.frame(first + offset, moved)
+        transforms = self._transforms(frames, mask, first, timer)
+        for frames, mask, transforms, first in self._fusion_parts(frames, mask, transforms, first):
+            noise = None
+            if self.options.halo_guard and self.options.method == "max-energy":
+                with timer.stage("fuse"):
+                    # of whole frames: the regions may be tiles
+                    noise = Decomposition(frames, None, self.levels).noise(self.options.per_channel)
+            for region, part, valid in self._regions_of(frames, mask, transforms, timer):
+                with timer.stage("fuse"):
+                    parts = self._decompose(part, valid, noise)
+                    if region.depth is not None:
+                        region.depth.fold(parts, first)
+                    region.rule.fold(parts)
+            if self.steps is not None:  # whole frames: the regions above hold tiles of them
+                for offset, frame in enumerate(frames):
+                    moved = frame if transforms is None else apply_transform(frame[None], transforms[offset])[0][0]
+                    self.steps.frame(first + offset, moved)
+
+    def _transforms(
+        self, frames: Tensor, mask: Tensor | None, first: int, timer: StageTimer
+    ) -> list[FrameTransform] | None:
+        """How each of the chunk's frames maps onto the reference (``None`` without
+        alignment): the whole chunk's motion is estimated at once."""
+        if self._aligner is None:
+            return None
+        with timer.stage("align"):
+            return self._aligner.transforms(frames, first, mask)
+
+    @staticmethod
+    def _fusion_parts(frames: Tensor, mask: Tensor | None, transforms: list[FrameTransform] | None, first: int):
+        """The chunk (its first frame is frame ``first`` of the stack) in the parts that
+        are fused at once (``fusion_chunk``): each part's frames, mask, transforms and
+        the index of its first frame."""
+        step = fusion_chunk(frames.device, len(frames))
+        for start in range(0, len(frames), step):
+            part = slice(start, start + step)
+            yield (frames[part], None if mask is None else mask[part],
+                   None if transforms is None else transforms[part], first + start)
 
     def _decompose(self, part: Tensor, valid: Tensor | None, noise: Tensor | None = None) -> Decomposition:
         """The chunk taken apart once, for the rule and the depth map (max-log reads no
         pyramid, but may take more levels than a frame has); ``noise``: the whole frames'."""
         return Decomposition(part, valid, min(self.levels, max_levels(*part.shape[-2:])), noise)
 
-    def _regions_of(self, frames: Tensor, mask: Tensor | None, first: int, timer: StageTimer):
+    def _regions_of(
+        self, frames: Tensor, mask: Tensor | None, transforms: list[FrameTransform] | None, timer: StageTimer
+    ):
         """Each region (tile) with its part of the frames, aligned, and their validity.
 
-        The motion is estimated once per frame on the whole frame; each tile is then
-        resampled from it. A pixel is valid where the warp had data for it and the
-        frame's alpha ``mask`` (moved along with the frame) is at least one half.
-        Validity is ``None`` where every pixel is valid.
+        The motion is estimated once per frame on the whole frame (``transforms``; ``None``
+        without alignment); each tile is then resampled from it. A pixel is valid where
+        the warp had data for it and the frame's alpha ``mask`` (moved along with the
+        frame) is at least one half. Validity is ``None`` where every pixel is valid.
         """
-        transforms = None
-        if self._aligner is not None:
-            with timer.stage("align"):
-                transforms = self._aligner.transforms(frames, first, mask)
         for region in self._regions:
             top, left, height, width = box = region.tile.padded
             if transforms is None:

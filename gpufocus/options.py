@@ -135,8 +135,9 @@ class FuseOptions:
             half opacity) never win. ``False`` fuses them as image.
         device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
         dtype: arithmetic precision, one of ``DTYPES``.
-        chunk: frames folded in at once; ``None`` chooses from free memory. The result
-            does not depend on it.
+        chunk: frames read and aligned at once (on the CPU fused at most 2 at a time:
+            ``gpufocus.device.fusion_chunk``); ``None`` chooses from free memory. The
+            result does not depend on it.
         align: ``AlignOptions``, or ``None`` to fuse the frames as they are (``True``
             and ``False`` are taken for the default alignment and none).
         halo_guard: for ``max-energy``: at depth edges, the finest detail comes from the

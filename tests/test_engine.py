@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from gpufocus import GpufocusError, StackFuser, fuse
+from gpufocus.device import fusion_chunk
 from gpufocus.metrics import psnr
 from gpufocus.synth import make_stack
 
@@ -17,6 +18,24 @@ def test_result_does_not_depend_on_chunk_size(method, synthetic):
     results = [fuse(synthetic.frames, method=method, device="cpu", chunk=chunk) for chunk in (1, 2, 3, 5)]
     for other in results[1:]:
         assert torch.equal(results[0], other)  # bit for bit on the CPU
+
+
+def test_a_chunk_is_aligned_at_once_and_fused_in_parts(monkeypatch):
+    import gpufocus.align
+    import gpufocus.pyramid
+
+    moving = make_stack(96, 128, 6, breathing=0.005, shift=1.0, max_blur=4.0, seed=12)
+    expected = fuse(moving.frames, device="cpu", chunk=1, consistency=1)  # a second pass, too
+    aligned, fused = [], []
+    transforms, pyramid = gpufocus.align.StackAligner.transforms, gpufocus.pyramid.build_laplacian_pyramid
+    monkeypatch.setattr(gpufocus.align.StackAligner, "transforms",
+                        lambda self, frames, *a: aligned.append(len(frames)) or transforms(self, frames, *a))
+    monkeypatch.setattr(gpufocus.pyramid, "build_laplacian_pyramid",
+                        lambda frames, levels: fused.append(len(frames)) or pyramid(frames, levels))
+    assert torch.equal(fuse(moving.frames, device="cpu", chunk=4, consistency=1), expected)
+    part = fusion_chunk(torch.device("cpu"), 4)
+    assert aligned == [4, 2] * 2  # each pass: the motion of a whole chunk at once
+    assert fused and max(fused) == part < 4
 
 
 def test_chunk_invariance_on_the_device(synthetic, device):
@@ -123,7 +142,8 @@ def test_running_out_of_memory_retries_with_smaller_chunks(monkeypatch, align):
 
     monkeypatch.setattr(gpufocus.pyramid, "build_laplacian_pyramid", scarce)
     assert torch.equal(fuse(moving.frames, device="cpu", chunk=4, align=align), expected)
-    assert 4 in calls and 2 in calls
+    first = fusion_chunk(torch.device("cpu"), 4)  # a chunk of 4 is fused in parts of this many on the CPU
+    assert calls[0] == first > 1 and 1 in calls
 
 
 def test_out_of_memory_with_one_frame_is_a_clear_error(monkeypatch):
