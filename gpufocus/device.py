@@ -25,8 +25,8 @@ _WORK_BYTES_PER_SAMPLE_AND_BYTE = 8
 # Use at most this share of the free memory for frames in flight.
 _MEMORY_SHARE = 0.25
 # Frames read and aligned at once. The motion of a chunk is estimated as one batch, whose
-# thousands of small operations cost the same for 2 frames as for 4: on the CPU 4 make
-# the align stage a tenth cheaper (bench/RESULTS.md), fused 2 at a time (``fusion_chunk``).
+# thousands of small operations cost about the same for 2 frames as for 4: on the CPU 4
+# make the align stage 7 % cheaper (bench/RESULTS.md), fused 2 at a time (``fusion_chunk``).
 _MAX_CHUNK = {"cpu": 4, "cuda": 16}
 # Frames fused at once: on the CPU more than 2 only cost memory (bench/RESULTS.md).
 _MAX_FUSION_CHUNK = {"cpu": 2}

@@ -287,22 +287,23 @@ class StackFuser:
             )
         first = self.count
         transforms = self._transforms(frames, mask, first, timer)
-        for frames, mask, transforms, first in self._fusion_parts(frames, mask, transforms, first):
+        for part_frames, part_mask, part_transforms, part_first in self._fusion_parts(frames, mask, transforms, first):
             noise = None
             if self.options.halo_guard and self.options.method == "max-energy":
                 with timer.stage("fuse"):
                     # of whole frames: the regions may be tiles
-                    noise = Decomposition(frames, None, self.levels).noise(self.options.per_channel)
-            for region, part, valid in self._regions_of(frames, mask, transforms, timer):
+                    noise = Decomposition(part_frames, None, self.levels).noise(self.options.per_channel)
+            for region, part, valid in self._regions_of(part_frames, part_mask, part_transforms, timer):
                 with timer.stage("fuse"):
                     parts = self._decompose(part, valid, noise)
                     if region.depth is not None:
-                        region.depth.fold(parts, first)
+                        region.depth.fold(parts, part_first)
                     region.rule.fold(parts)
             if self.steps is not None:  # whole frames: the regions above hold tiles of them
-                for offset, frame in enumerate(frames):
-                    moved = frame if transforms is None else apply_transform(frame[None], transforms[offset])[0][0]
-                    self.steps.frame(first + offset, moved)
+                for offset, frame in enumerate(part_frames):
+                    if part_transforms is not None:
+                        frame = apply_transform(frame[None], part_transforms[offset])[0][0]
+                    self.steps.frame(part_first + offset, frame)
 
     def _transforms(
         self, frames: Tensor, mask: Tensor | None, first: int, timer: StageTimer
