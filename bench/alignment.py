@@ -27,7 +27,7 @@ timing:
 6. `fuse()` of 10 frames of 2000x1500 in memory on the CPU, frames that do not move and
    frames that breathe 0.2 % a frame: the `align` and `fuse` stages (gpufocus.timing),
    median of --repeat runs after a warm-up, host allocator tuned as the command does;
-   frames folded in --chunk at a time (default: the engine's choice, 2 here).
+   frames folded in --chunk at a time (default: the engine's choice, 4 here).
    This part runs on older versions of gpufocus too (PYTHONPATH=... for "before").
 breakdown (on request):
 7. The same two stacks: wall time inside each part of gpufocus.align, per frame.
@@ -153,19 +153,31 @@ HELD_OUT = {
 }
 
 
+def _matched_then_not():
+    """Run a loop's body twice: the finest level estimated on the blur-matched pair (the
+    defaults), then on the pair as it is."""
+    import gpufocus.align as align
+
+    matched = align._match_blur
+    try:
+        for estimate_on in (matched, lambda *pair: (None, None, None)):
+            align._match_blur = estimate_on
+            yield
+    finally:
+        align._match_blur = matched
+
+
 def blur_matching(shared: Path) -> None:
     """The shared breathing stacks and HELD_OUT, with the finest level estimated on the
     blur-matched pair (the defaults) and on the pair as it is."""
     import tempfile
 
-    import gpufocus.align as align
     from gpufocus import FrameStack, StackFuser, read_image
     from gpufocus.align import corner_error
     from gpufocus.metrics import QabfAccumulator, as_unit_float, average_gradient, border_crop, psnr
     from gpufocus.synth import true_matrix
     from halo import held_out
 
-    matched = align._match_blur
     print("\n| stack | corner error, last / largest (px): matched | as they are | PSNR matched | as they are |"
           "\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as root:
@@ -178,14 +190,12 @@ def blur_matching(shared: Path) -> None:
             truths = [true_matrix(info, height, width) for info in params["frame_info"]]
             truth = as_unit_float(read_image(folder / "ground_truth.png")).float()
             errors, scores = [], []
-            for estimate_on in (matched, lambda *pair: (None, None, None)):
-                align._match_blur = estimate_on
+            for _ in _matched_then_not():
                 fuser = StackFuser(device="cpu")
                 fused = _quietly(fuser.run, stack)
                 corners = [corner_error(t.matrix, m, height, width) for t, m in zip(fuser.transforms, truths)]
                 errors.append(f"{corners[-1]:.3f} / {max(corners):.3f}")
                 scores.append(f"{psnr(border_crop(fused), border_crop(truth)):.2f}")
-            align._match_blur = matched
             print(f"| {folder.name} ({width}x{height}, {len(stack)}) | {errors[0]} | {errors[1]} | {scores[0]} "
                   f"| {scores[1]} |")
 
@@ -195,12 +205,10 @@ def blur_matching(shared: Path) -> None:
         stack = FrameStack([folder])
         height, width = stack.size
         fused, motion = [], []
-        for estimate_on in (matched, lambda *pair: (None, None, None)):
-            align._match_blur = estimate_on
+        for _ in _matched_then_not():
             fuser = StackFuser(device="cpu")
             fused.append((_quietly(fuser.run, stack) * 255).round() / 255)  # as written to an 8-bit file
             motion.append([t.matrix for t in fuser.transforms])
-        align._match_blur = matched
         moved = max(corner_error(a, b, height, width) for a, b in zip(*motion))
         changed = (fused[0] != fused[1]).any(0).float().mean().item()
         scores = [QabfAccumulator(border_crop(image)) for image in fused]

@@ -277,7 +277,7 @@ def _features(frames: Tensor, size: int, opaque: Tensor | None = None) -> _Featu
     while min(levels[-1].shape[-2:]) >= 2 * _COARSEST_SIDE:
         levels.append(pyr_down(levels[-1]))
         spacings.append(spacings[-1] * 2)
-    blurred = {i: torch.cat([levels[i], *_blurs(levels[i])], 1) for i in _matched_levels(levels)}
+    blurred = {i: _with_blurs(levels[i]) for i in _matched_levels(levels)}
     return _Features(levels, spacings, height, width, blurred)
 
 
@@ -495,6 +495,11 @@ def _blurs(x: Tensor) -> list[Tensor]:
     return blurred
 
 
+def _with_blurs(x: Tensor) -> Tensor:
+    """``x`` (``(B, 1, h, w)``) followed by its ``_blurs`` as channels, ``(B, 1 + _MATCH_BLURS, h, w)``."""
+    return torch.cat([x, *_blurs(x)], 1)
+
+
 def _blur_matched(template: Tensor, image: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Per tile, the mean squared difference after blurring whichever frame is sharper
     there to the other's blur: the best of the frames as they are and of each blurred by
@@ -596,7 +601,7 @@ def _check(template: _Features, image: _Features, estimate: Tensor, model: str) 
             stats["still"] = fixed_sum(((still - t) ** 2 * valid).flatten(1)) / count
         if index == test:  # stride 1: the frames' own blurs
             before, _ = _blur_matched(template.blurred[index], image.blurred[index], valid)
-            moved = torch.cat([moved[:, None], *_blurs(moved[:, None])], 1)
+            moved = _with_blurs(moved[:, None])
             after, _ = _blur_matched(template.blurred[index], moved, valid)
             stats["better"] = 1 - fixed_sum(after) / fixed_sum(before).clamp_min(1e-12)
             used = (_tile_sums(valid.float()) > 0).float()  # tiles inside the margin do not vote
@@ -727,11 +732,9 @@ def warp_frame(
 def apply_transform(
     frame: Tensor, transform: FrameTransform, box: tuple[int, int, int, int] | None = None
 ) -> tuple[Tensor, Tensor]:
-    """``warp_frame`` with the transform's matrix, then its exposure gain."""
-    warped, inside = warp_frame(frame, transform.matrix, box)
-    if transform.gain is not None:
-        warped = warped * transform.gain.to(frame.device, frame.dtype).view(1, -1, 1, 1)
-    return warped, inside
+    """``warp_frame`` of ``frame`` (``(1, C, H, W)``) with the transform's matrix, then its
+    exposure gain: ``apply_transforms`` of one frame, ``valid`` always a mask."""
+    return _with_valid(*apply_transforms(frame, [transform], box))
 
 
 def apply_transforms(
@@ -757,6 +760,13 @@ def apply_transforms(
         if gain is not None:
             aligned[i].mul_(gain.to(frames.device, frames.dtype).view(-1, 1, 1))
     return aligned, torch.cat(valid)
+
+
+def _with_valid(aligned: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``apply_transforms``' result with ``valid`` ``None`` (every pixel) made a mask."""
+    if valid is None:
+        valid = torch.ones(aligned.shape[0], 1, *aligned.shape[-2:], dtype=torch.bool, device=aligned.device)
+    return aligned, valid
 
 
 # -- the aligner ---------------------------------------------------------------------------
@@ -962,10 +972,7 @@ class StackAligner:
             ``(aligned, valid)``: the frames and a ``(B, 1, h, w)`` bool mask of the
             pixels that their data covers.
         """
-        aligned, valid = apply_transforms(frames, self.transforms(frames, first_index, mask), box)
-        if valid is None:
-            valid = torch.ones(aligned.shape[0], 1, *aligned.shape[-2:], dtype=torch.bool, device=aligned.device)
-        return aligned, valid
+        return _with_valid(*apply_transforms(frames, self.transforms(frames, first_index, mask), box))
 
 
 def transforms_to_json(
