@@ -1,121 +1,189 @@
-"""One call on a GPU machine: check the CUDA path against the CPU, then time what users run.
+"""One call on a GPU machine: check the CUDA path, then time what users run. One table.
 
-    python bench/gpu_check.py [--quick] [--device cuda]
+    python bench/gpu_check.py [--quick] [--device cuda] [--real DIR] [--json FILE]
 
-Prepared for a lent H100 (torch with CUDA, triton; kornia and typer carried as
-wheels). Prints, last, one short table:
-1. Triton kernels against their torch twins on CUDA (bit for bit), and the CUDA
-   fusion (defaults: alignment on) against the CPU fusion of the same moving stack
-   (largest difference, in 1/255).
-2. Alignment without a host sync: a chunk's estimation, checks, decisions and exposure
-   gains under ``torch.cuda.set_sync_debug_mode("error")``.
-3. Core throughput on 24 MP frames (6000x4000), float16 and float32, 30 and 100 frames,
-   with the defaults (alignment on) and without alignment, and peak GPU memory.
-4. End to end: 100 JPEG files of 24 MP to a written JPEG, defaults and --no-align.
---quick uses 6 MP frames and 10/30 frames; ``--device cpu --quick`` is a dry run of the
-script on a machine without CUDA (the CUDA-only checks are skipped).
+Prepared for a lent H200 (torch with CUDA and Triton there; kornia and imagecodecs
+carried as wheels). The rows, in order:
+1. The compile check (``gpufocus.kernels.compile``) with the Triton installed there.
+2. Each Triton kernel against its torch twin on CUDA (fresh random inputs of odd size):
+   equal bit for bit, or the largest difference.
+3. CUDA against the CPU, defaults: a synthetic moving stack and ``--real`` (petteri_pcb
+   from shared/data/real), largest and mean difference in 1/255.
+4. A chunk's motion estimation on CUDA under ``torch.cuda.set_sync_debug_mode("error")``.
+5. Core: 24 MP frames (6000x4000) float32, 100 frames, alignment on and off: the fuse
+   stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up.
+6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
+``--quick`` uses 320x240 and 4 frames, one run each. ``--device cpu --quick`` is the dry run the
+test suite makes on a machine without CUDA: the same code, CUDA-only rows skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 from gpufocus import fuse
-from gpufocus.benchmark import Case, machine_description, run_case, stack_files
+from gpufocus.benchmark import Case, machine_description, run_case
 from gpufocus.synth import make_stack
 
 
-def triton_matches_torch(device: str) -> str:
-    from gpufocus.kernels import laplacian_level, select
+def compile_check() -> str:
+    import contextlib
+    import io
 
-    g = torch.rand(2, 3, 301, 457, device=device)
-    fused = laplacian_level(g)
-    os.environ["GPUFOCUS_TRITON"] = "0"
-    plain = laplacian_level(g)
-    measured, values = torch.rand(3, 1, 301, 457, device=device), torch.rand(3, 3, 301, 457, device=device)
-    twin = select.energy_fold(None, measured, values, (0.25, 0.5, 0.25), None, 0)
-    del os.environ["GPUFOCUS_TRITON"]
-    kernel = select.energy_fold(None, measured, values, (0.25, 0.5, 0.25), None, 0)
-    same = all(torch.equal(a, b) for a, b in zip(fused, plain))
-    return str(same and torch.equal(kernel.value, twin.value) and torch.equal(kernel.score, twin.score))
+    from gpufocus.kernels.compile import main as compile_main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        failed = compile_main(["--target", "sm_90"])
+    lines = out.getvalue().splitlines()
+    import triton
+
+    return f"triton {triton.__version__}: {lines[-1]} ({len(lines) - 1} specializations, {'FAILED' if failed else 'ok'})"
 
 
-def device_matches_cpu(device: str) -> str:
+def _compare(a: torch.Tensor, b: torch.Tensor) -> str:
+    if torch.equal(a, b):
+        return "equal"
+    return f"max diff {float((a.float() - b.float()).abs().max()):.2e}"
+
+
+def kernels_match_twins(device: str) -> list[tuple[str, str]]:
+    """Each kernel on fresh random data, Triton against the torch twin on the same device."""
+    from gpufocus.kernels import DETAIL, LUMA, Level, detail, downsample, select
+    from gpufocus.kernels.filters import binomial_taps, separable_filter
+
+    g = torch.rand(4, 3, 1001, 1503, device=device)
+    rows = []
+
+    def both(fn):
+        kernel = fn()
+        os.environ["GPUFOCUS_TRITON"] = "0"
+        try:
+            twin = fn()
+        finally:
+            os.environ.pop("GPUFOCUS_TRITON")
+        return kernel, twin
+
+    coarse, coarse_twin = both(lambda: downsample(g))
+    rows.append(("kernel pyr_down vs twin", _compare(coarse, coarse_twin)))
+    for measure, name in ((DETAIL, "detail"), (LUMA, "detail[luma]")):
+        got, want = both(lambda: detail(g, coarse, measure))
+        rows.append((f"kernel {name} vs twin", _compare(got, want)))
+    measured = detail(g, coarse, LUMA)
+    level = Level(g, coarse, lambda: measured, lambda: detail(g, coarse, DETAIL))
+    usable = torch.rand(4, 1, 1001, 1503, device=device) > 0.1
+    taps = binomial_taps(9)
+    (state, energy), (twin, twin_energy) = both(
+        lambda: select.energy_fold(None, level, taps, usable, 0, track_index=True, keep_energy=True))
+    rows.append(("kernel fold vs twin (score, value, index, energy)",
+                 ", ".join(_compare(a, b) for a, b in ((state.score, twin.score), (state.value, twin.value),
+                                                        (state.index, twin.index), (energy, twin_energy)))))
+    coarse_measured = detail(coarse, downsample(coarse), LUMA)
+    coarse_energy = separable_filter(coarse_measured * coarse_measured, taps)
+    got, want = both(lambda: select.halo_fold(None, None, None, level, coarse_energy, taps, usable, 0, 0.2, 0.5))
+    rows.append(("kernel fold[halo] vs twin (best, alternative, own values)",
+                 ", ".join(_compare(a.value, b.value) for a, b in zip(got, want))))
+    from gpufocus.halo import noise_level
+
+    rows.append(("noise level on CUDA (Triton samples, median from a sort) vs CPU",
+                 _compare(noise_level(g, False).cpu(), noise_level(g.cpu(), False))))
+    return rows
+
+
+def device_matches_cpu(device: str, real: Path | None) -> list[tuple[str, str]]:
+    rows = []
     stack = make_stack(384, 512, 6, breathing=0.003, shift=1.0, max_blur=6.0, seed=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cpu = fuse(stack.frames, device="cpu")
-        other = fuse(stack.frames, device=device)
-    return f"{float((cpu - other.cpu()).abs().max()) * 255:.3f}"
+    sources = [("synthetic 512x384 x6 (moving)", stack.frames)]
+    if real is not None and real.is_dir():
+        sources.append((real.name, sorted(str(p) for p in real.iterdir() if p.suffix.lower() in (".jpg", ".png"))))
+    for name, source in sources:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cpu = fuse(source, device="cpu")
+            other = fuse(source, device=device).cpu()
+        difference = (cpu - other).abs() * 255
+        rows.append((f"{device} vs CPU, defaults: {name} (1/255)",
+                     f"max {float(difference.max()):.3f}, mean {float(difference.mean()):.4f}"))
+    return rows
 
 
 def alignment_without_sync(device: str) -> str:
     """A chunk's whole estimation under the sync guard (the one read-back comes after)."""
-    from gpufocus.align import StackAligner, _gains, _low
+    from gpufocus.align import StackAligner
     from gpufocus.options import AlignOptions
 
     frames = make_stack(768, 1024, 4, breathing=0.003, shift=1.0, max_blur=6.0, seed=2).frames.to(device)
-    aligner = StackAligner(AlignOptions())
-    aligner._chain_on_device(frames, 0)  # warm-up: kernels compile, caches fill
+    StackAligner(AlignOptions())._chain_on_device(frames, 0, None)  # warm-up: kernels compile, caches fill
     aligner = StackAligner(AlignOptions())
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        chain, _, _, _ = aligner._chain_on_device(frames, 0)
-        _gains(_low(frames), _low(frames[:1])[0], chain, tuple(frames.shape[-2:]))
+        aligner._chain_on_device(frames, 0, None)
     except RuntimeError as error:
-        return f"synchronised: {str(error).splitlines()[0]}"
+        import traceback
+
+        ours = [f for f in traceback.extract_tb(error.__traceback__) if "gpufocus" in f.filename]
+        where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno} ({ours[-1].line})" if ours else ""
+        return f"synchronised: {str(error).splitlines()[0]}{where}"
     finally:
         torch.cuda.set_sync_debug_mode("default")
     return "no host sync"
 
 
-def main() -> None:
+def timed(kind: str, device: str, width: int, height: int, frames: int, align: bool, quick: bool) -> tuple[str, str]:
+    repeat, warmup = (1, 0) if quick else (3, 1) if kind == "core" else (2, 1)
+    r = run_case(Case(kind, device, width, height, frames, "float32", None, "max-energy", align), repeat=repeat,
+                 warmup=warmup)
+    stages = ", ".join(f"{name} {value:.3f}" for name, value in r["stages"].items() if value)
+    fuse_rate = frames * width * height / r["stages"]["fuse"] / 1e9
+    peak = r["peak_cuda_bytes"]
+    label = f"{kind} {width}x{height} x{frames} float32 {'aligned' if align else 'no-align'}"
+    return label, (f"{r['seconds']:.3f} s (median of {repeat}); fuse stage {fuse_rate:.2f} Gpix-frames/s; "
+                   f"stages s: {stages}" + (f"; peak {peak / 2**30:.1f} GiB" if peak else ""))
+
+
+def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cuda")
-    args = parser.parse_args()
+    parser.add_argument("--real", type=Path, default=None, help="a real stack's folder (petteri_pcb)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
     device = args.device
-    width, height = (3000, 2000) if args.quick else (6000, 4000)
-    counts = (10, 30) if args.quick else (30, 100)
+    width, height, frames = (320, 240, 4) if args.quick else (6000, 4000, 100)
     rows = [("machine", machine_description())]
-    if device.startswith("cuda"):
-        rows.append(("triton == torch twin on CUDA", triton_matches_torch(device)))
-        rows.append(("alignment of a chunk on CUDA", alignment_without_sync(device)))
-    rows.append((f"max |{device} - CPU|, defaults (1/255 units)", device_matches_cpu(device)))
-    for dtype in ("float16", "float32"):
-        for frames in counts:
-            for align in (True, False):
-                r = run_case(Case("core", device, width, height, frames, dtype, None, "max-energy", align), repeat=3)
-                peak = r["peak_cuda_bytes"]
-                rows.append(
-                    (
-                        f"core {width}x{height} x{frames} {dtype} {'defaults (aligned)' if align else 'no-align'}",
-                        f"{r['mpix_frames_per_s'] / 1000:.2f} Gpix-frames/s, align {r['stages']['align'] or 0:.2f} s, "
-                        f"fuse {r['stages']['fuse']:.2f} s"
-                        + (f", peak {peak / 2**30:.2f} GiB" if peak else ""),
-                    )
-                )
-    files = stack_files("/tmp/gpufocus-gpu-check", height, width, counts[-1])
-    from gpufocus.write import write_image
+    started = time.perf_counter()
 
-    for align in (True, False):
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = fuse(files, device=device, align=align)
-        write_image("/tmp/gpufocus-gpu-check/out.jpg", image, overwrite=True)
-        label = "defaults (aligned)" if align else "no-align"
-        rows.append((f"e2e {len(files)} JPEG files {width}x{height} {label}",
-                     f"{time.perf_counter() - start:.2f} s (first run of each, no warm-up)"))
+    def step(name, fn):
+        try:
+            result = fn()
+        except Exception as error:  # noqa: BLE001 - a broken check is a row, and the rest still run
+            result = f"ERROR {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        for row in result if isinstance(result, list) else [(name, result)]:
+            rows.append(row)
+            print(f"| {row[0]} | {row[1]} |  ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    step("compile check, sm_90", compile_check)
+    if device.startswith("cuda"):
+        step("kernels vs twins", lambda: kernels_match_twins(device))
+        step("alignment of a chunk on CUDA", lambda: alignment_without_sync(device))
+    step("device vs CPU", lambda: device_matches_cpu(device, args.real))
+    for kind in ("core", "e2e"):
+        for align in (True, False):
+            step(f"{kind} {align}", lambda: [timed(kind, device, width, height, frames, align, args.quick)])
     print()
     for name, value in rows:
         print(f"| {name} | {value} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

@@ -152,12 +152,13 @@ class FrameTransform:
 
 def _small_matrix(rows: list[list[float]], device) -> Tensor:
     """A float64 matrix made on ``device`` from Python numbers: filled in place, since a
-    copy from host memory would make a GPU wait."""
+    copy from host memory would make a GPU wait (``m[i, j] = value`` is such a copy: a
+    host scalar copied into the element; ``fill_`` passes the number to the kernel)."""
     m = torch.zeros(len(rows), len(rows[0]), dtype=torch.float64, device=device)
     for i, row in enumerate(rows):
         for j, value in enumerate(row):
             if value:
-                m[i, j] = value
+                m[i, j].fill_(value)
     return m
 
 

@@ -289,7 +289,7 @@ def _shown(value) -> str:
 def _keep_warning(shown: list[str], message, category) -> None:
     # Decoders warn about the files they read (Pillow: "Truncated File Read", EXIF
     # oddities); the verdict on a file is ours to give, in one line.
-    if issubclass(category, GpufocusWarning):
+    if issubclass(category, GpufocusWarning) or getattr(category, "for_users", False):
         shown.append(str(message))
 
 
@@ -757,6 +757,14 @@ def bench_command(
     cache: Annotated[
         Optional[Path], typer.Option("--cache", help="Folder for the e2e JPEG stacks. Default: in the temporary folder.")
     ] = None,
+    traffic: Annotated[
+        bool,
+        typer.Option(
+            "--traffic",
+            help="Instead of timing: count the operations and the bytes the CUDA path moves per stage, without a GPU "
+            "(default 6000x4000, 32 frames, chunks of 16; Triton kernels and their torch twins).",
+        ),
+    ] = False,
 ) -> None:
     """Time the fusion on CPU and CUDA: per stage, median of repeats, peak memory."""
     import numpy as np
@@ -765,6 +773,13 @@ def bench_command(
     from . import benchmark
     from .write import Outputs, check_distinct, check_output, check_output_file
 
+    if traffic:
+        with _user_errors():
+            if json_out is not None:
+                check_output_file(json_out, overwrite=True)
+            width, height = _size((sizes or ["6000x4000"])[0])
+            _traffic_report(width, height, (frames or [32])[0], (chunks or [16])[0], json_out)
+        return
     with _user_errors():
         check_output(chart, overwrite=True)
         for path in (json_out, markdown):
@@ -818,6 +833,45 @@ def bench_command(
     _say(f"chart: {chart}" + (f", json: {json_out}" if json_out else "") + (f", markdown: {markdown}" if markdown else ""))
     if any("error" in r for r in report["results"]):
         raise typer.Exit(1)
+
+
+def _traffic_report(width: int, height: int, frames: int, chunk: int, json_out: Path | None) -> None:
+    """``gpufocus bench --traffic``: one table, and the rows as JSON."""
+    from .options import AlignOptions, FuseOptions
+    from .traffic import H200_BANDWIDTH, count_traffic, report
+    from .write import Outputs
+
+    rows = []
+    for triton in (True, False):
+        for breathing in (False, True):
+            counted = count_traffic(height, width, frames, chunk, FuseOptions(align=AlignOptions()), triton=triton,
+                                    breathing=breathing)
+            for row in report(counted, height, width, frames):
+                if breathing and row["stage"] != "align":
+                    continue  # the other stages do not depend on the motion
+                row["path"] = "triton" if triton else "torch twins"
+                row["frames"] = "breathing" if breathing else "still"
+                rows.append(row)
+    stdout = _console(stderr=False)
+
+    def line(text: str) -> None:
+        stdout.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    line(f"Traffic of the CUDA path, counted on the meta device: {width}x{height} x{frames} uint8 RGB, float32, "
+         f"defaults, chunks of {chunk}; time at {H200_BANDWIDTH / 1e12:.2f} TB/s (the H200's copy bandwidth)")
+    line("| stage | path | frames | ops/frame | launches/frame | bytes/pixel-frame | predicted ms/frame "
+         "| largest (B/pixel-frame) |")
+    line("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        largest = ", ".join(f"{name} {value:.1f}" for name, value in row["largest"][:4])
+        line(f"| {row['stage']} | {row['path']} | {row['frames']} | {row['operations_per_frame']:.1f} | "
+             f"{row['launches_per_frame']:.2f} | {row['bytes_per_pixel_frame']:.1f} | "
+             f"{row['predicted_ms_per_frame']:.2f} | {largest} |")
+    line("floor: 3 bytes a pixel-frame (each 8-bit frame read once)")
+    if json_out is not None:
+        with Outputs() as out:
+            out.json(json_out, {"width": width, "height": height, "frames": frames, "chunk": chunk,
+                                "bandwidth": H200_BANDWIDTH, "rows": rows}, overwrite=True)
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -27,7 +27,7 @@ _MEMORY_SHARE = 0.25
 # Frames read and aligned at once. The motion of a chunk is estimated as one batch, whose
 # thousands of small operations cost about the same for 2 frames as for 4: on the CPU 4
 # make the align stage 7 % cheaper (bench/RESULTS.md), fused 2 at a time (``fusion_chunk``).
-_MAX_CHUNK = {"cpu": 4, "cuda": 16}
+_MAX_CHUNK = {"cpu": 4, "cuda": 16, "meta": 16}  # meta: shapes only, planning what CUDA runs
 # Frames fused at once: on the CPU more than 2 only cost memory (bench/RESULTS.md).
 _MAX_FUSION_CHUNK = {"cpu": 2}
 
@@ -53,7 +53,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
         if index >= torch.cuda.device_count():
             raise OptionError("device", name, f"there are {torch.cuda.device_count()} CUDA devices")
         device = torch.device("cuda", index)
-    elif device.type != "cpu":
+    elif device.type not in ("cpu", "meta"):
         raise OptionError("device", name, "only cpu and cuda are supported")
     return device
 
@@ -70,6 +70,8 @@ def free_memory(device: torch.device) -> int:
     """Bytes that can still be allocated on ``device`` (for the CPU: MemAvailable)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    if device.type == "meta":  # planning the CUDA path: a card as large as the H200's
+        return 140 << 30
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:

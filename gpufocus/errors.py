@@ -13,4 +13,5 @@ class GpufocusError(Exception):
 
 class GpufocusWarning(UserWarning):
     """Something the user should know about a result (a frame not aligned, say); the
-    message is one line that names the file or frame."""
+    message is one line that names the file or frame. (Warnings of ``gpufocus.kernels``,
+    which sits below this module, say the same with a class attribute ``for_users``.)"""

@@ -31,8 +31,9 @@ and checked on six others made by ``gpufocus synth`` (bench/halo.py prints both)
 Cost: one more running winner of the finest level (its coefficients, score, frame and
 half-window energy, the last with a copy of the score) and the usual winner's frame,
 about 32 bytes a pixel for colour frames; on the CPU the fusion stage takes 1.5-1.7
-times as long (bench/halo.py); on CUDA the finest level leaves the fused Triton kernel,
-which keeps no frame index.
+times as long (bench/halo.py). On CUDA the guard runs inside the finest level's fold
+kernel (``kernels.halo_fold``): with it the fuse stage of 32 frames of 24 MP took 0.095 s
+on an H200, without it 0.061 s (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ import math
 import torch
 from torch import Tensor
 
-from .kernels import RunningMax, fold_max, mask_unusable
-from .kernels.filters import binomial_taps, correlate1d, pyr_up, separable_filter
+from .kernels import Level, RunningMax, halo_fold, noise_samples, window_energies
 
 __all__ = ["HALF_SHARE", "MIN_JUMP", "JUMP_SHARE", "MIN_SHARPNESS", "NOISE_FACTOR", "noise_level", "window_energies", "HaloGuard"]
 
@@ -58,55 +58,24 @@ MIN_SHARPNESS = 0.2
 #: Energies must be at least this many times the noise level (20 noise amplitudes).
 NOISE_FACTOR = 400.0
 
-_NOISE_ROW_STEP = 16  # the noise level reads every 16th row: enough for a median
-_BINOMIAL5 = binomial_taps(5)
 
 
-def noise_level(planes: Tensor) -> Tensor:
+def noise_level(frames: Tensor, per_channel: bool) -> Tensor:
     """Per image and plane, the squared median of its finest detail (the pixel less the
     5x5 binomial blur around it), on every 16th row; ``(B, P)`` float32.
 
     A robust measure of the noise: most of a frame is out of focus, where that detail
-    is noise. A median is one of the values, so it does not depend on the batch. Pass
-    the planes decisions are made on: the luminance, or each channel.
+    is noise. A median is one of the values, so it does not depend on the batch. It is
+    measured on the planes decisions are made on: the frames' luminance, or with
+    ``per_channel`` each channel; only the rows it reads are converted.
 
     Shape:
-        - planes: ``(B, P, H, W)``, at least 5 pixels a side.
+        - frames: ``(B, C, H, W)``, at least 5 pixels a side.
     """
-    height = planes.shape[-2]
-    rows = (height - 5) // _NOISE_ROW_STEP + 1
-    stop = lambda k: k + _NOISE_ROW_STEP * (rows - 1) + 1  # noqa: E731
-    lines = [planes[..., k : stop(k) : _NOISE_ROW_STEP, :].float() for k in range(5)]
-    vertical = sum(t * line for t, line in zip(_BINOMIAL5, lines))
-    width = vertical.shape[-1] - 4
-    blurred = sum(t * vertical[..., k : k + width] for k, t in enumerate(_BINOMIAL5))
-    detail = lines[2][..., 2 : 2 + width] - blurred
-    return detail.abs().flatten(2).median(dim=2).values.square()
-
-
-def window_energies(squares: Tensor, taps: tuple[float, ...]) -> tuple[Tensor, Tensor]:
-    """The mean of ``squares`` over the window ``taps`` x ``taps`` (``separable_filter``,
-    the same arithmetic), and the least of its four half-window means: the window with
-    the rows above or below, or the columns left or right of the centre cut off (the
-    centre line kept, each half renormalised). Reflect borders.
-
-    A half is the full window plus or minus its antisymmetric part, so the least of two
-    opposite halves is ``(full + t * centre line - |antisymmetric part|) / (1 + t)``
-    with ``t`` the centre tap: one more pass per direction instead of two.
-
-    Shape:
-        - squares: ``(B, S, h, w)``; both results are the same.
-    """
-    centre = taps[len(taps) // 2]
-    columns = correlate1d(squares, taps, -2)
-    energy = correlate1d(columns, taps, -1)
-    # Left and right halves first, then up and down: one filtered copy alive at a time.
-    least = torch.add(energy, columns, alpha=centre).sub_(correlate1d(columns, taps, -1, odd=True).abs_())
-    del columns
-    rows = correlate1d(squares, taps, -1)
-    half = torch.add(energy, rows, alpha=centre).sub_(correlate1d(rows, taps, -2, odd=True).abs_())
-    del rows
-    return energy, torch.minimum(least, half, out=least).div_(1 + centre)
+    samples = noise_samples(frames, per_channel).flatten(2)
+    if samples.is_cuda:  # the lower median, ``median``'s, from a sort: on CUDA 6 times faster (bench/RESULTS.md)
+        return samples.sort(dim=2).values[..., (samples.shape[-1] - 1) // 2].square()
+    return samples.median(dim=2).values.square()
 
 
 class HaloGuard:
@@ -123,23 +92,20 @@ class HaloGuard:
         self._noise: Tensor | None = None
 
     def fold(
-        self, coefficients: Tensor, noise: Tensor, level1: Tensor, energy: Tensor, half: Tensor,
-        usable: Tensor | None, first_index: int,
-    ) -> None:
-        """Take the next frames: their finest-level ``coefficients`` (``(B, C, h, w)``),
-        ``noise_level`` of the planes decided on (``(B, S)``), what the rule measures one
-        level coarser (``level1``, ``(B, S, h/2, w/2)``), and their finest level's
-        ``window_energies``."""
-        coarser = pyr_up(separable_filter(level1 * level1, self.taps), energy.shape[-2:])
-        # Kept for the winner: its half-window energy, or -1 (below any noise floor) where
-        # its detail is not its own.
-        own = torch.where(energy >= MIN_SHARPNESS * coarser, half, -1.0)
-        del coarser
-        score = mask_unusable(torch.minimum(energy, half / HALF_SHARE), usable)
-        self._alternative = fold_max(self._alternative, score, coefficients, first_index, track_index=True)
-        self._own = fold_max(self._own, score, own, first_index)  # the same scores: the same winners
+        self, best: RunningMax | None, level: Level, noise: Tensor, coarse_energy: Tensor, usable: Tensor | None,
+        first_index: int,
+    ) -> RunningMax:
+        """Take the next frames: fold the finest ``level`` into the rule's winners ``best``
+        (with their index) and into the guard's (``kernels.halo_fold``); ``noise``:
+        ``noise_level`` of the planes decided on (``(B, S)``); ``coarse_energy``: the
+        next level's energies. Returns ``best`` updated."""
+        best, self._alternative, self._own = halo_fold(
+            best, self._alternative, self._own, level, coarse_energy, self.taps, usable, first_index,
+            MIN_SHARPNESS, HALF_SHARE,
+        )
         least = noise.amin(0)  # per plane
         self._noise = least if self._noise is None else torch.minimum(self._noise, least)
+        return best
 
     def apply(self, best: RunningMax, count: int) -> None:
         """Switch ``best`` (the finest level's winners, with their index) to the

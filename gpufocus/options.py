@@ -48,7 +48,7 @@ COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
 #: Depth maps of ``gpufocus.synth``'s generated stacks.
 SYNTH_FAMILIES = ("objects", "plane", "smooth")
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|meta)$")
 
 
 class OptionError(GpufocusError):
@@ -133,7 +133,8 @@ class FuseOptions:
             whose channels are not red, green and blue always are).
         use_alpha: a frame's alpha channel is a mask: its transparent pixels (below
             half opacity) never win. ``False`` fuses them as image.
-        device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+        device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``;
+            ``'meta'`` computes nothing, for ``gpufocus.traffic`` (it plans the CUDA path).
         dtype: arithmetic precision, one of ``DTYPES``.
         chunk: frames read and aligned at once (on the CPU fused at most 2 at a time:
             ``gpufocus.device.fusion_chunk``); ``None`` chooses from free memory. The

@@ -23,8 +23,9 @@ import functools
 from torch import Tensor
 
 from .color import luminance
+from .kernels.pyramid_level import DETAIL
 from .halo import noise_level
-from .kernels import laplacian_level
+from .kernels import Level, detail, downsample, measure_of, use_triton
 from .kernels.filters import binomial_taps, correlate1d, pyr_down, pyr_up, reflect_pad, separable_filter
 
 __all__ = [
@@ -104,7 +105,7 @@ def build_gaussian_pyramid(x: Tensor, levels: int) -> list[Tensor]:
     check_levels(x, levels)
     pyramid = [x]
     for _ in range(levels):
-        pyramid.append(pyr_down(pyramid[-1]))
+        pyramid.append(downsample(pyramid[-1]))
     return pyramid
 
 
@@ -121,8 +122,9 @@ def build_laplacian_pyramid(x: Tensor, levels: int) -> list[Tensor]:
     check_levels(x, levels)
     pyramid, g = [], x
     for _ in range(levels):  # one level at a time: a Gaussian level is dropped once used
-        detail, g = laplacian_level(g)
-        pyramid.append(detail)
+        coarser = downsample(g)
+        pyramid.append(detail(g, coarser))
+        g = coarser
     return pyramid + [g]
 
 
@@ -170,31 +172,54 @@ class Decomposition:
 
     def __init__(self, frames: Tensor, valid: Tensor | None, levels: int, noise: Tensor | None = None) -> None:
         self.frames, self.valid, self.levels = frames, valid, levels
-        self._luma: dict[int, Tensor] = {}
+        self._luma: dict[tuple[int, int], Tensor] = {}
         self._noise = noise
 
     def noise(self, per_channel: bool) -> Tensor:
         """The frames' noise level (``gpufocus.halo.noise_level``) of their luminance, or
         of each channel, ``(B, S)``."""
         if self._noise is None:
-            self._noise = noise_level(self.frames if per_channel else luminance(self.frames))
+            self._noise = noise_level(self.frames, per_channel)
         return self._noise
 
     @functools.cached_property
+    def gaussian(self) -> list[Tensor]:
+        """``build_gaussian_pyramid(frames, levels)``."""
+        return build_gaussian_pyramid(self.frames, self.levels)
+
+    @functools.cached_property
     def pyramid(self) -> list[Tensor]:
-        """``build_laplacian_pyramid(frames, levels)``."""
-        return build_laplacian_pyramid(self.frames, self.levels)
+        """``build_laplacian_pyramid(frames, levels)``, from ``gaussian``."""
+        g = self.gaussian
+        return [detail(fine, coarser) for fine, coarser in zip(g, g[1:])] + [g[-1]]
 
     def luma(self, level: int) -> Tensor:
         """The luminance of detail level ``level`` (a grey pyramid is its own). A level
         below the pyramid's comes from a pyramid of the luminance made for it."""
-        if level not in self._luma:
-            if level < self.levels:
-                coefficients = self.pyramid[level]
-                self._luma[level] = coefficients if coefficients.shape[1] == 1 else luminance(coefficients)
+        return self.measured(level, per_channel=False)
+
+    def measured(self, level: int, per_channel: bool) -> Tensor:
+        """What decisions on detail level ``level`` are measured on: its luminance, or
+        with ``per_channel`` every channel (``kernels.measure_of``). Where the Triton
+        kernels run and the pyramid was not needed, it is made without the detail of
+        every channel."""
+        measure = measure_of(self.frames.shape[1], per_channel)
+        if measure == DETAIL and level < self.levels:
+            return self.pyramid[level]
+        key = (level, measure)
+        if key not in self._luma:
+            if level >= self.levels:
+                self._luma[key] = build_laplacian_pyramid(luminance(self.frames), level + 1)[level]
+            elif use_triton(self.frames) and "pyramid" not in self.__dict__:
+                self._luma[key] = detail(self.gaussian[level], self.gaussian[level + 1], measure)
             else:
-                self._luma[level] = build_laplacian_pyramid(luminance(self.frames), level + 1)[level]
-        return self._luma[level]
+                self._luma[key] = luminance(self.pyramid[level])
+        return self._luma[key]
+
+    def level(self, level: int, per_channel: bool) -> Level:
+        """Detail level ``level`` as the selection reads it (``kernels.Level``)."""
+        g = self.gaussian
+        return Level(g[level], g[level + 1], lambda: self.measured(level, per_channel), lambda: self.pyramid[level])
 
     @functools.cached_property
     def coverage(self) -> list[Tensor] | None:

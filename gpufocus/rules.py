@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .color import luminance
-from .halo import HaloGuard, window_energies
+from .halo import HaloGuard
 from .kernels import RunningMax, energy_fold, fold_max, mask_unusable
 from .options import FuseOptions
 from .pyramid import (
@@ -101,13 +101,17 @@ class _PyramidRule(SelectionRule):
         self._base = _RunningMean()
 
     def _fold(self, parts: Decomposition) -> None:
-        for level in range(self.levels):
+        for level in self._level_order():
             self._fold_level(level, parts, None if parts.usable is None else parts.usable[level])
-        self._base.add(parts.pyramid[-1], None if parts.coverage is None else parts.coverage[-1], self.count)
+        self._base.add(parts.gaussian[-1], None if parts.coverage is None else parts.coverage[-1], self.count)
+
+    def _level_order(self) -> list[int]:
+        """The order in which a chunk's levels are folded."""
+        return list(range(self.levels))
 
     def _measured(self, parts: Decomposition, level: int) -> Tensor:
         """The channels a decision on ``level`` is made on: luminance, or every channel."""
-        return parts.pyramid[level] if self.per_channel else parts.luma(level)
+        return parts.measured(level, self.per_channel)
 
     @abstractmethod
     def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None: ...
@@ -198,22 +202,26 @@ class MaxEnergy(_PyramidRule):
         self._changes: list[tuple[Tensor, Tensor]] | None = None  # per level: chosen index, where it changed
         self._refolded = 0
         self._guard = HaloGuard(self._window) if halo_guard and levels >= 2 else None
+        self._coarse_energy: Tensor | None = None  # level 1's energies, for the guard on level 0
+
+    def _level_order(self) -> list[int]:
+        # The halo guard reads the next level's energies on the finest: that level first.
+        return [1, 0, *range(2, self.levels)] if self._guard is not None else list(range(self.levels))
 
     def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None:
         if level == 0 and self._guard is not None:
-            finest, coarser, noise = self._measured(parts, 0), self._measured(parts, 1), parts.noise(self.per_channel)
-            for k in range(finest.shape[0]):  # a frame at a time: the guard's temporaries are whole planes
-                one, index = slice(k, k + 1), self.count + k
-                energy, half = window_energies(finest[one] * finest[one], self._window)
-                usable_one = None if usable is None else usable[one]
-                values = parts.pyramid[0][one]
-                self._best[0] = fold_max(self._best[0], mask_unusable(energy, usable_one), values, index, True)
-                self._guard.fold(values, noise[one], coarser[one], energy, half, usable_one, index)
+            self._best[0] = self._guard.fold(
+                self._best[0], parts.level(0, self.per_channel), parts.noise(self.per_channel), self._coarse_energy,
+                usable, self.count,
+            )
+            self._coarse_energy = None
             return
-        self._best[level] = energy_fold(
-            self._best[level], self._measured(parts, level), parts.pyramid[level], self._window, usable, self.count,
-            self._track,
+        self._best[level], energy = energy_fold(
+            self._best[level], parts.level(level, self.per_channel), self._window, usable, self.count, self._track,
+            keep_energy=level == 1 and self._guard is not None,
         )
+        if energy is not None:
+            self._coarse_energy = energy
 
     def _guarded(self) -> None:
         """The halo guard's switch, once every frame is in (``gpufocus.halo``)."""
@@ -318,12 +326,12 @@ class WangChang(_PyramidRule):
         self._top: dict[str, RunningMax | None] = dict.fromkeys(("max_d", "max_e", "min_d", "min_e"))
 
     def _fold_level(self, level: int, parts: Decomposition, usable: Tensor | None) -> None:
-        coefficients = parts.pyramid[level]
         if level < self.levels - 1:
-            self._best[level] = energy_fold(
-                self._best[level], self._measured(parts, level), coefficients, _GENERATING_KERNEL, usable, self.count
+            self._best[level], _ = energy_fold(
+                self._best[level], parts.level(level, self.per_channel), _GENERATING_KERNEL, usable, self.count
             )
             return
+        coefficients = parts.pyramid[level]
         measured = self._measured(parts, level).double()
         deviation = self._deviation(measured)
         entropy = self._entropy(measured)

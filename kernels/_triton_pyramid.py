@@ -1,66 +1,102 @@
-"""Triton versions of one Laplacian pyramid level (imported only where Triton runs).
+"""Triton kernels of one Laplacian pyramid level (imported only where Triton runs).
 
-Both kernels repeat the torch twins' arithmetic operation by operation (the same
-products, the same pairing and order of additions, reflect borders), and are launched
-with floating-point contraction off, so they give the twins' results bit for bit.
+- ``_pyr_down_kernel``: the next Gaussian level.
+- ``_detail_kernel``: the detail ``g - pyr_up(coarser)``, or straight away the plane a
+  decision is measured on (its luminance, or the mean of its channels), which is all
+  the selection reads of a level: 4 bytes a pixel written instead of 4 per channel.
+
+Written in the compiled Triton language only (no Python containers in a kernel; loops
+over taps are ``tl.static_range``), and checked ahead of time for sm_90 and sm_80 by
+``python -m gpufocus.kernels.compile``. Both kernels repeat the torch twins' arithmetic
+operation by operation (the same products, the same pairing and order of additions,
+reflect borders) and are launched with floating-point contraction off, so they give
+the twins' results bit for bit.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
 
-_BLOCK_H, _BLOCK_W = 16, 32
+from .dispatch import launch
+
+#: Output tiles (rows, columns) of one program: 4 warps, 4 samples a thread (16 x 32
+#: tiles ran pyr_down 1.9 times slower on the H200: bench/RESULTS.md).
+TILE = (8, 64)
+
+#: What ``_detail_kernel`` writes: the detail of every channel, the luminance of an RGB
+#: detail, or the mean of the channels (``gpufocus.color.luminance``'s rule).
+DETAIL, LUMA, MEAN = 0, 1, 2
 
 
 @triton.jit
-def _reflect(i, n):
-    """Index into a side of n samples, reflected without repeating the edge."""
-    i = tl.where(i < 0, -i, i)
-    return tl.where(i > n - 1, 2 * (n - 1) - i, i)
+def reflect(i, n):
+    """Index into a side of ``n`` samples, mirrored at both ends without repeating the
+    edge sample, as often as needed (a side of 1 maps everything to 0).
+
+    The kernels read at most 7 samples past an edge (half the largest window): on sides
+    longer than 16 one mirror is enough, without the division the general case costs."""
+    if n > 16:
+        r = tl.where(i < 0, -i, i)
+        r = tl.where(r > n - 1, 2 * n - 2 - r, r)
+    else:
+        period = tl.maximum(2 * n - 2, 1)
+        r = i % period
+        r = tl.where(r < 0, r + period, r)
+        r = tl.where(r > n - 1, period - r, r)
+    return r
 
 
 @triton.jit
+def _down_column(src, r0, r1, r2, r3, r4, c, w, inside):
+    """The vertical 5-tap binomial sum at column ``c``: m 6/16 + (a + e) / 16 + (b + d) 4/16."""
+    a = tl.load(src + r0 * w + c, mask=inside, other=0.0)
+    b = tl.load(src + r1 * w + c, mask=inside, other=0.0)
+    m = tl.load(src + r2 * w + c, mask=inside, other=0.0)
+    d = tl.load(src + r3 * w + c, mask=inside, other=0.0)
+    e = tl.load(src + r4 * w + c, mask=inside, other=0.0)
+    v = m * 0.375
+    v = v + (a + e) * 0.0625
+    return v + (b + d) * 0.25
+
+
+@triton.jit(do_not_specialize=["h", "w", "oh", "ow"])
 def _pyr_down_kernel(x_ptr, out_ptr, h, w, oh, ow, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    plane = tl.program_id(2)
+    plane = tl.program_id(2).to(tl.int64)
     oy = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
     ox = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
     inside = (oy < oh) & (ox < ow)
     src = x_ptr + plane * h * w
-    r0, r1, r2 = _reflect(2 * oy - 2, h), _reflect(2 * oy - 1, h), _reflect(2 * oy, h)
-    r3, r4 = _reflect(2 * oy + 1, h), _reflect(2 * oy + 2, h)
-    # Rows first, then columns, each as c * 6/16 + (a + e) / 16 + (b + d) * 4/16 in that order.
-    columns = []
-    for j in tl.static_range(5):
-        c = _reflect(2 * ox + j - 2, w)
-        a = tl.load(src + r0 * w + c, mask=inside, other=0.0)
-        b = tl.load(src + r1 * w + c, mask=inside, other=0.0)
-        m = tl.load(src + r2 * w + c, mask=inside, other=0.0)
-        d = tl.load(src + r3 * w + c, mask=inside, other=0.0)
-        e = tl.load(src + r4 * w + c, mask=inside, other=0.0)
-        v = m * 0.375
-        v = v + (a + e) * 0.0625
-        v = v + (b + d) * 0.25
-        columns.append(v)
-    out = columns[2] * 0.375
-    out = out + (columns[0] + columns[4]) * 0.0625
-    out = out + (columns[1] + columns[3]) * 0.25
+    r0, r1, r2 = reflect(2 * oy - 2, h), reflect(2 * oy - 1, h), reflect(2 * oy, h)
+    r3, r4 = reflect(2 * oy + 1, h), reflect(2 * oy + 2, h)
+    # Rows first, then columns, each as c 6/16 + (a + e) / 16 + (b + d) 4/16 in that order.
+    c0 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox - 2, w), w, inside)
+    c1 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox - 1, w), w, inside)
+    c2 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox, w), w, inside)
+    c3 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox + 1, w), w, inside)
+    c4 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox + 2, w), w, inside)
+    out = c2 * 0.375
+    out = out + (c0 + c4) * 0.0625
+    out = out + (c1 + c3) * 0.25
     tl.store(out_ptr + plane * oh * ow + oy * ow + ox, out, mask=inside)
 
 
 @triton.jit
-def _mirror_end(i, m, fine):
-    """Coarse index i past the end (i == m): the fine signal's reflection at its end."""
-    return tl.where(i > m - 1, tl.where(fine % 2 == 1, m - 2, m - 1), i)
+def _coarse_index(i, m, fine):
+    """A coarse index one step outside ``[0, m)``: the fine signal's reflection there."""
+    i = tl.where(i < 0, tl.minimum(1, m - 1), i)
+    return tl.where(i > m - 1, tl.where(fine % 2 == 1, tl.maximum(m - 2, 0), m - 1), i)
 
 
 @triton.jit
-def _up_columns(src, row, i, odd_x, mw, fw, inside):
-    """The coarse row upsampled along columns at fine column 2 i (+1 if odd_x)."""
-    left = tl.load(src + row * mw + tl.where(i - 1 < 0, 1, i - 1), mask=inside, other=0.0)
+def _up_row(src, row, i, odd_x, mw, fw, inside):
+    """A coarse row interpolated along columns at fine column ``2 i`` (``+ 1`` if odd_x)."""
+    left = tl.load(src + row * mw + _coarse_index(i - 1, mw, fw), mask=inside, other=0.0)
     mid = tl.load(src + row * mw + i, mask=inside, other=0.0)
-    right = tl.load(src + row * mw + _mirror_end(i + 1, mw, fw), mask=inside, other=0.0)
+    right = tl.load(src + row * mw + _coarse_index(i + 1, mw, fw), mask=inside, other=0.0)
     even = (left + right) * 0.125
     even = even + mid * 0.75
     odd = (mid + right) * 0.5
@@ -68,42 +104,121 @@ def _up_columns(src, row, i, odd_x, mw, fw, inside):
 
 
 @triton.jit
-def _detail_kernel(g_ptr, coarse_ptr, out_ptr, h, w, mh, mw, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """out = g - pyr_up(coarse): columns first, then rows, as the torch twin."""
-    plane = tl.program_id(2)
-    y = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-    x = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-    inside = (y < h) & (x < w)
-    src = coarse_ptr + plane * mh * mw
+def upsampled(src, y, x, mh, mw, h, w, inside):
+    """``pyr_up`` of the ``(mh, mw)`` plane at ``src``, to ``(h, w)``, at ``(y, x)``:
+    columns first, then rows, as the torch twin."""
     j, i = y // 2, x // 2
     odd_x = x % 2 == 1
-    above = _up_columns(src, tl.where(j - 1 < 0, 1, j - 1), i, odd_x, mw, w, inside)
-    mid = _up_columns(src, j, i, odd_x, mw, w, inside)
-    below = _up_columns(src, _mirror_end(j + 1, mh, h), i, odd_x, mw, w, inside)
+    above = _up_row(src, _coarse_index(j - 1, mh, h), i, odd_x, mw, w, inside)
+    mid = _up_row(src, j, i, odd_x, mw, w, inside)
+    below = _up_row(src, _coarse_index(j + 1, mh, h), i, odd_x, mw, w, inside)
     even = (above + below) * 0.125
     even = even + mid * 0.75
     odd = (mid + below) * 0.5
-    up = tl.where(y % 2 == 1, odd, even)
+    return tl.where(y % 2 == 1, odd, even)
+
+
+@triton.jit
+def detail_at(g_ptr, coarse_ptr, plane, y, x, h, w, mh, mw, inside):
+    """``g - pyr_up(coarse)`` of plane ``plane`` (a tensor or a scalar) at ``(y, x)``."""
     g = tl.load(g_ptr + plane * h * w + y * w + x, mask=inside, other=0.0)
-    tl.store(out_ptr + plane * h * w + y * w + x, g - up, mask=inside)
+    return g - upsampled(coarse_ptr + plane * mh * mw, y, x, mh, mw, h, w, inside)
 
 
-def _grid(height: int, width: int, planes: int) -> tuple[int, int, int]:
-    return triton.cdiv(height, _BLOCK_H), triton.cdiv(width, _BLOCK_W), planes
+@triton.jit(do_not_specialize=["channels", "h", "w", "mh", "mw"])
+def _detail_kernel(
+    g_ptr, coarse_ptr, out_ptr, channels, h, w, mh, mw,
+    MEASURE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """One frame's detail (``MEASURE == DETAIL``: every channel) or its measure (one plane)."""
+    frame = tl.program_id(2).to(tl.int64)
+    y = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+    x = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    inside = (y < h) & (x < w)
+    at = y * w + x
+    if MEASURE == 0:
+        for c in range(channels):
+            plane = frame * channels + c
+            tl.store(out_ptr + plane * h * w + at, detail_at(g_ptr, coarse_ptr, plane, y, x, h, w, mh, mw, inside),
+                     mask=inside)
+    elif MEASURE == 1:  # red 0.299, += green 0.587, += blue 0.114: gpufocus.color.luminance
+        first = frame * 3
+        luma = detail_at(g_ptr, coarse_ptr, first, y, x, h, w, mh, mw, inside) * 0.299
+        luma = luma + detail_at(g_ptr, coarse_ptr, first + 1, y, x, h, w, mh, mw, inside) * 0.587
+        luma = luma + detail_at(g_ptr, coarse_ptr, first + 2, y, x, h, w, mh, mw, inside) * 0.114
+        tl.store(out_ptr + frame * h * w + at, luma, mask=inside)
+    else:
+        total = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
+        for c in range(channels):
+            total = total + detail_at(g_ptr, coarse_ptr, frame * channels + c, y, x, h, w, mh, mw, inside)
+        tl.store(out_ptr + frame * h * w + at, tl.math.div_rn(total, tl.full((BLOCK_H, BLOCK_W), channels, tl.float32)), mask=inside)
 
 
-def laplacian_level(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(g - pyr_up(pyr_down(g)), pyr_down(g))`` for ``(B, C, H, W)`` float32."""
+def grid(height: int, width: int, planes: int, tile: tuple[int, int]) -> tuple[int, int, int]:
+    """The launch grid of a kernel that covers ``planes`` planes of ``height`` x ``width``."""
+    return triton.cdiv(height, tile[0]), triton.cdiv(width, tile[1]), planes
+
+
+def tile_constexprs(tile: tuple[int, int]) -> dict:
+    return {"BLOCK_H": tile[0], "BLOCK_W": tile[1]}
+
+
+def extent(n_out: int, block: int, n_in: int, first: Callable[[int], int], last: Callable[[int], int]) -> int:
+    """Input samples read along one side, summed over the tiles of ``block`` outputs:
+    a tile of outputs ``s..e`` reads inputs ``first(s)..last(e)`` (clipped to the side;
+    reflected indices stay inside that range). The halo each tile re-reads counts."""
+    total = 0
+    for start in range(0, n_out, block):
+        end = min(start + block, n_out) - 1
+        total += min(n_in - 1, last(end)) - max(0, first(start)) + 1
+    return total
+
+
+def coarse_extent(height: int, width: int, coarse_height: int, coarse_width: int, tile: tuple[int, int]) -> int:
+    """Samples of the coarser plane that ``upsampled`` reads for a plane's tiles."""
+    rows = extent(height, tile[0], coarse_height, lambda s: s // 2 - 1, lambda e: e // 2 + 1)
+    return rows * extent(width, tile[1], coarse_width, lambda s: s // 2 - 1, lambda e: e // 2 + 1)
+
+def pyr_down_launch(g: torch.Tensor, coarse: torch.Tensor) -> tuple:
+    """``(grid, args, constexprs)`` of ``_pyr_down_kernel`` from ``g`` into ``coarse``."""
+    batch, channels, height, width = g.shape
+    args = (g, coarse, height, width, *coarse.shape[-2:])
+    return grid(*coarse.shape[-2:], batch * channels, TILE), args, tile_constexprs(TILE)
+
+
+def pyr_down(g: torch.Tensor) -> torch.Tensor:
+    """``filters.pyr_down`` of ``(B, C, H, W)`` float32."""
     g = g.contiguous()
     batch, channels, height, width = g.shape
     coarse = g.new_empty(batch, channels, (height + 1) // 2, (width + 1) // 2)
-    planes = batch * channels
-    _pyr_down_kernel[_grid(*coarse.shape[-2:], planes)](
-        g, coarse, height, width, *coarse.shape[-2:], BLOCK_H=_BLOCK_H, BLOCK_W=_BLOCK_W, enable_fp_fusion=False
-    )
-    detail = torch.empty_like(g)
-    _detail_kernel[_grid(height, width, planes)](
-        g, coarse, detail, height, width, *coarse.shape[-2:], BLOCK_H=_BLOCK_H, BLOCK_W=_BLOCK_W,
-        enable_fp_fusion=False,
-    )
-    return detail, coarse
+    launch_grid, args, constexprs = pyr_down_launch(g, coarse)
+
+    def traffic() -> tuple[int, int]:
+        rows = extent(coarse.shape[-2], TILE[0], height, lambda s: 2 * s - 2, lambda e: 2 * e + 2)
+        columns = extent(coarse.shape[-1], TILE[1], width, lambda s: 2 * s - 2, lambda e: 2 * e + 2)
+        return 4 * batch * channels * rows * columns, 4 * coarse.numel()
+
+    launch("pyr_down", _pyr_down_kernel, launch_grid, args, constexprs, traffic)
+    return coarse
+
+
+def detail_launch(g: torch.Tensor, coarse: torch.Tensor, out: torch.Tensor, measure: int) -> tuple:
+    """``(grid, args, constexprs)`` of ``_detail_kernel``."""
+    batch, channels, height, width = g.shape
+    args = (g, coarse, out, channels, height, width, *coarse.shape[-2:])
+    return grid(height, width, batch, TILE), args, {"MEASURE": measure, **tile_constexprs(TILE)}
+
+
+def detail(g: torch.Tensor, coarse: torch.Tensor, measure: int = DETAIL) -> torch.Tensor:
+    """``g - pyr_up(coarse)`` of ``(B, C, H, W)`` float32, or (``LUMA``, ``MEAN``) its measure."""
+    g, coarse = g.contiguous(), coarse.contiguous()
+    batch, channels, height, width = g.shape
+    out = g.new_empty(batch, channels if measure == DETAIL else 1, height, width)
+    launch_grid, args, constexprs = detail_launch(g, coarse, out, measure)
+
+    def traffic() -> tuple[int, int]:
+        read = g.numel() + batch * channels * coarse_extent(height, width, *coarse.shape[-2:], TILE)
+        return 4 * read, 4 * out.numel()
+
+    launch("detail", _detail_kernel, launch_grid, args, constexprs, traffic)
+    return out

@@ -1,13 +1,32 @@
-"""Which implementation of a kernel runs: Triton where it can, the torch twin elsewhere."""
+"""Which implementation of a kernel runs: Triton where it can, the torch twin elsewhere,
+and the torch twin for good once a Triton kernel has failed to compile or launch."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import warnings
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
-__all__ = ["use_triton"]
+__all__ = ["use_triton", "triton_or_torch", "launch", "planning", "KernelFallbackWarning"]
+
+T = TypeVar("T")
+
+_failed: list[str] = []  # the kernel that failed, once one has
+# While planning (``planning``): who hears of each launch, instead of the GPU.
+_planner: list[Callable[[str, int, int], None]] = []
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """A Triton kernel could not run here; the torch path runs instead. Shown to users
+    (``for_users``), as ``gpufocus.errors.GpufocusWarning`` is, which this layer below
+    the package does not import."""
+
+    for_users = True
 
 
 @functools.cache
@@ -24,9 +43,59 @@ def use_triton(tensor: torch.Tensor) -> bool:
 
     On CUDA float32 tensors when Triton is installed; on any device under Triton's
     interpreter (``TRITON_INTERPRET=1``, which the tests use on the CPU).
-    ``GPUFOCUS_TRITON=0`` turns them off.
+    ``GPUFOCUS_TRITON=0`` turns them off, and so does a kernel that failed before.
+    While ``planning``, on any device (the meta device: shapes, no data).
     """
-    if os.environ.get("GPUFOCUS_TRITON") == "0" or tensor.dtype != torch.float32:
+    if _failed or os.environ.get("GPUFOCUS_TRITON") == "0" or tensor.dtype != torch.float32:
         return False
+    if _planner:
+        return _triton_importable()
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     return (tensor.is_cuda or interpreted) and _triton_importable()
+
+
+def triton_or_torch(name: str, fused: Callable[[], T], twin: Callable[[], T]) -> T:
+    """``fused()``, or where it fails (a kernel that does not compile or launch with this
+    Triton or on this card), one warning and ``twin()``, now and for the rest of the
+    process. Kernels write their outputs only once launched, so nothing is half done.
+
+    Running out of GPU memory is not a kernel failure: it is raised as it is, for the
+    engine to retry with fewer frames.
+    """
+    try:
+        return fused()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any compile or launch error means: not here
+        _failed.append(name)
+        first = (str(error).strip().splitlines() or [""])[-1][:200]
+        warnings.warn(
+            f"the Triton kernel {name} cannot run here ({type(error).__name__}: {first}); "
+            "using the torch path (slower) from now on",
+            KernelFallbackWarning,
+            stacklevel=3,
+        )
+        return twin()
+
+
+@contextlib.contextmanager
+def planning(hear: Callable[[str, int, int], None]) -> Iterator[None]:
+    """Run the Triton path without running a kernel: every launch is reported as
+    ``hear(name, bytes_read, bytes_written)`` (the kernel's own loads and stores, the halo
+    it re-reads counted) and skipped. Made for tensors on the meta device, to count what
+    the CUDA path moves on a machine without a GPU (``gpufocus.traffic``)."""
+    _planner.append(hear)
+    try:
+        yield
+    finally:
+        _planner.remove(hear)
+
+
+def launch(name: str, kernel, grid: tuple, args: tuple, constexprs: dict, traffic: Callable[[], tuple[int, int]]) -> None:
+    """Launch ``kernel[grid](*args, **constexprs)`` with floating-point contraction off
+    (the twins' roundings), or while ``planning`` report ``traffic()``, ``(bytes read,
+    bytes written)``, instead."""
+    if _planner:
+        _planner[-1](name, *traffic())
+        return
+    kernel[grid](*args, **constexprs, enable_fp_fusion=False)

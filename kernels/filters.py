@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["reflect_pad", "correlate1d", "binomial_taps", "separable_filter", "pyr_down", "pyr_up"]
+__all__ = ["reflect_pad", "reflect_index", "correlate1d", "binomial_taps", "separable_filter", "pyr_down", "pyr_up"]
 
 
 def reflect_pad(x: Tensor, dim: int, before: int, after: int) -> Tensor:
@@ -25,8 +25,8 @@ def reflect_pad(x: Tensor, dim: int, before: int, after: int) -> Tensor:
     several times slower on the CPU than this concatenation of two thin slices.
     """
     n = x.shape[dim]
-    if before >= n or after >= n:
-        raise ValueError(f"cannot reflect-pad a side of {n} by {max(before, after)}")
+    if before >= n or after >= n:  # a side shorter than the padding: mirror as often as needed
+        return x.index_select(dim, reflect_index(torch.arange(-before, n + after, device=x.device), n))
     parts = []
     if before:
         parts.append(x.narrow(dim, 1, before).flip(dim))
@@ -34,6 +34,14 @@ def reflect_pad(x: Tensor, dim: int, before: int, after: int) -> Tensor:
     if after:
         parts.append(x.narrow(dim, n - 1 - after, after).flip(dim))
     return torch.cat(parts, dim) if len(parts) > 1 else x
+
+
+def reflect_index(i: Tensor, n: int) -> Tensor:
+    """Indices ``i`` into a side of ``n`` samples, mirrored at both ends without repeating
+    the edge sample, as often as needed (a side of 1 maps everything to 0)."""
+    period = max(2 * n - 2, 1)
+    i = i.remainder(period)
+    return torch.where(i > n - 1, period - i, i)
 
 
 def correlate1d(x: Tensor, taps: tuple[float, ...], dim: int, stride: int = 1, odd: bool = False) -> Tensor:
@@ -146,8 +154,11 @@ def _upsample1d(x: Tensor, dim: int, size: int) -> Tensor:
     """
     dim = dim % x.dim()
     m = x.shape[dim]
-    if size not in (2 * m, 2 * m - 1) or m < 2:
+    if size not in (2 * m, 2 * m - 1):
         raise ValueError(f"cannot upsample {m} samples to {size}")
+    if m < 2:  # one coarse sample: its mirrors are itself, as in the Triton kernel
+        even = (x + x) * 0.125 + x * 0.75
+        return torch.cat([even, (x + x) * 0.5], dim).narrow(dim, 0, size)
     # Write both phases straight into the output, seen as (..., m, 2, ...).
     out = x.new_empty(x.shape[:dim] + (m, 2) + x.shape[dim + 1 :])
     even, odd = out.select(dim + 1, 0), out.select(dim + 1, 1)

@@ -1,24 +1,56 @@
-"""One Laplacian pyramid level: the detail and the next Gaussian level."""
+"""One Laplacian pyramid level: the next Gaussian level, and the detail or its measure."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from .dispatch import use_triton
+from .color import luminance
+from .dispatch import triton_or_torch, use_triton
 from .filters import pyr_down, pyr_up
 
-__all__ = ["laplacian_level"]
+__all__ = ["DETAIL", "LUMA", "MEAN", "measure_of", "downsample", "detail"]
+
+#: What ``detail`` returns: the detail of every channel, the luminance of an RGB
+#: detail, or the mean of its channels (``gpufocus.color.luminance``'s rule).
+DETAIL, LUMA, MEAN = 0, 1, 2
 
 
-def laplacian_level(g: Tensor) -> tuple[Tensor, Tensor]:
-    """``(detail, coarser)`` of a Gaussian level: ``g - pyr_up(pyr_down(g))`` and ``pyr_down(g)``.
+def measure_of(channels: int, per_channel: bool) -> int:
+    """What decisions are measured on: every channel (``per_channel``, or one channel),
+    the luminance of three, or the mean of other counts."""
+    if per_channel or channels == 1:
+        return DETAIL
+    return LUMA if channels == 3 else MEAN
+
+
+def downsample(g: Tensor) -> Tensor:
+    """The next Gaussian level, ``pyr_down(g)``.
 
     Shape:
-        - g: ``(B, C, H, W)``; detail: the same; coarser: ``(B, C, ceil(H/2), ceil(W/2))``.
+        - g: ``(B, C, H, W)``; output: ``(B, C, ceil(H/2), ceil(W/2))``.
     """
     if use_triton(g):
-        from ._triton_pyramid import laplacian_level as fused
+        from . import _triton_pyramid as fused
 
-        return fused(g)
-    coarser = pyr_down(g)
-    return g - pyr_up(coarser, g.shape[-2:]), coarser
+        return triton_or_torch("pyr_down", lambda: fused.pyr_down(g), lambda: pyr_down(g))
+    return pyr_down(g)
+
+
+def detail(g: Tensor, coarser: Tensor, measure: int = DETAIL) -> Tensor:
+    """``g - pyr_up(coarser)``, the detail of a Gaussian level, or (``LUMA``, ``MEAN``) the
+    plane decisions are measured on, made without the detail of every channel.
+
+    Shape:
+        - g: ``(B, C, H, W)``; coarser: ``(B, C, ceil(H/2), ceil(W/2))``.
+        - output: ``(B, C, H, W)``, or ``(B, 1, H, W)`` for a measure.
+    """
+
+    def twin() -> Tensor:
+        difference = g - pyr_up(coarser, g.shape[-2:])
+        return difference if measure == DETAIL else luminance(difference)
+
+    if use_triton(g):
+        from . import _triton_pyramid as fused
+
+        return triton_or_torch("detail", lambda: fused.detail(g, coarser, measure), twin)
+    return twin()

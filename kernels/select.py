@@ -1,21 +1,22 @@
 """Fold a chunk of candidates into a running per-element maximum.
 
 This is the innermost step of every selection rule, run once per pyramid level and
-chunk of frames. The torch code here is the reference; a fused device kernel must
-give the same result.
+chunk of frames. The torch code here is the reference; the Triton kernels
+(``_triton_select``) give the same result, bit for bit, in one launch per chunk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .dispatch import use_triton
-from .filters import separable_filter
+from .dispatch import triton_or_torch, use_triton
+from .filters import correlate1d, pyr_up, separable_filter
 
-__all__ = ["RunningMax", "fold_max", "mask_unusable", "energy_fold"]
+__all__ = ["RunningMax", "Level", "fold_max", "mask_unusable", "energy_fold", "window_energies", "halo_fold"]
 
 
 @dataclass
@@ -32,6 +33,25 @@ class RunningMax:
     score: Tensor
     value: Tensor | None
     index: Tensor | None
+
+
+@dataclass
+class Level:
+    """One pyramid level of a chunk of ``B`` frames, as a selection step reads it.
+
+    The Triton path reads the two Gaussian levels and the measure; the torch twin the
+    measure and the detail. Both are asked for only when needed, so that a path that
+    does not read the detail of every channel never makes it.
+
+    Shape:
+        - gaussian: ``(B, C, H, W)``; coarser: ``(B, C, ceil(H/2), ceil(W/2))``.
+        - measured(): ``(B, S, H, W)``, ``S`` is 1 or ``C``; detail(): ``(B, C, H, W)``.
+    """
+
+    gaussian: Tensor
+    coarser: Tensor
+    measured: Callable[[], Tensor]
+    detail: Callable[[], Tensor]
 
 
 def fold_max(
@@ -90,38 +110,153 @@ def mask_unusable(score: Tensor, usable: Tensor | None) -> Tensor:
 
 def energy_fold(
     state: RunningMax | None,
-    measured: Tensor,
-    values: Tensor,
+    level: Level,
     taps: tuple[float, ...],
     usable: Tensor | None,
     first_index: int,
     track_index: bool = False,
-) -> RunningMax:
+    keep_energy: bool = False,
+) -> tuple[RunningMax, Tensor | None]:
     """The selection step of an energy rule: local energy, compare, keep the winner.
 
-    The energy of a coefficient is ``measured**2`` filtered with ``taps`` along rows and
-    columns (reflect borders); scores of coefficients that are not ``usable`` are -inf.
+    The energy of a coefficient is its ``measured`` value squared, filtered with ``taps``
+    along rows and columns (reflect borders); scores of coefficients that are not
+    ``usable`` are -inf; the winner gives its ``detail`` coefficients.
 
     Args:
-        state: as for ``fold_max`` (the winners' index is not kept).
-        measured: ``(B, S, H, W)``, what the energy is measured on (luminance, or each channel).
-        values: ``(B, C, H, W)``, the coefficients.
+        state: as for ``fold_max``.
+        level: the chunk's level.
         taps: odd, symmetric filter taps.
         usable: ``(B, 1, H, W)`` bool, or ``None`` for all.
         first_index: the stack index of the chunk's first frame.
-        track_index: keep the winners' index too (the torch version does that).
+        track_index: keep the winners' index too.
+        keep_energy: also return the energies (before masking), ``(B, S, H, W)``.
 
     Returns:
-        The updated state. The Triton version runs energy, comparison and update in one
-        pass per frame, with the same result bit for bit.
+        The updated state, and the energies or ``None``. The Triton version runs energy,
+        comparison and update for the whole chunk in one pass, and makes the winners'
+        coefficients only where they win; the result is the twin's, bit for bit.
     """
-    if track_index or not use_triton(values):
-        energy = mask_unusable(separable_filter(measured * measured, taps), usable)
-        return fold_max(state, energy, values, first_index, track_index)
-    from ._triton_select import energy_fold as fused
 
-    if state is None:  # as fold_max starts: the first frame's values, beaten by any finite score
-        score = torch.full((1, *measured.shape[1:]), float("-inf"), dtype=measured.dtype, device=measured.device)
-        state = RunningMax(score, values[:1].clone(), None)
-    fused(state.score, state.value, measured, values, taps, usable)
-    return state
+    def twin() -> tuple[RunningMax, Tensor | None]:
+        measured = level.measured()
+        energy = separable_filter(measured * measured, taps)
+        return (fold_max(state, mask_unusable(energy, usable), level.detail(), first_index, track_index),
+                energy if keep_energy else None)
+
+    if not use_triton(level.gaussian):
+        return twin()
+
+    def fused() -> tuple[RunningMax, Tensor | None]:
+        from . import _triton_select
+
+        measured = level.measured()
+        new = _new_state(state, measured, level.gaussian, track_index)
+        energy = torch.empty_like(measured) if keep_energy else None
+        _triton_select.fold(measured, level.gaussian, level.coarser, taps, usable, first_index, new.score, new.value,
+                            new.index, state is not None, energy)
+        return new, energy
+
+    return triton_or_torch("fold", fused, twin)
+
+
+def _new_state(state: RunningMax | None, measured: Tensor, gaussian: Tensor, track_index: bool) -> RunningMax:
+    """``state``, or an empty one for the kernel's first chunk (it writes every element)."""
+    if state is not None:
+        return state
+    planes, (height, width) = measured.shape[1], measured.shape[-2:]
+    return RunningMax(
+        measured.new_empty(1, planes, height, width),
+        gaussian.new_empty(1, gaussian.shape[1], height, width),
+        measured.new_empty(1, planes, height, width, dtype=torch.int32) if track_index else None,
+    )
+
+
+def window_energies(squares: Tensor, taps: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """The mean of ``squares`` over the window ``taps`` x ``taps`` (``separable_filter``,
+    the same arithmetic), and the least of its four half-window means: the window with
+    the rows above or below, or the columns left or right of the centre cut off (the
+    centre line kept, each half renormalised). Reflect borders.
+
+    A half is the full window plus or minus its antisymmetric part, so the least of two
+    opposite halves is ``(full + t * centre line - |antisymmetric part|) / (1 + t)``
+    with ``t`` the centre tap: one more pass per direction instead of two.
+
+    Shape:
+        - squares: ``(B, S, h, w)``; both results are the same.
+    """
+    centre = taps[len(taps) // 2]
+    columns = correlate1d(squares, taps, -2)
+    energy = correlate1d(columns, taps, -1)
+    # Left and right halves first, then up and down: one filtered copy alive at a time.
+    least = torch.add(energy, columns, alpha=centre).sub_(correlate1d(columns, taps, -1, odd=True).abs_())
+    del columns
+    rows = correlate1d(squares, taps, -1)
+    half = torch.add(energy, rows, alpha=centre).sub_(correlate1d(rows, taps, -2, odd=True).abs_())
+    del rows
+    return energy, torch.minimum(least, half, out=least).div_(1 + centre)
+
+
+def halo_fold(
+    best: RunningMax | None,
+    alternative: RunningMax | None,
+    own: RunningMax | None,
+    level: Level,
+    coarse_energy: Tensor,
+    taps: tuple[float, ...],
+    usable: Tensor | None,
+    first_index: int,
+    sharpness: float,
+    half_share: float,
+) -> tuple[RunningMax, RunningMax, RunningMax]:
+    """The finest level's selection with the halo guard's second winner
+    (``gpufocus.halo``), for a chunk.
+
+    Per frame: ``energy`` and ``half`` = ``window_energies`` of the measure squared;
+    ``best`` (with its index) folds ``energy``; ``alternative`` (with its index) folds
+    ``min(energy, half / half_share)``, and ``own`` the same winners' ``half`` where
+    ``energy`` is at least ``sharpness`` times ``pyr_up(coarse_energy)``, else -1.
+    Unusable coefficients score -inf in both.
+
+    Args:
+        coarse_energy: the next level's energies (``energy_fold(keep_energy=True)``),
+            ``(B, S, ceil(H/2), ceil(W/2))``.
+
+    Returns:
+        The three states, updated.
+    """
+
+    def twin() -> tuple[RunningMax, RunningMax, RunningMax]:
+        nonlocal best, alternative, own
+        measured, coefficients = level.measured(), level.detail()
+        for k in range(measured.shape[0]):  # a frame at a time: the temporaries are whole planes
+            one, index = slice(k, k + 1), first_index + k
+            usable_one = None if usable is None else usable[one]
+            energy, half = window_energies(measured[one] * measured[one], taps)
+            best = fold_max(best, mask_unusable(energy, usable_one), coefficients[one], index, True)
+            coarser = pyr_up(coarse_energy[one], energy.shape[-2:])
+            kept = torch.where(energy >= sharpness * coarser, half, -1.0)
+            score = mask_unusable(torch.minimum(energy, half / half_share), usable_one)
+            alternative = fold_max(alternative, score, coefficients[one], index, track_index=True)
+            own = fold_max(own, score, kept, index)  # the same scores: the same winners
+        return best, alternative, own
+
+    if not use_triton(level.gaussian):
+        return twin()
+
+    def fused() -> tuple[RunningMax, RunningMax, RunningMax]:
+        from . import _triton_select
+
+        measured = level.measured()
+        new_best = _new_state(best, measured, level.gaussian, True)
+        new_alternative = _new_state(alternative, measured, level.gaussian, True)
+        # ``own`` has the alternative's winners, so it shares its score.
+        new_own = own or RunningMax(new_alternative.score, torch.empty_like(new_alternative.score), None)
+        halo = {"coarse_energy": coarse_energy.contiguous(), "score": new_alternative.score,
+                "value": new_alternative.value, "index": new_alternative.index, "own": new_own.value,
+                "has_state": alternative is not None, "sharpness": sharpness, "half_share": half_share}
+        _triton_select.fold(measured, level.gaussian, level.coarser, taps, usable, first_index, new_best.score,
+                            new_best.value, new_best.index, best is not None, None, halo)
+        return new_best, new_alternative, new_own
+
+    return triton_or_torch("fold[halo]", fused, twin)

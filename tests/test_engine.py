@@ -27,10 +27,10 @@ def test_a_chunk_is_aligned_at_once_and_fused_in_parts(monkeypatch):
     moving = make_stack(96, 128, 6, breathing=0.005, shift=1.0, max_blur=4.0, seed=12)
     expected = fuse(moving.frames, device="cpu", chunk=1, consistency=1)  # a second pass, too
     aligned, fused = [], []
-    transforms, pyramid = gpufocus.align.StackAligner.transforms, gpufocus.pyramid.build_laplacian_pyramid
+    transforms, pyramid = gpufocus.align.StackAligner.transforms, gpufocus.pyramid.build_gaussian_pyramid
     monkeypatch.setattr(gpufocus.align.StackAligner, "transforms",
                         lambda self, frames, *a: aligned.append(len(frames)) or transforms(self, frames, *a))
-    monkeypatch.setattr(gpufocus.pyramid, "build_laplacian_pyramid",
+    monkeypatch.setattr(gpufocus.pyramid, "build_gaussian_pyramid",
                         lambda frames, levels: fused.append(len(frames)) or pyramid(frames, levels))
     assert torch.equal(fuse(moving.frames, device="cpu", chunk=4, consistency=1), expected)
     part = fusion_chunk(torch.device("cpu"), 4)
@@ -131,7 +131,7 @@ def test_running_out_of_memory_retries_with_smaller_chunks(monkeypatch, align):
 
     moving = make_stack(96, 128, 6, breathing=0.005, shift=1.0, max_blur=4.0, seed=12)
     expected = fuse(moving.frames, device="cpu", chunk=1, align=align)
-    real = gpufocus.pyramid.build_laplacian_pyramid
+    real = gpufocus.pyramid.build_gaussian_pyramid
     calls = []
 
     def scarce(frames, levels):  # as if only one frame fits
@@ -140,7 +140,7 @@ def test_running_out_of_memory_retries_with_smaller_chunks(monkeypatch, align):
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(frames, levels)
 
-    monkeypatch.setattr(gpufocus.pyramid, "build_laplacian_pyramid", scarce)
+    monkeypatch.setattr(gpufocus.pyramid, "build_gaussian_pyramid", scarce)
     assert torch.equal(fuse(moving.frames, device="cpu", chunk=4, align=align), expected)
     first = fusion_chunk(torch.device("cpu"), 4)  # a chunk of 4 is fused in parts of this many on the CPU
     assert calls[0] == first > 1 and 1 in calls
@@ -152,7 +152,7 @@ def test_out_of_memory_with_one_frame_is_a_clear_error(monkeypatch):
     def none_fits(frames, levels):
         raise torch.cuda.OutOfMemoryError("simulated")
 
-    monkeypatch.setattr(gpufocus.pyramid, "build_laplacian_pyramid", none_fits)
+    monkeypatch.setattr(gpufocus.pyramid, "build_gaussian_pyramid", none_fits)
     with pytest.raises(GpufocusError, match="out of GPU memory with a single frame"):
         fuse(torch.rand(2, 3, 32, 32), device="cpu", chunk=2, align=False)
 

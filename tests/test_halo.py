@@ -38,16 +38,18 @@ def edge_band(depth: torch.Tensor, reach: int = 8) -> torch.Tensor:
 
 def test_noise_level_matches_reference(rng):
     frames = rng.random((3, 3, 37, 23))
-    ours = noise_level(luminance(torch.from_numpy(frames)))
+    ours = noise_level(torch.from_numpy(frames), per_channel=False)
     np.testing.assert_allclose(ours[:, 0].double().numpy(), reference.noise_level(frames), rtol=1e-5)
+    # the luminance of the rows read is the luminance of the frame's rows, bit for bit
+    assert torch.equal(ours, noise_level(luminance(torch.from_numpy(frames)), per_channel=True))
     # a median is one of the values: a frame's level does not depend on its batch
-    single = [noise_level(luminance(torch.from_numpy(frames[i : i + 1]))) for i in range(3)]
+    single = [noise_level(torch.from_numpy(frames[i : i + 1]), per_channel=False) for i in range(3)]
     assert torch.equal(torch.cat(single), ours)
     # each plane on its own
-    per_plane = noise_level(torch.from_numpy(frames))
+    per_plane = noise_level(torch.from_numpy(frames), per_channel=True)
     assert per_plane.shape == (3, 3)
     for c in range(3):
-        assert torch.equal(per_plane[:, c : c + 1], noise_level(torch.from_numpy(frames[:, c : c + 1])))
+        assert torch.equal(per_plane[:, c : c + 1], noise_level(torch.from_numpy(frames[:, c : c + 1]), per_channel=True))
 
 
 @pytest.mark.parametrize("size", [3, 9])

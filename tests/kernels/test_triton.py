@@ -1,72 +1,189 @@
-"""The Triton kernels against their torch twins, on the CPU under Triton's interpreter.
+"""The Triton kernels against their torch twins, on the CPU under Triton's interpreter,
+and compiled ahead of time for the GPUs (no GPU needed).
 
 Tiny tensors only: the interpreter runs a kernel at about 100k elements a second.
 """
 
 import importlib
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from gpufocus.kernels import DETAIL, LUMA, MEAN, KernelFallbackWarning, Level, dispatch  # noqa: E402
+from gpufocus.kernels import filters, select  # noqa: E402
+from gpufocus.kernels.filters import binomial_taps  # noqa: E402
+
+# 1x1, 2x3, a level smaller than the 9-tap window, odd sizes, a prime width.
+SHAPES = [(1, 1, 1, 1), (1, 3, 2, 3), (2, 3, 3, 5), (2, 3, 17, 31), (1, 2, 9, 29)]
+
 
 @pytest.fixture
-def interpreted(monkeypatch):
-    """Triton's interpreter on, and the kernel modules imported under it."""
+def interpreted(monkeypatch, request):
+    """Triton's interpreter on, and the kernel modules imported under it; a kernel that
+    fails (and falls back to its twin, which would make any comparison pass) fails the test."""
+    monkeypatch.setattr(dispatch, "_failed", [])
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     pyramid = importlib.import_module("gpufocus.kernels._triton_pyramid")
-    select = importlib.import_module("gpufocus.kernels._triton_select")
-    if not getattr(pyramid._pyr_down_kernel, "__class__", None).__name__.startswith("Interpreted"):
-        pyramid, select = importlib.reload(pyramid), importlib.reload(select)
-    return pyramid, select
+    chosen = importlib.import_module("gpufocus.kernels._triton_select")
+    if not type(pyramid._pyr_down_kernel).__name__.startswith("Interpreted"):
+        pyramid = importlib.reload(pyramid)
+        chosen = importlib.reload(chosen)
+    yield pyramid, chosen
+    if "falls_back" not in request.node.name:
+        assert not dispatch._failed, f"a kernel fell back to its twin: {dispatch._failed}"
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 8, 8), (1, 3, 9, 13), (2, 3, 16, 20), (1, 2, 17, 33)])
-def test_pyramid_level_is_the_torch_twin_bit_for_bit(interpreted, shape):
-    from gpufocus.pyramid import pyr_down, pyr_up
+def _rand(shape, seed):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
+
+def _twin(monkeypatch, on: bool) -> None:
+    if on:
+        monkeypatch.setenv("GPUFOCUS_TRITON", "0")
+    else:
+        monkeypatch.delenv("GPUFOCUS_TRITON", raising=False)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pyramid_kernels_are_the_torch_twins_bit_for_bit(interpreted, shape):
     pyramid, _ = interpreted
-    g = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
-    detail, coarser = pyramid.laplacian_level(g)
-    expected = pyr_down(g)
+    g = _rand(shape, sum(shape))
+    coarser = pyramid.pyr_down(g)
+    expected = filters.pyr_down(g)
     assert torch.equal(coarser, expected)
-    assert torch.equal(detail, g - pyr_up(expected, g.shape[-2:]))
+    difference = g - filters.pyr_up(expected, g.shape[-2:])
+    assert torch.equal(pyramid.detail(g, coarser, DETAIL), difference)
+    if shape[1] == 3:
+        from gpufocus.color import luminance
+
+        assert torch.equal(pyramid.detail(g, coarser, LUMA), luminance(difference))
+    mean = pyramid.detail(g, coarser, MEAN)
+    torch.testing.assert_close(mean, difference.mean(1, keepdim=True), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("planes", [1, 3])
-@pytest.mark.parametrize("taps", [(0.25, 0.5, 0.25), (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)])
-def test_energy_fold_is_the_torch_twin_bit_for_bit(interpreted, monkeypatch, planes, taps):
-    from gpufocus.kernels import select
+@pytest.mark.parametrize("shape", [(1, 3, 5, 5), (2, 3, 37, 29), (1, 1, 21, 7), (2, 4, 22, 9)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_noise_kernel_is_the_torch_twin_bit_for_bit(interpreted, monkeypatch, shape, per_channel):
+    from gpufocus.kernels import noise
 
-    _, fused = interpreted
-    gen = torch.Generator().manual_seed(planes * 10 + len(taps))
-    values = torch.rand(5, 3, 12, 18, generator=gen) - 0.5
-    values[3] = values[1]  # an exact tie: the earlier frame must keep it
-    measured = values if planes == 3 else values.mean(1, keepdim=True)
-    usable = torch.rand(5, 1, 12, 18, generator=gen) > 0.2
-    expected = None
-    monkeypatch.setenv("GPUFOCUS_TRITON", "0")  # the torch twin
-    for start in range(0, 5, 2):
-        expected = select.energy_fold(expected, measured[start : start + 2], values[start : start + 2], taps,
-                                      usable[start : start + 2], start)
-    monkeypatch.delenv("GPUFOCUS_TRITON")
-    got = None
-    for start in range(0, 5, 3):
-        got = select.energy_fold(got, measured[start : start + 3], values[start : start + 3], taps,
-                                 usable[start : start + 3], start)
-    assert torch.equal(got.score, expected.score) and torch.equal(got.value, expected.value)
+    frames = _rand(shape, sum(shape) + per_channel)
+    got = noise.noise_samples(frames, per_channel)
+    _twin(monkeypatch, True)
+    expected = noise.noise_samples(frames, per_channel)
+    assert got.shape == expected.shape == (shape[0], shape[1] if per_channel else 1, (shape[2] - 5) // 16 + 1,
+                                           shape[3] - 4)
+    if shape[1] in (1, 3) or per_channel:
+        assert torch.equal(got, expected)
+    else:  # the mean of 4 channels: torch's reduction may add them in another order
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
 
 
-def test_the_engine_through_triton_is_the_engine_through_torch(interpreted, monkeypatch):
+def _level(frames: torch.Tensor, per_channel: bool) -> Level:
+    from gpufocus.color import luminance
+
+    coarser = filters.pyr_down(frames)
+    detail = frames - filters.pyr_up(coarser, frames.shape[-2:])
+    measured = detail if per_channel or frames.shape[1] == 1 else luminance(detail)
+    return Level(frames, coarser, lambda: measured, lambda: detail)
+
+
+def _chunks(levels: list[Level], usable, size: int):
+    for start in range(0, levels[0].gaussian.shape[0], size):
+        part = slice(start, start + size)
+        level = Level(*(t[part] for t in (levels[0].gaussian, levels[0].coarser)),
+                      (lambda p=part: levels[0].measured()[p]), (lambda p=part: levels[0].detail()[p]))
+        yield start, level, None if usable is None else usable[part]
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 12, 18), (5, 1, 7, 11), (4, 3, 3, 5)])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("taps", [binomial_taps(9), binomial_taps(3)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_energy_fold_is_the_torch_twin_bit_for_bit(interpreted, monkeypatch, shape, per_channel, taps, masked):
+    frames = _rand(shape, shape[2] * 10 + len(taps))
+    frames[3] = frames[1]  # an exact tie: the earlier frame must keep it
+    level = _level(frames, per_channel)
+    usable = (_rand((shape[0], 1, *shape[2:]), 7) > 0.2) if masked else None
+    results = {}
+    for name, twin, size in (("twin", True, 2), ("kernel", False, 3)):
+        _twin(monkeypatch, twin)
+        state, energies = None, []
+        for start, part, mask in _chunks([level], usable, size):
+            state, energy = select.energy_fold(state, part, taps, mask, start, track_index=True, keep_energy=True)
+            energies.append(energy)
+        results[name] = (state, torch.cat(energies))
+    (twin_state, twin_energy), (state, energy) = results["twin"], results["kernel"]
+    assert torch.equal(state.score, twin_state.score) and torch.equal(state.value, twin_state.value)
+    assert torch.equal(state.index, twin_state.index) and torch.equal(energy, twin_energy)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 14, 22), (4, 1, 9, 13)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_halo_fold_is_the_torch_twin_bit_for_bit(interpreted, monkeypatch, shape, masked):
+    taps = binomial_taps(5)
+    frames = _rand(shape, shape[2] + 3)
+    frames[2] = frames[0]
+    level = _level(frames, False)
+    coarse = _level(level.coarser, False)
+    coarse_energy = filters.separable_filter(coarse.measured() ** 2, taps)
+    usable = (_rand((shape[0], 1, *shape[2:]), 5) > 0.2) if masked else None
+    results = {}
+    for name, twin, size in (("twin", True, 2), ("kernel", False, 3)):
+        _twin(monkeypatch, twin)
+        best = alternative = own = None
+        for start, part, mask in _chunks([level], usable, size):
+            part_energy = coarse_energy[start : start + size]
+            best, alternative, own = select.halo_fold(best, alternative, own, part, part_energy, taps, mask, start,
+                                                      0.2, 0.5)
+        results[name] = (best, alternative, own)
+    for got, expected in zip(results["kernel"], results["twin"]):
+        assert torch.equal(got.score, expected.score) and torch.equal(got.value, expected.value)
+        assert (got.index is None) == (expected.index is None)
+        assert got.index is None or torch.equal(got.index, expected.index)
+
+
+@pytest.mark.parametrize("settings", [{}, {"halo_guard": False}, {"per_channel": True}, {"method": "wang-chang"},
+                                      {"consistency": 2}, {"chunk": 3}])
+def test_the_engine_through_triton_is_the_engine_through_torch(interpreted, monkeypatch, settings):
     from gpufocus import fuse
     from gpufocus.synth import make_stack
 
-    stack = make_stack(24, 32, 3, max_blur=3.0, seed=1)
-    monkeypatch.setenv("GPUFOCUS_TRITON", "0")
+    stack = make_stack(24, 32, 4, max_blur=3.0, seed=1)
+    settings = {"levels": 2, "align": False, **settings}
+    _twin(monkeypatch, True)
+    expected = fuse(stack.frames, device="cpu", **settings)
+    _twin(monkeypatch, False)
+    assert torch.equal(fuse(stack.frames, device="cpu", **settings), expected)
+
+
+def test_a_kernel_that_cannot_run_falls_back_with_one_warning(interpreted, monkeypatch):
+    from gpufocus import fuse
+    from gpufocus.synth import make_stack
+
+    _, chosen = interpreted
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CompilationError: no such instruction")
+
+    stack = make_stack(24, 32, 3, max_blur=3.0, seed=2)
+    _twin(monkeypatch, True)
     expected = fuse(stack.frames, device="cpu", levels=2, align=False)
-    monkeypatch.delenv("GPUFOCUS_TRITON")
-    assert torch.equal(fuse(stack.frames, device="cpu", levels=2, align=False), expected)
+    _twin(monkeypatch, False)
+    monkeypatch.setattr(chosen, "fold", broken)
+    monkeypatch.setattr(dispatch, "_failed", [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = fuse(stack.frames, device="cpu", levels=2, align=False)
+        again = fuse(stack.frames, device="cpu", levels=2, align=False)
+    fallbacks = [w for w in caught if issubclass(w.category, KernelFallbackWarning)]
+    assert len(fallbacks) == 1 and "no such instruction" in str(fallbacks[0].message)
+    assert torch.equal(got, expected) and torch.equal(again, expected)
+    assert not dispatch.use_triton(stack.frames.float())  # off for the rest of the process
 
 
 def test_the_torch_twin_is_the_default_on_the_cpu(monkeypatch):
@@ -76,3 +193,37 @@ def test_the_torch_twin_is_the_default_on_the_cpu(monkeypatch):
     assert not use_triton(torch.zeros(2))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert use_triton(torch.zeros(2)) and not use_triton(torch.zeros(2, dtype=torch.float16))
+
+
+def test_every_kernel_compiles_for_hopper_and_ampere():
+    """What a GPU would compile, without one: a cubin per kernel, specialization and target."""
+    from gpufocus.kernels.compile import specializations
+
+    run = subprocess.run([sys.executable, "-m", "gpufocus.kernels.compile", "--target", "sm_90", "--target", "sm_80"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    names = [spec.name for spec in specializations()]
+    assert len(names) == len(set(names)) >= 16
+    for target in ("sm_90", "sm_80"):
+        for name in names:
+            assert any(line.startswith(f"{target} ok {name}: ") and "registers" in line for line in lines), (target, name)
+    assert lines[-1] == "all kernels compiled"
+
+
+def test_the_compile_check_fails_on_a_kernel_that_does_not_compile(tmp_path):
+    """The check itself can fail: a kernel with a Python list, which the interpreter runs."""
+    source = tmp_path / "bad_kernel.py"
+    source.write_text(
+        "import triton\nimport triton.language as tl\n\n@triton.jit\ndef bad(x_ptr, BLOCK: tl.constexpr):\n"
+        "    values = []\n    for k in tl.static_range(2):\n        values.append(tl.load(x_ptr + k))\n"
+        "    tl.store(x_ptr, values[0])\n"
+    )
+    script = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); import bad_kernel\n"
+        "from gpufocus.kernels.compile import Specialization, compile_one\n"
+        "spec = Specialization('bad', bad_kernel.bad, (torch.empty(4, device='meta'),), {'BLOCK': 4})\n"
+        "try:\n    compile_one(spec, 90)\nexcept Exception as e:\n    print('failed', type(e).__name__)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert "failed CompilationError" in run.stdout, run.stdout + run.stderr
