@@ -23,7 +23,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from . import __version__
@@ -271,9 +270,9 @@ def _user_errors() -> Iterator[None]:
             yield
         for message in shown:
             _say(f"warning: {message}")
-    except OptionError as error:
+    except OptionError as error:  # a setting the user typed: a usage error, as Click's are
         _say(f"error: {_FLAGS.get(error.field, error.field)} {_shown(error.value)}: {error.problem}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     except GpufocusError as error:
         _say(f"error: {error}")
         raise typer.Exit(1) from None
@@ -944,26 +943,72 @@ def _version_of(package: str) -> str:
         return "not installed"
 
 
-# Typer up to 0.15 raises Click's own exceptions; later versions carry a copy of Click
-# whose exceptions derive from typer.TyperException instead.
-_ABORTS = (click.exceptions.Abort, typer.Abort)
-_USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's abort and usage-error classes as this Typer raises them: Typer 0.29 and
+    later carry a copy of Click whose exceptions derive from ``typer.TyperException``
+    (and ``click`` need not be installed); earlier ones raise Click's own, and depend on
+    Click."""
+    aborts: list[type] = [typer.Abort]
+    usage: list[type] = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        aborts.append(click.exceptions.Abort)
+        usage.append(click.ClickException)
+    return tuple(aborts), tuple(usage)
+
+
+def _usage_line(error, args: Sequence[str]) -> str:
+    """One line for a usage error: ``error: --option VALUE: what is wrong``."""
+    kind = type(error).__name__
+    message = " ".join(str(getattr(error, "message", error)).split())
+    message = message.removeprefix("Value error, ").rstrip(".")
+    message = message[:1].lower() + message[1:]
+    if kind == "NoSuchOption":
+        possible = getattr(error, "possibilities", None)
+        hint = f" (did you mean {', '.join(sorted(possible))}?)" if possible else ""
+        return f"error: {error.option_name}: no such option{hint}"
+    param = getattr(error, "param", None)
+    if kind == "MissingParameter" and param is not None:
+        what = "argument" if getattr(param, "param_type_name", "") == "argument" else "option"
+        name = max(param.opts, key=len) if what == "option" else str(param.name).upper()
+        return f"error: missing {what} {name}"
+    if param is not None and getattr(param, "opts", None):
+        flag = max(param.opts, key=len)
+        return f"error: {flag} {_given(args, param.opts)}: {message}"
+    return f"error: {message}"
+
+
+def _given(args: Sequence[str], opts: Sequence[str]) -> str:
+    """The value given for an option (its last use), as typed."""
+    value = "?"
+    for i, arg in enumerate(args):
+        for opt in opts:
+            if arg == opt and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(opt + "="):
+                value = arg[len(opt) + 1 :]
+    return value
 
 
 def run(args: Sequence[str]) -> int:
     """Run the command line on ``args`` in this process; return the exit code.
 
-    Usage errors print Click's message; Ctrl-C gives 130, for the caller to say so.
+    A usage error is one line, ``error: --option VALUE: what is wrong``, and exit code 2;
+    Ctrl-C gives 130, for the caller to say so.
     """
+    aborts, usage_errors = _click_errors()
     command = typer.main.get_command(app)
     try:
         code = command.main(list(args), prog_name="gpufocus", standalone_mode=False)
-    except _ABORTS:  # end of input at a prompt, or Ctrl-C while Click parsed
+    except aborts:  # end of input at a prompt, or Ctrl-C while Click parsed
         code = 130
-    except _USAGE_ERRORS as error:
-        if not hasattr(error, "show"):
+    except usage_errors as error:
+        if not hasattr(error, "exit_code"):
             raise
-        error.show()
+        _say(_usage_line(error, args))
         return error.exit_code
     # Typer turns a Ctrl-C in a command into exit code 130, silently: the caller says it.
     return code if isinstance(code, int) else 0

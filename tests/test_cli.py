@@ -137,7 +137,7 @@ def test_unwritable_output_folder(small_stack, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
 def test_cuda_without_cuda(small_stack, tmp_path):
     result = run("fuse", *small_stack, "-o", tmp_path / "out.jpg", "--device", "cuda")
-    assert result.exit_code == 1 and result.stderr.startswith("error: --device cuda: CUDA is not available")
+    assert result.exit_code == 2 and result.stderr.startswith("error: --device cuda: CUDA is not available")
     assert not (tmp_path / "out.jpg").exists()
 
 

@@ -93,7 +93,7 @@ def test_conveniences():
 )
 def test_the_command_line_names_settings_by_their_flags(small_stack, tmp_path, args, line):
     result = CliRunner().invoke(app, ["fuse", *map(str, small_stack), "-o", str(tmp_path / "o.png"), *args])
-    assert result.exit_code == 1 and result.stderr.strip().startswith(line), result.stderr
+    assert result.exit_code == 2 and result.stderr.startswith(line) and len(result.stderr.splitlines()) == 1, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
