@@ -137,6 +137,10 @@ MemoryOption = Annotated[
     Optional[str],
     typer.Option("--memory-budget", help="Memory the fusion may use, e.g. 4G: sizes chunks and tiles. Default: 1/4 of free."),
 ]
+MaxPixelsOption = Annotated[
+    float,
+    typer.Option("--max-megapixels", help="Refuse larger frames from their header, before decoding (a decompression bomb guard)."),
+]
 BitsOption = Annotated[Optional[int], typer.Option("--bits", help="8 or 16 bits per channel. Default: the input's (8 for JPEG).")]
 QualityOption = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality.")]
 CompressionOption = Annotated[
@@ -193,6 +197,7 @@ _FUSION = {
     "depth_smooth": _Setting("depth_smooth", DepthSmoothOption, _FUSE.depth_smooth),
     "tile": _Setting("tile", TileOption, _FUSE.tile),
     "memory_budget": _Setting("memory_budget", MemoryOption, _FUSE.memory_budget),
+    "max_megapixels": _Setting("max_megapixels", MaxPixelsOption, _FUSE.max_megapixels),
 }
 
 # Settings the library names in an OptionError -> the flag a user typed.
@@ -229,6 +234,7 @@ def _fuse_options(devices: bool = False, **values) -> FuseOptions:
         depth_smooth=values["depth_smooth"],
         tile=values["tile"],
         memory_budget=values["memory_budget"],
+        max_megapixels=values["max_megapixels"],
     )
 
 

@@ -298,8 +298,11 @@ def _probe_pillow(path: Path, formats=_PILLOW_FORMATS) -> ImageInfo:
             bits, channels, alpha = _png_header(path, bits, channels, alpha)
         elif mode in ("I", "F"):
             raise GpufocusError(f"{path}: {mode} images (32-bit) are not supported")
-        found = image.getexif()  # for PNG it may read the whole file
-        software = found.get(_SOFTWARE) or image.info.get("Software")
+        if image.format == "PNG":  # Pillow's getexif decodes a PNG's pixels to find a late eXIf
+            found, text = _png_metadata(path)
+        else:
+            found, text = image.getexif(), None
+        software = found.get(_SOFTWARE) or image.info.get("Software") or text
         width, height = image.size
         if image.format in ("JPEG", "MPO"):
             _check_jpeg_structure(path, width, height)
@@ -316,6 +319,37 @@ def _text(value) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return value.strip("\x00 ") if isinstance(value, str) else None
+
+
+def _png_metadata(path: Path) -> tuple[Image.Exif, str | None]:
+    """A PNG's EXIF (its ``eXIf`` chunk) and ``Software`` text, from its chunk headers
+    alone: the pixel data is skipped, not decoded (a bomb's header claims gigabytes)."""
+    import struct
+
+    exif, software, ended = Image.Exif(), None, False
+    with open(path, "rb") as file:
+        file.seek(8)
+        while len(head := file.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if not kind.isalpha():
+                raise GpufocusError(f"{path}: corrupt image data (broken PNG file: its chunk lengths do not add up)")
+            if kind == b"eXIf" or (kind in (b"tEXt", b"iTXt") and length < 1 << 20):
+                data = file.read(length)
+                if kind == b"eXIf":
+                    exif.load(data)
+                else:
+                    key, _, value = data.partition(b"\0")
+                    if key == b"Software":
+                        software = value.lstrip(b"\0").decode("latin-1") if kind == b"tEXt" else value.rsplit(b"\0", 1)[-1].decode("utf-8", "replace")
+                file.seek(4, 1)
+            elif kind == b"IEND":
+                ended = True
+                break
+            else:
+                file.seek(length + 4, 1)
+    if not ended:
+        raise GpufocusError(f"{path}: truncated or corrupt image data (the PNG ends before its IEND chunk)")
+    return exif, software
 
 
 def _png_header(path: Path, bits: int, channels: int, alpha: bool) -> tuple[int, int, bool]:

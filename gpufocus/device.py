@@ -14,6 +14,8 @@ __all__ = [
     "working_bytes",
     "default_chunk",
     "fusion_chunk",
+    "host_room",
+    "frame_needs",
 ]
 
 _TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
@@ -67,19 +69,51 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes that can still be allocated on ``device`` (for the CPU: MemAvailable)."""
+    """Bytes that can still be allocated on ``device``: for the CPU, ``host_room``."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type == "meta":  # planning the CUDA path: a card as large as the H200's
         return 140 << 30
+    return host_room()
+
+
+def host_room() -> int:
+    """Bytes this process can still take on the host: MemAvailable, and no more than its
+    address-space limit leaves (``ulimit -v``, ``prlimit --as``)."""
+    import resource
+
+    room = 4 << 30  # no /proc: assume a modest machine
     try:
         with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            room = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
         pass
-    return 4 << 30  # no /proc: assume a modest machine
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/status") as status:
+                used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+        except (OSError, StopIteration):
+            used = 0
+        room = min(room, max(limit - used, 0))
+    return room
+
+
+# The least a frame in flight needs beside its decoded samples, per pixel: the running
+# result with the halo guard's winner (about 53 bytes, see _BUDGET_SHARE's note).
+_RESULT_BYTES_PER_PIXEL = 53
+
+
+def frame_needs(pixels: int, samples: int, sample_bytes: int, device: torch.device, dtype: torch.dtype) -> dict[str, int]:
+    """The least memory fusing frames of ``pixels`` needs, tiled as small as it goes:
+    ``{"host": ..., "device": ...}`` in bytes (one entry for the CPU). On the host: the
+    decoded frame and the next one decoding; on the device: one frame as floats and the
+    running result."""
+    decoded = pixels * samples * sample_bytes * 2
+    on_device = pixels * (samples * torch.finfo(dtype).bits // 8 + _RESULT_BYTES_PER_PIXEL)
+    if device.type == "cuda":
+        return {"host": decoded, "device": on_device}
+    return {"host": decoded + on_device}
 
 
 # Of an explicit memory budget, what frames in flight may take: the rest is for the

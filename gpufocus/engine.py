@@ -21,7 +21,10 @@ from torch import Tensor
 from .align import FrameTransform, StackAligner, apply_transform, apply_transforms, inner_rectangle
 from .color import luminance
 from .depth import DepthMap, finish
-from .device import default_chunk, frame_budget, fusion_chunk, resolve_device, resolve_dtype, working_bytes
+from .device import (
+    default_chunk, frame_budget, frame_needs, free_memory, fusion_chunk, host_room, resolve_device, resolve_dtype,
+    working_bytes,
+)
 from .errors import GpufocusError
 from .load import FrameStack
 from .options import FuseOptions, OptionError
@@ -31,7 +34,7 @@ from .steps import StepWriter
 from .tiling import Tile, auto_tile, plan_tiles, tile_margin
 from .timing import NO_TIMER, StageTimer
 
-__all__ = ["StackFuser", "fuse", "align_stack", "to_float"]
+__all__ = ["StackFuser", "fuse", "align_stack", "check_fits", "to_float"]
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,7 @@ class StackFuser:
             raise GpufocusError("run(): this StackFuser has taken frames already; make a new one for another stack")
         source = _as_source(source)
         if isinstance(source, FrameStack):
+            check_fits(source, self.options, self.device, self.dtype)
             self.alpha, self.colour = source.alpha, source.colour
             if self.names is None:
                 self.names = source.names
@@ -163,11 +167,25 @@ class StackFuser:
             "%d frames of %dx%d; %s on %s in %s; %d frames a chunk; passes: %s", total, width, height,
             self.options.method, self.device, self.options.dtype, chunk, ", ".join(name for name, _ in passes),
         )
-        for _ in _passes(source, chunk, passes, total, progress, timer, self.device):
-            pass
-        image = self.result(timer)
-        with timer.stage("download"):
-            return image.cpu()
+        stage = ["reading the stack"]  # what ran out of memory, if anything does
+
+        def staged(name: str, handle):
+            def call(frames, timer):
+                stage[0] = name
+                return handle(frames, timer)
+            return call
+
+        try:
+            for _ in _passes(source, chunk, [(n, staged(n, h)) for n, h in passes], total, progress, timer, self.device):
+                pass
+            stage[0] = "collapsing the result"
+            image = self.result(timer)
+            with timer.stage("download"):
+                return image.cpu()
+        except (MemoryError, RuntimeError) as error:
+            if not _out_of_memory(error):
+                raise
+            raise GpufocusError(_memory_advice(stage[0], error, self.device, self.options, chunk)) from None
 
     @property
     def count(self) -> int:
@@ -470,6 +488,34 @@ def _chunk_for(
     return default_chunk(device, channels, height, width, dtype, budget)
 
 
+def check_fits(stack: FrameStack, options: FuseOptions, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, from the headers alone and before anything is decoded, a stack whose
+    frames are larger than ``options.max_megapixels`` or would not fit the memory the
+    run may use (``device.frame_needs``; on the host no more than ``host_room``, and
+    ``memory_budget`` where given)."""
+    info = stack.infos[0]
+    height, width = stack.size
+    pixels = height * width
+    claimed = f"{width}x{height} ({pixels / 1e6:.0f} megapixels)"
+    if pixels > options.max_megapixels * 1e6:
+        raise GpufocusError(
+            f"{info.path}: {claimed} is more than --max-megapixels {options.max_megapixels:g}; refused before "
+            "decoding (a few bytes can claim that much); raise --max-megapixels if the frames are real"
+        )
+    needs = frame_needs(pixels, stack.samples, 2 if stack.bits > 8 else 1, device, dtype)
+    rooms = {"host": host_room(), "device": free_memory(device) if device.type == "cuda" else None}
+    if options.memory_budget is not None:
+        rooms = {where: min(room, options.memory_budget) if room is not None else None for where, room in rooms.items()}
+    for where, need in needs.items():
+        if need > rooms[where]:
+            place = "the GPU's" if where == "device" else "the"
+            raise GpufocusError(
+                f"{info.path}: {claimed} needs at least {need / 2**30:.1f} GiB of {place} memory to fuse, and this run "
+                f"may use {rooms[where] / 2**30:.1f} GiB; refused before decoding (a damaged header, or frames too "
+                "large for this machine: see --memory-budget, --max-megapixels)"
+            )
+
+
 def align_stack(
     source: Source, options: FuseOptions | None = None, *, progress: Progress | None = None, **changes
 ) -> tuple[StackAligner, Iterator[tuple[int, Tensor]]]:
@@ -490,6 +536,8 @@ def align_stack(
     align = options.align or FuseOptions().align
     source = _as_source(source)
     device, dtype = resolve_device(options.device), resolve_dtype(options.dtype)
+    if isinstance(source, FrameStack):
+        check_fits(source, options, device, dtype)
     aligner = StackAligner(align)
     aligner.names = source.names if isinstance(source, FrameStack) else None
     alpha = isinstance(source, FrameStack) and source.alpha
@@ -522,6 +570,31 @@ def align_stack(
             yield from done
 
     return aligner, frames()
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed: Python's, torch's CPU allocator's or CUDA's."""
+    return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or "can't allocate memory" in str(error)
+
+
+def _memory_advice(stage: str, error: BaseException, device: torch.device, options: FuseOptions, chunk: int) -> str:
+    """One line for running out of memory: where, how much was asked for, what to try."""
+    import re
+
+    asked = re.search(r"(?:tried to allocate|Tried to allocate) ([\d.]+) ?(bytes|[KMGT]iB)", str(error))
+    size = ""
+    if asked:
+        scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[asked.group(2)]
+        size = f" (an allocation of {float(asked.group(1)) * scale / 2**30:.2f} GiB failed)"
+    where = "GPU" if device.type == "cuda" else "host"
+    tips = ["a smaller --memory-budget, which sizes chunks and tiles"]
+    if options.tile == 0:
+        tips.append("tiles (--tile is 0: tiling is off)")
+    elif options.tile:
+        tips.append(f"smaller tiles (--tile {options.tile})")
+    if chunk > 1:
+        tips.append(f"fewer frames at once (--chunk {chunk})")
+    return f"out of {where} memory while {stage}{size}; try " + ", or ".join(tips)
 
 
 def _check_reference(reference: int, total: int) -> None:
@@ -560,7 +633,7 @@ def _arrived(copied: Tensor, done: torch.cuda.Event, host: Tensor) -> Tensor:
 
 def _passes(source, chunk: int, passes, total: int, progress: Progress | None, timer: StageTimer, device):
     """Read the stack once per pass (``(stage, handle)``), feeding each chunk to the pass;
-    yield after each chunk.
+    yield what it returned after each chunk.
 
     ``progress`` counts the frames of each pass. For a CUDA ``device``, JPEG stacks are
     decoded there (nvJPEG) where torchvision allows, others go through ``_upload_ahead``.

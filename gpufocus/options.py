@@ -149,6 +149,9 @@ class FuseOptions:
             ``None`` tiles only where memory needs it, 0 never. Not for ``wang-chang``.
         memory_budget: bytes the fusion may use (or ``'4G'``); ``None``: a quarter of
             the free memory. It sizes chunks and tiles.
+        max_megapixels: frames larger than this are refused from their header, before
+            anything is decoded (a few bytes can claim a frame that fills the memory);
+            frames that would not fit the memory the run may use are refused too.
         depth_map: also work out which frame is in focus where.
         depth_threshold: depth-map pixels whose confidence (0 to 1: how far the
             sharpest frame stands out) is below this are filled from surer ones.
@@ -169,6 +172,7 @@ class FuseOptions:
     consistency: int = 0
     tile: int | None = None
     memory_budget: int | None = None
+    max_megapixels: float = 200.0
     depth_map: bool = False
     depth_threshold: float = 0.05
     depth_smooth: int = 2
@@ -196,6 +200,8 @@ class FuseOptions:
             raise OptionError("depth_threshold", self.depth_threshold, "must be from 0 to 1")
         if self.depth_smooth < 0:
             raise OptionError("depth_smooth", self.depth_smooth, "must be 0 (none) or a radius in pixels")
+        if not self.max_megapixels > 0:
+            raise OptionError("max_megapixels", self.max_megapixels, "must be more than 0")
         if self.tile is not None and self.tile < 0:
             raise OptionError("tile", self.tile, "must be 0 (never) or a size in pixels")
         if self.tile and self.method == "wang-chang":

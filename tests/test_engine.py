@@ -166,3 +166,20 @@ def test_progress_names_each_pass_and_counts_its_frames():
     fuse(frames, device="cpu", chunk=2, consistency=1, align=AlignOptions(reference=2),
          progress=lambda done, total, stage: calls.append((stage, done, total)))
     assert calls == [(stage, done, 5) for stage in ("estimating motion", "fusing", "halo control") for done in (2, 4, 5)]
+
+
+@pytest.mark.parametrize("tile", [None, 0])
+def test_running_out_of_host_memory_is_one_line_that_says_what_to_try(monkeypatch, tile):
+    import gpufocus.pyramid
+
+    def scarce(frames, levels):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 2028000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(gpufocus.pyramid, "build_gaussian_pyramid", scarce)
+    with pytest.raises(GpufocusError) as caught:
+        fuse(torch.rand(4, 3, 32, 32), device="cpu", chunk=2, align=False, tile=tile)
+    message = str(caught.value)
+    assert message.startswith("out of host memory while fusing (an allocation of 1.89 GiB failed); try a smaller "
+                              "--memory-budget")
+    assert ("tiling is off" in message) == (tile == 0) and "--chunk 2" in message and "\n" not in message

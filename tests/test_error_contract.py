@@ -484,3 +484,78 @@ def test_the_installed_command_needs_no_click():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: "), done.stderr
+
+
+def _bomb(path: Path, side: int) -> None:
+    """A small file whose header claims ``side`` x ``side`` RGB pixels: a JPEG and a TIFF
+    of 16x16 with their size fields rewritten, a PNG whose zlib stream holds that many
+    zero rows (valid: it would decode, into gigabytes)."""
+    import io
+    import struct
+
+    if path.suffix == ".png":
+        packer = zlib.compressobj(9)
+        row = bytes(1 + 3 * side)
+        data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+        return
+    small = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    if path.suffix == ".jpg":
+        buffer = io.BytesIO()
+        Image.fromarray(small).save(buffer, "JPEG")
+        data = bytearray(buffer.getvalue())
+        struct.pack_into(">HH", data, data.index(b"\xff\xc0") + 5, side, side)
+    else:
+        import tifffile
+
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, small)
+        data = bytearray(buffer.getvalue())
+        ifd = struct.unpack_from("<I", data, 4)[0]
+        for k in range(struct.unpack_from("<H", data, ifd)[0]):
+            entry = ifd + 2 + 12 * k
+            tag, kind = struct.unpack_from("<HH", data, entry)
+            if tag in (256, 257):
+                struct.pack_into("<H" if kind == 3 else "<I", data, entry + 8, side)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+def test_a_frame_claiming_more_than_memory_holds_is_refused_from_its_header(tmp_path, suffix):
+    """A few bytes claiming 13000x13000: refused before any decode, under a 4 GB
+    address-space limit, in one line, with nothing written."""
+    if not Path("/usr/bin/prlimit").exists():
+        pytest.skip("needs prlimit")
+    for name in ("a", "b"):
+        _bomb(tmp_path / f"{name}{suffix}", 13000)
+    out = tmp_path / "out.png"
+    command = ["/usr/bin/prlimit", "--as=4294967296", sys.executable, "-m", "gpufocus", "fuse",
+               str(tmp_path / f"a{suffix}"), str(tmp_path / f"b{suffix}"), "-o", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.strip()
+    assert len(done.stderr.splitlines()) == 1 and f"a{suffix}: 13000x13000 (169 megapixels) needs at least" in line
+    assert "refused before decoding" in line and "--max-megapixels" in line
+    assert not out.exists()
+
+
+def test_max_megapixels_refuses_before_anything_decodes(tmp_path, monkeypatch):
+    import gpufocus.load
+
+    write_stack(make_stack(40, 48, 3, max_blur=2.0, seed=1), tmp_path / "s")
+    decoded = []
+    real = gpufocus.load.read_image
+    monkeypatch.setattr(gpufocus.load, "read_image", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    result = run("fuse", tmp_path / "s", "-o", tmp_path / "out.png", "--max-megapixels", "0.001")
+    assert result.exit_code == 1 and decoded == []
+    assert "48x40 (0 megapixels) is more than --max-megapixels 0.001; refused before decoding" in result.stderr
+    assert run("fuse", tmp_path / "s", "-o", tmp_path / "out.png", "--max-megapixels", "0.002").exit_code == 0
+    with pytest.raises(GpufocusError, match="needs at least .* GiB of the memory to fuse, and this run may use 0.0 GiB"):
+        from gpufocus import fuse
+
+        fuse(tmp_path / "s", device="cpu", memory_budget="1K")
