@@ -34,10 +34,11 @@ def interrupt(stack: Path, out: Path, delay: float) -> str:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_child_setup,
     )
     time.sleep(delay)
+    ended = child.poll() is not None
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=300)
     if child.returncode == 0:
-        return "finished before the signal" if out.exists() else "exit 0 without output"
+        return "finished before the signal" if ended else "signal lost (exit 0)"
     if child.returncode == 130 and stderr == "interrupted\n" and not out.exists():
         return "interrupted cleanly"
     return f"exit {child.returncode}, output {'written' if out.exists() else 'none'}, stderr {stderr.strip()[:120]!r}"

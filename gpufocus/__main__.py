@@ -1,7 +1,13 @@
 """The ``gpufocus`` command (and ``python -m gpufocus``): start the command line.
 
-Nothing heavy is imported before the guard is in place, so a Ctrl-C while torch
-loads ends like one during the work: ``interrupted`` and exit code 130.
+Ctrl-C works at any moment: ``interrupted`` and exit code 130, nothing written. The
+handler is installed before anything else is imported, and raises ``KeyboardInterrupt``
+only where that is safe. An interrupt that lands while a module is being imported
+(torch loading its C extensions, say), or inside the standard library's locking code
+(threads, futures, queues, logging), is held and raised once that code is left:
+an import cut short leaves a half-made module behind (``cannot load module more than
+once``, or an abort in a native library's start-up), and a lock taken but not yet
+guarded stays taken (a decoding thread then waits for it forever).
 """
 
 from __future__ import annotations
@@ -10,6 +16,50 @@ import os
 import signal
 import sys
 from typing import NoReturn
+
+_HELD = [False]  # an interrupt waits for a safe place
+
+
+# Modules in which an exception raised between two bytecodes can leave a lock taken or
+# a module half made.
+_UNSAFE = {"threading", "queue", "logging", "importlib", "concurrent"}
+
+
+def _unsafe(frame) -> bool:
+    """Whether the code at ``frame`` runs inside an import or the standard library's
+    locking code."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        if str(frame.f_globals.get("__name__", "")).split(".")[0] in _UNSAFE:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_interrupt(signum, frame) -> None:
+    """SIGINT, and SIGALRM while one is held: raise ``KeyboardInterrupt``, unless that
+    is unsafe here (``_unsafe``); then look again in 20 ms."""
+    if signum == signal.SIGALRM and not _HELD[0]:
+        return
+    if _unsafe(frame):
+        _HELD[0] = True
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        return
+    _HELD[0] = False
+    raise KeyboardInterrupt
+
+
+def _guard() -> None:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background: keep ignoring
+        return
+    if not hasattr(signal, "setitimer"):  # no timers (Windows): Python's own handler
+        return
+    signal.signal(signal.SIGINT, _on_interrupt)
+    signal.signal(signal.SIGALRM, _on_interrupt)
+
+
+_guard()
 
 
 def main() -> None:
@@ -25,6 +75,7 @@ def main() -> None:
         if code == 130:  # a Ctrl-C that the command line met
             interrupted()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done: a Ctrl-C now changes nothing
+        _HELD[0] = False
     except KeyboardInterrupt:
         interrupted()
     except Exception as error:  # noqa: BLE001 - a bug: one line here, the traceback in a file

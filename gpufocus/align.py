@@ -619,7 +619,10 @@ def _decide(stats: dict[str, Tensor]) -> Tensor:
     significant = (stats["move"] >= _MIN_STEP_PX) & (stats["better"] >= _MIN_BETTER)
     significant &= stats["tiles_better"] >= _MIN_TILES_BETTER
     decision = torch.where(significant, _TAKEN, _NO_MOTION)
-    decision = torch.where(stats["residual"] > stats["still"] * _WORSE, _WORSE_THAN_NONE, decision)
+    # Only a step that would be taken can fail this way: one too small to take is no
+    # motion anyway (two identical frames: no motion leaves no residual at all).
+    worse = significant & (stats["residual"] > stats["still"] * _WORSE)
+    decision = torch.where(worse, _WORSE_THAN_NONE, decision)
     return torch.where(stats["reason"] > 0, _FAILED, decision)
 
 

@@ -226,7 +226,10 @@ def _run_stack(spec: StackSpec, options: FuseOptions, output: BatchOutput, stack
             warnings.simplefilter("always")
             if isinstance(stack, BaseException):
                 raise stack
-            stack = stack or FrameStack(list(spec.inputs))
+            if stack is None:
+                stack = FrameStack(list(spec.inputs), options)
+            else:  # opened ahead, on another thread: its warnings belong to this stack
+                stack.warn()
             result.frames = len(stack)
             steps = None
             if output.steps is not None:
@@ -278,7 +281,7 @@ def _in_order(stacks, options: FuseOptions, output: BatchOutput, on_result) -> l
             if output.targets(spec, options).image.exists() and not output.overwrite:
                 return None
             try:
-                stack = FrameStack(list(spec.inputs))
+                stack = FrameStack(list(spec.inputs), options, warn=False)
             except Exception as error:  # noqa: BLE001 - _run_stack reports it as this stack's failure
                 return error
             stack.prefetch(options.chunk or 1)

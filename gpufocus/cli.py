@@ -141,6 +141,9 @@ MaxPixelsOption = Annotated[
     float,
     typer.Option("--max-megapixels", help="Refuse larger frames from their header, before decoding (a decompression bomb guard)."),
 ]
+StrictOption = Annotated[
+    bool, typer.Option("--strict", help="A damaged file that still decodes (TIFF tags against its data) is an error."),
+]
 BitsOption = Annotated[Optional[int], typer.Option("--bits", help="8 or 16 bits per channel. Default: the input's (8 for JPEG).")]
 QualityOption = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality.")]
 CompressionOption = Annotated[
@@ -198,6 +201,7 @@ _FUSION = {
     "tile": _Setting("tile", TileOption, _FUSE.tile),
     "memory_budget": _Setting("memory_budget", MemoryOption, _FUSE.memory_budget),
     "max_megapixels": _Setting("max_megapixels", MaxPixelsOption, _FUSE.max_megapixels),
+    "strict": _Setting("strict", StrictOption, _FUSE.strict),
 }
 
 # Settings the library names in an OptionError -> the flag a user typed.
@@ -235,6 +239,7 @@ def _fuse_options(devices: bool = False, **values) -> FuseOptions:
         tile=values["tile"],
         memory_budget=values["memory_budget"],
         max_megapixels=values["max_megapixels"],
+        strict=values["strict"],
     )
 
 
@@ -411,7 +416,7 @@ def fuse_command(
         options = options.replace(depth_map=depth_file is not None)
         targets = Targets(output, depth_file, save_transforms)
         targets.check(options, out, overwrite)
-        stack = FrameStack(inputs)
+        stack = FrameStack(inputs, options)
         steps = None
         if save_steps is not None:
             from .steps import StepWriter

@@ -16,6 +16,7 @@ as many as it has; an alpha channel, when there is one, comes last.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import threading
@@ -84,6 +85,9 @@ class ImageInfo:
     # TIFF: the series' pages that make each frame (several where channels are pages)
     pages: tuple[tuple[int, ...], ...] = field(default=(), repr=False, compare=False)
     decoder: str = field(default="pillow", repr=False, compare=False)  # pillow, tifffile or rawpy
+    #: What the decoder found wrong in a file it could still read (TIFF tags that
+    #: contradict the data, say), or ``None``.
+    damage: str | None = field(default=None, compare=False)
 
 
 @contextmanager
@@ -111,8 +115,15 @@ def decoding(path: Path) -> Iterator[None]:
         if error.errno is not None:  # the file system's error, not the decoder's
             raise GpufocusError(f"{path}: cannot read ({error.strerror or error})") from None
         raise GpufocusError(f"{path}: truncated or corrupt image data ({_one_line(error)})") from None
+    except _PYTHONS_OWN:  # a decoder tripped over values it did not expect: its words mean nothing to a user
+        raise GpufocusError(f"{path}: corrupt image data (fields the decoder could not make sense of)") from None
     except Exception as error:  # noqa: BLE001 - see above: any decoder exception means bad bytes
         raise GpufocusError(f"{path}: corrupt image data ({type(error).__name__}: {_one_line(error)})") from None
+
+
+# Errors that a decoder raises from its own code, not about the file: their message
+# ("'>' not supported between instances of 'tuple' and 'int'") would show its internals.
+_PYTHONS_OWN = (TypeError, AttributeError, NameError, AssertionError, ZeroDivisionError, RecursionError)
 
 
 def _one_line(error: BaseException) -> str:
@@ -436,7 +447,7 @@ def _probe_tiff(path: Path) -> ImageInfo | None:
     """A TIFF's layout, or ``None`` for a DNG (a RAW file in TIFF's clothes)."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _tiff_complaints() as complaints, tifffile.TiffFile(path) as tif:
         first = tif.pages.first
         if _DNG_VERSION in first.tags:
             return None
@@ -448,6 +459,9 @@ def _probe_tiff(path: Path) -> ImageInfo | None:
         photometric = int(first.photometric)
         extras = tuple(int(e) for e in first.extrasamples)
         pages = len(series.pages)
+        stored, needed = sum(first.databytecounts), first.size * np.dtype(first.dtype).itemsize
+        if int(first.compression) == 1 and stored < needed:  # uncompressed strips shorter than the image
+            complaints.append(f"its strips hold {stored} bytes, the image needs {needed}")
     if photometric in (3, 5) and pages == 1:  # palette, CMYK: Pillow turns them into RGB
         return _probe_pillow(path, {"TIFF"})
     if dtype not in (np.uint8, np.uint16):
@@ -478,7 +492,34 @@ def _probe_tiff(path: Path) -> ImageInfo | None:
         exif=_portable_exif(exif), icc=bytes(icc) if icc else None, format="TIFF", channels=channels,
         alpha=alpha, colour=colour, frames=per_frame.shape[0], series=count, software=_text(exif.get(_SOFTWARE)),
         pages=tuple(tuple(int(p) for p in row) for row in per_frame), decoder="tifffile",
+        damage="; ".join(dict.fromkeys(complaints)) or None,
     )
+
+
+class _Complaints(logging.Handler):
+    """tifffile's warnings and errors about the file this thread reads (it logs what it
+    can read past: tag counts that contradict the data, shapes that do not fit)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            text = record.getMessage()
+            self.found.append(text.split("> ", 1)[-1] if text.startswith("<tifffile.") else text)
+
+
+@contextmanager
+def _tiff_complaints() -> Iterator[list[str]]:
+    handler = _Complaints()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    try:
+        yield handler.found
+    finally:
+        logger.removeHandler(handler)
 
 
 def _page_grid(path: Path, axes: str, shape: tuple[int, ...], pages: int) -> str:

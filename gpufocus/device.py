@@ -16,6 +16,7 @@ __all__ = [
     "fusion_chunk",
     "host_room",
     "frame_needs",
+    "RESULT_BYTES_PER_PIXEL",
 ]
 
 _TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
@@ -101,7 +102,7 @@ def host_room() -> int:
 
 # The least a frame in flight needs beside its decoded samples, per pixel: the running
 # result with the halo guard's winner (about 53 bytes, see _BUDGET_SHARE's note).
-_RESULT_BYTES_PER_PIXEL = 53
+RESULT_BYTES_PER_PIXEL = 53
 
 
 def frame_needs(pixels: int, samples: int, sample_bytes: int, device: torch.device, dtype: torch.dtype) -> dict[str, int]:
@@ -110,7 +111,7 @@ def frame_needs(pixels: int, samples: int, sample_bytes: int, device: torch.devi
     decoded frame and the next one decoding; on the device: one frame as floats and the
     running result."""
     decoded = pixels * samples * sample_bytes * 2
-    on_device = pixels * (samples * torch.finfo(dtype).bits // 8 + _RESULT_BYTES_PER_PIXEL)
+    on_device = pixels * (samples * torch.finfo(dtype).bits // 8 + RESULT_BYTES_PER_PIXEL)
     if device.type == "cuda":
         return {"host": decoded, "device": on_device}
     return {"host": decoded + on_device}

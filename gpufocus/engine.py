@@ -22,7 +22,7 @@ from .align import FrameTransform, StackAligner, apply_transform, apply_transfor
 from .color import luminance
 from .depth import DepthMap, finish
 from .device import (
-    default_chunk, frame_budget, frame_needs, free_memory, fusion_chunk, host_room, resolve_device, resolve_dtype,
+    RESULT_BYTES_PER_PIXEL, default_chunk, frame_budget, frame_needs, free_memory, fusion_chunk, host_room, resolve_device, resolve_dtype,
     working_bytes,
 )
 from .errors import GpufocusError
@@ -148,7 +148,7 @@ class StackFuser:
         """
         if self.count or self._estimated:
             raise GpufocusError("run(): this StackFuser has taken frames already; make a new one for another stack")
-        source = _as_source(source)
+        source = _as_source(source, self.options)
         if isinstance(source, FrameStack):
             check_fits(source, self.options, self.device, self.dtype)
             self.alpha, self.colour = source.alpha, source.colour
@@ -250,7 +250,7 @@ class StackFuser:
         tile = options.tile
         if tile is None and options.method != "wang-chang":
             budget = frame_budget(self.device, options.memory_budget)
-            tile = auto_tile(budget, channels, height, width, working_bytes(self.dtype), margin)
+            tile = auto_tile(budget, channels, height, width, working_bytes(self.dtype), margin, RESULT_BYTES_PER_PIXEL)
         if tile:
             tiles = plan_tiles(height, width, tile, self.levels, self.kernel_size)
         else:
@@ -457,12 +457,12 @@ class _Region:
     depth: DepthMap | None
 
 
-def _as_source(source) -> Tensor | FrameStack:
+def _as_source(source, options: FuseOptions) -> Tensor | FrameStack:
     if isinstance(source, Tensor):
         if source.dim() != 4:
             raise GpufocusError(f"expected an (N, C, H, W) stack, got shape {tuple(source.shape)}")
         return source
-    return source if isinstance(source, FrameStack) else FrameStack(source)
+    return source if isinstance(source, FrameStack) else FrameStack(source, options)
 
 
 def _split_alpha(frames: Tensor, alpha: bool, use_alpha: bool) -> tuple[Tensor, Tensor | None]:
@@ -534,7 +534,7 @@ def align_stack(
     """
     options = FuseOptions.of(options, **changes)
     align = options.align or FuseOptions().align
-    source = _as_source(source)
+    source = _as_source(source, options)
     device, dtype = resolve_device(options.device), resolve_dtype(options.dtype)
     if isinstance(source, FrameStack):
         check_fits(source, options, device, dtype)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .decode import RAW_SUFFIXES, ImageInfo, OpenFiles, probe_image, read_image
-from .errors import GpufocusError, GpufocusWarning
+from .errors import DamagedFileWarning, GpufocusError, GpufocusWarning
+from .options import FuseOptions
 from .pyramid import MIN_LEVEL_SIDE
 from .timing import NO_TIMER, StageTimer
 from .write import OWN_ROLES, own_role
@@ -107,6 +108,31 @@ def _check_reachable(path: Path) -> None:
         raise GpufocusError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
+def _check_sizes(infos: list[ImageInfo]) -> None:
+    """Every frame of one size; else name the odd one out: the first frame whose size
+    most frames do not have, or with no majority, the first frame that differs from the
+    first one (and the first one beside it)."""
+    sizes = [(info.width, info.height) for info in infos]
+    counts = {size: sizes.count(size) for size in sizes}
+    if len(counts) == 1:
+        return
+    common = max(counts, key=lambda size: (counts[size], -sizes.index(size)))  # ties: the earlier frame's
+    odd = next(info for info, size in zip(infos, sizes) if size != common)
+    shape = lambda info: f"{info.width}x{info.height}"  # noqa: E731
+    if counts[common] * 2 > len(sizes):
+        example = next(info for info, size in zip(infos, sizes) if size == common)
+        raise GpufocusError(
+            f"{odd.path}: {shape(odd)}, where the other frames are {shape(example)} ({example.path.name}, ...); "
+            "frames must be aligned to the same size"
+        )
+    first = infos[0]  # no majority: the first frame that differs from the first one is named
+    later = next(info for info in infos if shape(info) != shape(first))
+    raise GpufocusError(
+        f"{later.path}: {shape(later)}, and {first.path.name} (the first frame) is {shape(first)}; frames of "
+        "different sizes (they must be aligned to the same size)"
+    )
+
+
 class FrameStack:
     """The frames of one stack on disk, checked and read in chunks.
 
@@ -121,21 +147,33 @@ class FrameStack:
     any frame has one (``alpha``; opaque for frames without), which the engine takes as
     a mask (``FuseOptions.use_alpha``).
 
+    A file its decoder reads although it finds it damaged is read with a warning
+    (``DamagedFileWarning``), or refused where ``options.strict``.
+
     Files that a directory listing finds but that an earlier run of gpufocus wrote as
     a result (a fused image, a depth map; told by their ``Software`` tag) are left out
     with a warning; files named one by one are always frames.
     """
 
-    def __init__(self, inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> None:
+    def __init__(
+        self, inputs: Sequence[str | os.PathLike] | str | os.PathLike, options: FuseOptions | None = None, *,
+        warn: bool = True,
+    ) -> None:
+        strict = (options or FuseOptions()).strict
         infos, notes = [], []  # notes: warnings, given once every check has passed
         for path, listed in _listed(inputs):
             info = probe_image(path)
+            if info.damage is not None and strict:
+                raise GpufocusError(f"{path}: damaged ({info.damage}); refused under --strict")
+            if info.damage is not None:
+                notes.append((f"{path}: damaged ({info.damage}); read as it is, the result may be wrong",
+                              DamagedFileWarning))
             role = own_role(info.software)
             if listed and role in OWN_ROLES:
-                notes.append(f"{path}: skipped, a {role} that gpufocus wrote")
+                notes.append((f"{path}: skipped, a {role} that gpufocus wrote", GpufocusWarning))
                 continue
             if info.series > 1:
-                notes.append(f"{path}: holds {info.series} image series; fusing the first")
+                notes.append((f"{path}: holds {info.series} image series; fusing the first", GpufocusWarning))
             infos.append(info)
         # one entry per frame: the file and the frame within it
         self._frames = [(info, index) for info in infos for index in range(info.frames)]
@@ -151,12 +189,8 @@ class FrameStack:
                 f"{first.path}: {first.width}x{first.height} is too small to fuse "
                 f"(at least {MIN_LEVEL_SIDE}x{MIN_LEVEL_SIDE})"
             )
+        _check_sizes(infos)
         for info in infos[1:]:
-            if (info.width, info.height) != (first.width, first.height):
-                raise GpufocusError(
-                    f"{info.path}: {info.width}x{info.height} differs from the first frame's "
-                    f"{first.width}x{first.height} ({first.path.name}); frames must be aligned to the same size"
-                )
             if info.linear != first.linear:
                 raise GpufocusError(f"{info.path}: RAW and developed images cannot be mixed in one stack")
         self.colour = any(info.colour and info.channels == 3 for info in infos)
@@ -170,8 +204,15 @@ class FrameStack:
         self.linear = first.linear
         if first.white_balance is not None:  # every RAW frame developed alike: the first one's balance
             self._frames = [(dataclasses.replace(info, white_balance=first.white_balance), i) for info, i in self._frames]
-        for note in notes:
-            warnings.warn(note, GpufocusWarning, stacklevel=2)
+        self.notes = notes  # (message, category): what it warned of, or with ``warn=False`` did not yet
+        if warn:
+            self.warn()
+
+    def warn(self) -> None:
+        """Give the warnings about the stack's files (``notes``): where several stacks are
+        opened ahead on other threads, the caller gives them when it takes the stack."""
+        for note, category in self.notes:
+            warnings.warn(note, category, stacklevel=3)
 
     def __len__(self) -> int:
         return len(self._frames)

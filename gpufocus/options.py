@@ -152,6 +152,8 @@ class FuseOptions:
         max_megapixels: frames larger than this are refused from their header, before
             anything is decoded (a few bytes can claim a frame that fills the memory);
             frames that would not fit the memory the run may use are refused too.
+        strict: a file its decoder reads although it finds it damaged (TIFF tags that
+            contradict the data) is an error; without, a warning.
         depth_map: also work out which frame is in focus where.
         depth_threshold: depth-map pixels whose confidence (0 to 1: how far the
             sharpest frame stands out) is below this are filled from surer ones.
@@ -173,6 +175,7 @@ class FuseOptions:
     tile: int | None = None
     memory_budget: int | None = None
     max_megapixels: float = 200.0
+    strict: bool = False
     depth_map: bool = False
     depth_threshold: float = 0.05
     depth_smooth: int = 2

@@ -55,13 +55,22 @@ def plan_tiles(height: int, width: int, tile: int, levels: int, kernel_size: int
     return tiles
 
 
-def auto_tile(budget: int, channels: int, height: int, width: int, bytes_per_sample: int, margin: int) -> int | None:
+def auto_tile(
+    budget: int, channels: int, height: int, width: int, bytes_per_sample: int, margin: int, result_bytes: int
+) -> int | None:
     """The tile side that keeps one frame's working memory within ``budget``, or ``None``
-    when the whole frame fits.
+    when the whole frame fits, or when tiles would take more memory than they save.
 
-    ``bytes_per_sample`` is the working memory per float sample of a frame in flight.
+    ``bytes_per_sample`` is the working memory per float sample of a frame in flight;
+    ``result_bytes`` the running result's per pixel, which every tile keeps for its
+    padded area the whole time: with margins of hundreds of pixels (``tile_margin``) the
+    tiles' results together can outweigh the one frame's working memory they save.
     """
-    if channels * height * width * bytes_per_sample <= budget:
+    work = channels * bytes_per_sample
+    if height * width * work <= budget:
         return None
-    side = int(math.sqrt(budget / (channels * bytes_per_sample))) - 2 * margin
-    return max(side, 2 * margin)
+    side = max(int(math.sqrt(budget / work)) - 2 * margin, 2 * margin)
+    rows = [min(height, top + side + margin) - max(0, top - margin) for top in range(0, height, side)]
+    columns = [min(width, left + side + margin) - max(0, left - margin) for left in range(0, width, side)]
+    tiled = sum(rows) * sum(columns) * result_bytes + max(rows) * max(columns) * work
+    return side if tiled < height * width * (result_bytes + work) else None

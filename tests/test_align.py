@@ -338,3 +338,16 @@ def test_exposure_block_means_are_average_pooling():
     torch.testing.assert_close(means, torch.nn.functional.avg_pool2d(frames, block))
     means, block = _low(torch.rand(1, 3, 1500, 2000))
     assert block == 32 and means.shape == (1, 3, 46, 62)
+
+
+def test_two_identical_frames_are_no_motion_not_a_failure():
+    import warnings
+
+    frame = make_stack(96, 128, 2, seed=1).frames[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fuser = StackFuser(device="cpu")
+        fused = fuser.run(torch.stack([frame, frame]))
+    assert [str(w.message) for w in caught] == []
+    assert fuser.transforms[1].fallback is None and torch.equal(fuser.transforms[1].matrix, torch.eye(3, dtype=torch.float64))
+    assert torch.allclose(fused, frame, atol=1 / 255)

@@ -262,3 +262,18 @@ def test_outputs_name_their_role(tmp_path, small_stack):
         from gpufocus import __version__
 
         assert probe_image(out).software == f"gpufocus {__version__} (fused image)"
+
+
+def test_a_decoders_own_bug_is_not_shown_as_its_python_message(tmp_path, monkeypatch):
+    import gpufocus.decode as decode
+
+    path = tmp_path / "f.png"
+    Image.new("RGB", (16, 16)).save(path)
+
+    def confused(*args, **kwargs):
+        raise TypeError("'>' not supported between instances of 'tuple' and 'int'")
+
+    monkeypatch.setattr(decode, "_probe_pillow", confused)
+    with pytest.raises(GpufocusError) as caught:
+        decode.probe_image(path)
+    assert str(caught.value) == f"{path}: corrupt image data (fields the decoder could not make sense of)"

@@ -271,7 +271,7 @@ def test_a_batch_with_broken_stacks_goes_on(twelve_stacks, tmp_path):
     failed = {r["name"]: r["error"] for r in summary["results"] if r["status"] == "failed"}
     assert sorted(failed) == ["s03", "s07", "s10"]
     assert "frame_001.png: corrupt" in failed["s03"] and "frame_002.png" in failed["s07"]
-    assert "differs from the first frame" in failed["s10"]
+    assert "frame_002.png: 20x20, where the other frames are 48x40 (frame_000.png, ...)" in failed["s10"]
     assert [line for line in result.stderr.splitlines() if line.startswith("failed: ")] == [
         f"failed: {name}: {failed[name]}" for name in ("s03", "s07", "s10")
     ]
@@ -368,7 +368,7 @@ def _start_child(*args: str) -> subprocess.Popen:
     )
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0])
+@pytest.mark.parametrize("delay", [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
 def test_ctrl_c_while_starting(tmp_path, delay):
     write_stack(make_stack(480, 640, 6, max_blur=3.0, seed=2), tmp_path / "S")  # seconds of work after start-up
     child = subprocess.Popen(
@@ -559,3 +559,99 @@ def test_max_megapixels_refuses_before_anything_decodes(tmp_path, monkeypatch):
         from gpufocus import fuse
 
         fuse(tmp_path / "s", device="cpu", memory_budget="1K")
+
+
+class _Frame:
+    """Enough of a Python frame for ``gpufocus.__main__._unsafe``."""
+
+    def __init__(self, filename: str, module: str, back=None) -> None:
+        self.f_code = type("Code", (), {"co_filename": filename})()
+        self.f_globals = {"__name__": module}
+        self.f_back = back
+
+
+def test_an_interrupt_in_an_import_or_a_lock_is_held_until_it_is_left(monkeypatch):
+    import gpufocus.__main__ as entry
+
+    armed = []
+    monkeypatch.setattr(signal, "setitimer", lambda which, seconds: armed.append(seconds))
+    monkeypatch.setattr(entry, "_HELD", [False])
+    ours = _Frame("/x/gpufocus/engine.py", "gpufocus.engine")
+    for unsafe in (_Frame("<frozen importlib._bootstrap>", "importlib._bootstrap", ours),
+                   _Frame("/x/torch/__init__.py", "torch", _Frame("<frozen importlib._bootstrap_external>", "x", ours)),
+                   _Frame("/usr/lib/threading.py", "threading", ours),
+                   _Frame("/usr/lib/concurrent/futures/_base.py", "concurrent.futures._base", ours)):
+        entry._on_interrupt(signal.SIGINT, unsafe)  # held: no exception
+        assert entry._HELD == [True] and armed[-1] == 0.02
+    entry._on_interrupt(signal.SIGALRM, _Frame("/usr/lib/threading.py", "threading", ours))  # still unsafe
+    assert entry._HELD == [True]
+    with pytest.raises(KeyboardInterrupt):  # the timer finds the main thread back in our code
+        entry._on_interrupt(signal.SIGALRM, ours)
+    assert entry._HELD == [False]
+    entry._on_interrupt(signal.SIGALRM, ours)  # a late timer with nothing held: nothing
+    with pytest.raises(KeyboardInterrupt):
+        entry._on_interrupt(signal.SIGINT, _Frame("/x/queueing.py", "queueing", ours))  # not the stdlib's queue
+
+
+def _tiff_with_tags(path: Path, frame: np.ndarray, tags: dict[int, int], rows: int | None = None) -> None:
+    """A TIFF of ``frame`` whose tags (every value of each) are then rewritten: what a
+    damaged writer leaves, and tifffile reads anyway."""
+    import io
+    import struct
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, frame, rowsperstrip=rows, metadata=None)
+    data = bytearray(buffer.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * k
+        tag, kind, count = struct.unpack_from("<HHI", data, entry)
+        if tag in tags:
+            size = 2 if kind == 3 else 4
+            at = entry + 8 if count * size <= 4 else struct.unpack_from("<I", data, entry + 8)[0]
+            for j in range(count):
+                struct.pack_into("<H" if kind == 3 else "<I", data, at + size * j, tags[tag])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("tags", "rows", "said"),
+    [
+        ({279: 1000}, None, "its strips hold 1000 bytes, the image needs 9216"),  # StripByteCounts too short
+        ({284: 2}, 8, "incorrect Strip"),  # PlanarConfiguration against the strips there are
+    ],
+)
+def test_a_damaged_tiff_that_still_reads_is_said_to_be_damaged(tmp_path, tags, rows, said):
+    frames = make_stack(48, 64, 3, max_blur=2.0, seed=4).frames.mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+    paths = []
+    for i, frame in enumerate(frames):
+        paths.append(tmp_path / f"f{i}.tif")
+        if i == 1:
+            _tiff_with_tags(paths[-1], frame, tags, rows)
+        else:
+            Image.fromarray(frame).save(paths[-1])
+    result = run("fuse", *paths, "-o", tmp_path / "out.png", "--no-align")
+    warned = [line for line in result.stderr.splitlines() if "f1.tif: damaged" in line]
+    if result.exit_code == 0:
+        assert len(warned) == 1 and said in warned[0] and warned[0].startswith("warning: "), result.stderr
+    else:  # tifffile could not read past it: an error, as any corrupt file
+        assert result.exit_code == 1 and "f1.tif" in result.stderr and len(result.stderr.splitlines()) == 1
+    strict = run("fuse", *paths, "-o", tmp_path / "strict.png", "--no-align", "--strict")
+    assert strict.exit_code == 1 and not (tmp_path / "strict.png").exists()
+    assert strict.stderr.startswith(f"error: {paths[1]}: damaged (") and said in strict.stderr
+    assert "refused under --strict" in strict.stderr and len(strict.stderr.splitlines()) == 1
+
+
+def test_a_batch_lists_a_damaged_file_in_its_report(tmp_path):
+    root = tmp_path / "root"
+    write_stack(make_stack(48, 64, 3, max_blur=2.0, seed=5), root / "s0")
+    frame = np.asarray(Image.open(root / "s0" / "frame_001.png"))
+    _tiff_with_tags(root / "s0" / "frame_001.tif", frame, {279: 1000})
+    (root / "s0" / "frame_001.png").unlink()
+    report = tmp_path / "report.json"
+    result = run("batch", root, "-o", tmp_path / "out", "--no-align", "--report", report)
+    assert result.exit_code == 0, result.stderr
+    [entry] = json.loads(report.read_text())["results"]
+    assert any("frame_001.tif: damaged (its strips hold 1000 bytes" in w for w in entry["warnings"]), entry

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import imagecodecs
 import numpy as np
 import tifffile
@@ -136,7 +138,7 @@ def test_stack_checks_sizes_and_reads_in_chunks(tmp_path, rng):
     assert np.array_equal(np.concatenate(chunks), frames)
     odd = tmp_path / "odd.png"
     Image.fromarray(frames[0][:11]).save(odd)
-    with pytest.raises(GpufocusError, match="odd.png: 20x11 differs .* aligned"):
+    with pytest.raises(GpufocusError, match="odd.png: 20x11, where the other frames are 20x12 .* aligned"):
         FrameStack(paths + [odd])
 
 
@@ -178,3 +180,27 @@ def test_gpu_decoding_path_with_a_stand_in_decoder(tmp_path, rng, monkeypatch):
 
     monkeypatch.setattr(gpufocus.load, "_gpu_decoder", lambda: broken)  # the CPU decodes instead
     assert torch.equal(torch.cat(list(stack.chunks_on(2, torch.device("cpu")))), on_gpu)
+
+
+def _sized(folder: Path, sizes: list[tuple[int, int]]) -> list[Path]:
+    paths = []
+    for i, (width, height) in enumerate(sizes):
+        paths.append(folder / f"f{i}.png")
+        Image.new("RGB", (width, height)).save(paths[-1])
+    return paths
+
+
+def test_a_frame_of_another_size_is_named_against_the_others(tmp_path):
+    paths = _sized(tmp_path, [(48, 40), (20, 20), (48, 40), (48, 40)])
+    with pytest.raises(GpufocusError) as caught:
+        FrameStack(paths)
+    assert str(caught.value) == (f"{paths[1]}: 20x20, where the other frames are 48x40 (f0.png, ...); "
+                                 "frames must be aligned to the same size")
+    # the odd one may come first
+    paths = _sized(tmp_path, [(20, 20), (48, 40), (48, 40)])
+    with pytest.raises(GpufocusError, match=r"f0.png: 20x20, where the other frames are 48x40 \(f1.png, ...\)"):
+        FrameStack(paths)
+    # two frames: no majority; the one that differs from the first is named first, both sizes given
+    paths = _sized(tmp_path, [(20, 20), (48, 40)])
+    with pytest.raises(GpufocusError, match=r"f1.png: 48x40, and f0.png \(the first frame\) is 20x20; frames of diff"):
+        FrameStack(paths)

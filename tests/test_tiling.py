@@ -47,10 +47,14 @@ def test_tiles_cover_the_frame_once_and_start_on_the_coarsest_grid():
     assert (covered == 1).all()
 
 
-def test_automatic_tiles_only_when_a_frame_does_not_fit():
-    assert auto_tile(budget=10**9, channels=3, height=1000, width=1000, bytes_per_sample=32, margin=64) is None
-    side = auto_tile(budget=10**8, channels=3, height=4000, width=6000, bytes_per_sample=32, margin=64)
+def test_automatic_tiles_only_when_a_frame_does_not_fit_and_tiles_save_memory():
+    fits = dict(channels=3, bytes_per_sample=32, result_bytes=53)
+    assert auto_tile(budget=10**9, height=1000, width=1000, margin=64, **fits) is None
+    side = auto_tile(budget=10**8, height=4000, width=6000, margin=64, **fits)
     assert side is not None and 3 * (side + 128) ** 2 * 32 <= 10**8
+    # margins of 512 pixels (6 levels) around tiles of a 3000x2000 frame: their results
+    # together would take more than the frame's working memory they save
+    assert auto_tile(budget=10**8, height=2000, width=3000, margin=tile_margin(6, 9), **fits) is None
 
 
 def test_wang_chang_cannot_be_tiled(moving):
@@ -58,12 +62,17 @@ def test_wang_chang_cannot_be_tiled(moving):
         fuse(moving.frames, method="wang-chang", tile=64)
 
 
-def test_a_small_memory_budget_tiles_by_itself(moving):
-    whole, _ = fused(moving, 0, align=None)
-    budget = 200 * 264 * 3 * 32 // 2  # half of what one frame takes (in bytes)
+def test_a_small_memory_budget_tiles_by_itself_where_tiles_save_memory(moving):
+    frames = torch.nn.functional.interpolate(moving.frames[:2], size=(1024, 1024), mode="bilinear")
+    whole = StackFuser(device="cpu", levels=3, align=None).run(frames)
+    budget = 3 * 1024 * 1024 * 32 * 45 // 100  # under half of what one frame's work takes (in bytes)
     fuser = StackFuser(device="cpu", levels=3, align=None, memory_budget=budget)
-    tiled = fuser.run(moving.frames)
+    tiled = fuser.run(frames)
     assert len(fuser.tiles) > 1 and torch.equal(tiled, whole)
+    # the same budget for the small frames: tiles with their margins would take more
+    small = StackFuser(device="cpu", levels=3, align=None, memory_budget=200 * 264 * 3 * 32 // 2)
+    small.run(moving.frames)
+    assert len(small.tiles) == 1
 
 
 def test_memory_sizes():
