@@ -104,7 +104,11 @@ def _chunks(levels: list[Level], usable, size: int):
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("taps", [binomial_taps(9), binomial_taps(3)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_energy_fold_is_the_torch_twin_bit_for_bit(interpreted, monkeypatch, shape, per_channel, taps, masked):
+@pytest.mark.parametrize(("track", "keep"), [(True, True), (False, False), (True, False), (False, True)])
+def test_energy_fold_is_the_torch_twin_bit_for_bit(interpreted, monkeypatch, shape, per_channel, taps, masked, track,
+                                                   keep):
+    """Every specialization of the fold: with and without the winners' index, the
+    energies written out and a mask of unusable coefficients."""
     frames = _rand(shape, shape[2] * 10 + len(taps))
     frames[3] = frames[1]  # an exact tie: the earlier frame must keep it
     level = _level(frames, per_channel)
@@ -114,12 +118,16 @@ def test_energy_fold_is_the_torch_twin_bit_for_bit(interpreted, monkeypatch, sha
         _twin(monkeypatch, twin)
         state, energies = None, []
         for start, part, mask in _chunks([level], usable, size):
-            state, energy = select.energy_fold(state, part, taps, mask, start, track_index=True, keep_energy=True)
+            state, energy = select.energy_fold(state, part, taps, mask, start, track_index=track, keep_energy=keep)
             energies.append(energy)
-        results[name] = (state, torch.cat(energies))
-    (twin_state, twin_energy), (state, energy) = results["twin"], results["kernel"]
+        results[name] = (state, energies)
+    (twin_state, twin_energies), (state, energies) = results["twin"], results["kernel"]
     assert torch.equal(state.score, twin_state.score) and torch.equal(state.value, twin_state.value)
-    assert torch.equal(state.index, twin_state.index) and torch.equal(energy, twin_energy)
+    assert (state.index is None) == (twin_state.index is None) == (not track)
+    assert state.index is None or torch.equal(state.index, twin_state.index)
+    assert all((e is None) == (not keep) for e in energies + twin_energies)
+    if keep:
+        assert torch.equal(torch.cat(energies), torch.cat(twin_energies))
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 14, 22), (4, 1, 9, 13)])
