@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -208,6 +209,16 @@ _FUSION = {
 _FLAGS = {setting.field: setting.flag() for setting in _FUSION.values() if setting.field}
 _FLAGS.update(bits="--bits", quality="--quality", compression="--compression", format="--format", family="--family", frames="--frames",
               depth_map="--depth-map")
+
+
+def _check_fits_early(stack, options: FuseOptions) -> None:
+    """``FrameStack.check_fits`` before torch is imported (a second or more): where the
+    fusion will run is guessed from the options and the machine (an NVIDIA device
+    file); the engine checks again, exactly, once it knows."""
+    from .memory import FLOAT_BYTES
+
+    on_gpu = options.device.startswith("cuda") or (options.device == "auto" and os.path.exists("/dev/nvidiactl"))
+    stack.check_fits(options, on_gpu, FLOAT_BYTES[options.dtype])
 
 
 def _fuse_options(devices: bool = False, **values) -> FuseOptions:
@@ -408,15 +419,17 @@ def fuse_command(
     """Fuse a focus stack into one image that is sharp throughout."""
     import time
 
-    from .job import FusionJob, Targets
     from .load import FrameStack
 
     with _user_errors():
         out = OutputOptions(bits=bits, quality=quality, compression=compression.value)
         options = options.replace(depth_map=depth_file is not None)
+        stack = FrameStack(inputs, options)  # the headers, before torch loads: bad input is refused at once
+        _check_fits_early(stack, options)
+        from .job import FusionJob, Targets
+
         targets = Targets(output, depth_file, save_transforms)
         targets.check(options, out, overwrite)
-        stack = FrameStack(inputs, options)
         steps = None
         if save_steps is not None:
             from .steps import StepWriter

@@ -45,6 +45,11 @@ _SOFTWARE = 0x0131
 _DNG_VERSION = 50706
 
 
+#: The smallest side a pyramid level may have before it is reduced again; frames with a
+#: shorter side cannot be fused (``gpufocus.pyramid``).
+MIN_LEVEL_SIDE = 8
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header of an image file says.

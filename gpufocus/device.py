@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .memory import host_room
 from .options import DTYPES, OptionError
 
 __all__ = [
@@ -14,9 +15,6 @@ __all__ = [
     "working_bytes",
     "default_chunk",
     "fusion_chunk",
-    "host_room",
-    "frame_needs",
-    "RESULT_BYTES_PER_PIXEL",
 ]
 
 _TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
@@ -76,45 +74,6 @@ def free_memory(device: torch.device) -> int:
     if device.type == "meta":  # planning the CUDA path: a card as large as the H200's
         return 140 << 30
     return host_room()
-
-
-def host_room() -> int:
-    """Bytes this process can still take on the host: MemAvailable, and no more than its
-    address-space limit leaves (``ulimit -v``, ``prlimit --as``)."""
-    import resource
-
-    room = 4 << 30  # no /proc: assume a modest machine
-    try:
-        with open("/proc/meminfo") as meminfo:
-            room = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        pass
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit != resource.RLIM_INFINITY:
-        try:
-            with open("/proc/self/status") as status:
-                used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
-        except (OSError, StopIteration):
-            used = 0
-        room = min(room, max(limit - used, 0))
-    return room
-
-
-# The least a frame in flight needs beside its decoded samples, per pixel: the running
-# result with the halo guard's winner (about 53 bytes, see _BUDGET_SHARE's note).
-RESULT_BYTES_PER_PIXEL = 53
-
-
-def frame_needs(pixels: int, samples: int, sample_bytes: int, device: torch.device, dtype: torch.dtype) -> dict[str, int]:
-    """The least memory fusing frames of ``pixels`` needs, tiled as small as it goes:
-    ``{"host": ..., "device": ...}`` in bytes (one entry for the CPU). On the host: the
-    decoded frame and the next one decoding; on the device: one frame as floats and the
-    running result."""
-    decoded = pixels * samples * sample_bytes * 2
-    on_device = pixels * (samples * torch.finfo(dtype).bits // 8 + RESULT_BYTES_PER_PIXEL)
-    if device.type == "cuda":
-        return {"host": decoded, "device": on_device}
-    return {"host": decoded + on_device}
 
 
 # Of an explicit memory budget, what frames in flight may take: the rest is for the

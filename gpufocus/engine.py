@@ -21,10 +21,8 @@ from torch import Tensor
 from .align import FrameTransform, StackAligner, apply_transform, apply_transforms, inner_rectangle
 from .color import luminance
 from .depth import DepthMap, finish
-from .device import (
-    RESULT_BYTES_PER_PIXEL, default_chunk, frame_budget, frame_needs, free_memory, fusion_chunk, host_room, resolve_device, resolve_dtype,
-    working_bytes,
-)
+from .device import default_chunk, frame_budget, free_memory, fusion_chunk, resolve_device, resolve_dtype, working_bytes
+from .memory import RESULT_BYTES_PER_PIXEL
 from .errors import GpufocusError
 from .load import FrameStack
 from .options import FuseOptions, OptionError
@@ -489,31 +487,10 @@ def _chunk_for(
 
 
 def check_fits(stack: FrameStack, options: FuseOptions, device: torch.device, dtype: torch.dtype) -> None:
-    """Refuse, from the headers alone and before anything is decoded, a stack whose
-    frames are larger than ``options.max_megapixels`` or would not fit the memory the
-    run may use (``device.frame_needs``; on the host no more than ``host_room``, and
-    ``memory_budget`` where given)."""
-    info = stack.infos[0]
-    height, width = stack.size
-    pixels = height * width
-    claimed = f"{width}x{height} ({pixels / 1e6:.0f} megapixels)"
-    if pixels > options.max_megapixels * 1e6:
-        raise GpufocusError(
-            f"{info.path}: {claimed} is more than --max-megapixels {options.max_megapixels:g}; refused before "
-            "decoding (a few bytes can claim that much); raise --max-megapixels if the frames are real"
-        )
-    needs = frame_needs(pixels, stack.samples, 2 if stack.bits > 8 else 1, device, dtype)
-    rooms = {"host": host_room(), "device": free_memory(device) if device.type == "cuda" else None}
-    if options.memory_budget is not None:
-        rooms = {where: min(room, options.memory_budget) if room is not None else None for where, room in rooms.items()}
-    for where, need in needs.items():
-        if need > rooms[where]:
-            place = "the GPU's" if where == "device" else "the"
-            raise GpufocusError(
-                f"{info.path}: {claimed} needs at least {need / 2**30:.1f} GiB of {place} memory to fuse, and this run "
-                f"may use {rooms[where] / 2**30:.1f} GiB; refused before decoding (a damaged header, or frames too "
-                "large for this machine: see --memory-budget, --max-megapixels)"
-            )
+    """``FrameStack.check_fits`` for the run's device and precision, the GPU's free
+    memory included."""
+    on_gpu = device.type == "cuda"
+    stack.check_fits(options, on_gpu, torch.finfo(dtype).bits // 8, free_memory(device) if on_gpu else None)
 
 
 def align_stack(

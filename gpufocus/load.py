@@ -17,16 +17,19 @@ import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .decode import RAW_SUFFIXES, ImageInfo, OpenFiles, probe_image, read_image
+from .decode import MIN_LEVEL_SIDE, RAW_SUFFIXES, ImageInfo, OpenFiles, probe_image, read_image
 from .errors import DamagedFileWarning, GpufocusError, GpufocusWarning
+from .memory import frame_needs, host_room
 from .options import FuseOptions
-from .pyramid import MIN_LEVEL_SIDE
 from .timing import NO_TIMER, StageTimer
 from .write import OWN_ROLES, own_role
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "FRAME_SUFFIXES",
@@ -217,6 +220,33 @@ class FrameStack:
     def __len__(self) -> int:
         return len(self._frames)
 
+    def check_fits(self, options: FuseOptions, on_gpu: bool, float_bytes: int, gpu_room: int | None = None) -> None:
+        """Refuse, from the headers alone and before anything is decoded, frames larger
+        than ``options.max_megapixels`` or than the memory the run may use
+        (``memory.frame_needs``: on the host no more than ``host_room``, on the GPU
+        ``gpu_room`` where given; ``memory_budget`` where set)."""
+        info, (height, width) = self.infos[0], self.size
+        pixels = height * width
+        claimed = f"{width}x{height} ({pixels / 1e6:.0f} megapixels)"
+        if pixels > options.max_megapixels * 1e6:
+            raise GpufocusError(
+                f"{info.path}: {claimed} is more than --max-megapixels {options.max_megapixels:g}; refused before "
+                "decoding (a few bytes can claim that much); raise --max-megapixels if the frames are real"
+            )
+        needs = frame_needs(pixels, self.samples, 2 if self.bits > 8 else 1, on_gpu, float_bytes)
+        rooms = {"host": host_room(), "device": gpu_room}
+        for where, need in needs.items():
+            room = rooms[where]
+            if room is not None and options.memory_budget is not None:
+                room = min(room, options.memory_budget)
+            if room is not None and need > room:
+                place = "the GPU's" if where == "device" else "the"
+                raise GpufocusError(
+                    f"{info.path}: {claimed} needs at least {need / 2**30:.1f} GiB of {place} memory to fuse, and this "
+                    f"run may use {room / 2**30:.1f} GiB; refused before decoding (a damaged header, or frames too "
+                    "large for this machine: see --memory-budget, --max-megapixels)"
+                )
+
     @property
     def infos(self) -> list[ImageInfo]:
         """Each frame's file header (the same one for the pages of a z-stack)."""
@@ -325,6 +355,8 @@ class FrameStack:
         Files are read ahead in a thread; a chunk the GPU decoder rejects is decoded on
         the CPU instead, which names the file if it is broken.
         """
+        import torch
+
         decode = _gpu_decoder()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-read") as pool:
 

@@ -23,6 +23,7 @@ import functools
 from torch import Tensor
 
 from .color import luminance
+from .decode import MIN_LEVEL_SIDE
 from .kernels.pyramid_level import DETAIL
 from .halo import noise_level
 from .kernels import Level, detail, downsample, measure_of, use_triton
@@ -47,8 +48,6 @@ __all__ = [
     "Decomposition",
 ]
 
-#: The smallest side a level may have before it is reduced again.
-MIN_LEVEL_SIDE = 8
 
 #: The coarsest level that ``auto_levels`` aims for, in pixels along the shorter side.
 _AUTO_COARSEST_SIDE = 32

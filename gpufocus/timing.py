@@ -6,8 +6,11 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["StageTimer", "NO_TIMER"]
 
@@ -24,12 +27,16 @@ class StageTimer:
     """
 
     def __init__(self, device: torch.device | str | None) -> None:
+        import torch
+
         device = torch.device(device) if device is not None else None
         self._cuda = device if device is not None and device.type == "cuda" else None
         self.seconds: dict[str, float] = defaultdict(float)
 
     def _sync(self) -> None:
         if self._cuda is not None:
+            import torch
+
             torch.cuda.synchronize(self._cuda)
 
     @contextmanager

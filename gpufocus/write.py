@@ -17,14 +17,17 @@ import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .encode import encode_image
 from .errors import GpufocusError
 from .options import OutputOptions
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -288,7 +291,7 @@ class Outputs:
     ) -> None:
         """An image, as ``write_image`` takes it, put in place on commit."""
         path = Path(path)
-        pixels = to_array(image, bits) if isinstance(image, torch.Tensor) else image
+        pixels = image if isinstance(image, np.ndarray) else to_array(image, bits)
         channels = 1 if pixels.ndim == 2 else pixels.shape[2]
         fmt = check_output(path, bits, overwrite, channels)
         if not 1 <= quality <= 100:
@@ -337,6 +340,8 @@ def to_array(image: torch.Tensor, bits: int) -> np.ndarray:
     ``C`` channels give ``(H, W, C)``, one channel ``(H, W)``.
     """
     top = 65535 if bits == 16 else 255
+    import torch
+
     scaled = image.detach().float().cpu().clamp(0, 1).mul(top).round_().to(torch.int32)
     array = scaled.permute(1, 2, 0).numpy().astype(np.uint16 if bits == 16 else np.uint8)
     return array[:, :, 0] if array.shape[2] == 1 else array

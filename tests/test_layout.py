@@ -100,6 +100,36 @@ def test_help_and_version_do_not_load_torch(args):
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "heavy: []", done.stdout[-300:]
 
 
+def test_a_fuse_on_the_cpu_imports_no_compiler_stack(tmp_path):
+    """torchvision (nvJPEG, CUDA only) pulls torch._dynamo, sympy and torch.distributed's
+    peers into a process: seconds of start-up that a CPU fuse must not pay."""
+    from gpufocus.synth import make_stack, write_stack
+
+    write_stack(make_stack(40, 48, 3, max_blur=2.0, seed=1), tmp_path / "s")
+    script = (
+        "import sys, atexit\n"
+        "heavy = ('torchvision', 'torch._dynamo', 'sympy', 'triton', 'kornia')\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'modules.txt')!r}, 'w').write("
+        "' '.join(m for m in heavy if m in sys.modules) + '|' + str('torch' in sys.modules)))\n"
+        f"sys.argv = ['gpufocus', 'fuse', {str(tmp_path / 's')!r}, '-o', {str(tmp_path / 'out.png')!r}, '--device', 'cpu']\n"
+        "from gpufocus.__main__ import main\nmain()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "modules.txt").read_text() == "|True"  # torch, and none of the others
+
+
+def test_bad_input_is_refused_before_torch_loads(tmp_path):
+    script = (
+        "import sys, atexit\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'modules.txt')!r}, 'w').write(str('torch' in sys.modules)))\n"
+        f"sys.argv = ['gpufocus', 'fuse', {str(tmp_path / 'missing.jpg')!r}, 'b.jpg', '-o', 'out.png']\n"
+        "from gpufocus.__main__ import main\nmain()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and (tmp_path / "modules.txt").read_text() == "False"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")

@@ -1,0 +1,44 @@
+"""How much memory a run may take and a frame needs, from numbers alone (no torch):
+the stack's headers are checked against it before anything heavy is imported."""
+
+from __future__ import annotations
+
+__all__ = ["RESULT_BYTES_PER_PIXEL", "FLOAT_BYTES", "host_room", "frame_needs"]
+
+#: The least a frame in flight needs beside its samples, per pixel: the running result
+#: with the halo guard's winner (about 53 bytes, 32 of them the guard's).
+RESULT_BYTES_PER_PIXEL = 53
+#: Bytes of a sample in each arithmetic precision (``options.DTYPES``).
+FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def host_room() -> int:
+    """Bytes this process can still take on the host: MemAvailable, and no more than its
+    address-space limit leaves (``ulimit -v``, ``prlimit --as``)."""
+    import resource
+
+    room = 4 << 30  # no /proc: assume a modest machine
+    try:
+        with open("/proc/meminfo") as meminfo:
+            room = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/status") as status:
+                used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+        except (OSError, StopIteration):
+            used = 0
+        room = min(room, max(limit - used, 0))
+    return room
+
+
+def frame_needs(pixels: int, samples: int, sample_bytes: int, on_gpu: bool, float_bytes: int) -> dict[str, int]:
+    """The least memory fusing frames of ``pixels`` needs, tiled as small as it goes:
+    ``{"host": ..., "device": ...}`` in bytes (only ``"host"`` on the CPU). On the host:
+    the decoded frame and the next one decoding; where the fusion runs: one frame as
+    floats and the running result."""
+    decoded = pixels * samples * sample_bytes * 2
+    fused = pixels * (samples * float_bytes + RESULT_BYTES_PER_PIXEL)
+    return {"host": decoded, "device": fused} if on_gpu else {"host": decoded + fused}
