@@ -34,7 +34,7 @@ __all__ = ["StageTraffic", "count_traffic", "H200_BANDWIDTH"]
 H200_BANDWIDTH = 4.26e12
 
 # Operations that make or describe tensors without moving their data.
-_FREE = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_to_copy_meta"}
+_FREE = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 
 
 @dataclass

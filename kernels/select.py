@@ -228,6 +228,8 @@ def halo_fold(
 
     def twin() -> tuple[RunningMax, RunningMax, RunningMax]:
         nonlocal best, alternative, own
+        if own is not None and own.score is alternative.score:  # the kernel's states, shared: each its own here
+            own = RunningMax(own.score.clone(), own.value, None)
         measured, coefficients = level.measured(), level.detail()
         for k in range(measured.shape[0]):  # a frame at a time: the temporaries are whole planes
             one, index = slice(k, k + 1), first_index + k
