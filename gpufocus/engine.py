@@ -114,6 +114,9 @@ class StackFuser:
         self._estimated = 0
         self._refolded = 0
         self._regions: list[_Region] = []
+        self._active: list[_Region] | None = None  # the regions a tile-major pass folds (None: all)
+        self._frames_done = 0  # frames fused, once every region is finished
+        self._transform_cache: dict[int, list[FrameTransform] | None] = {}  # a tile-major run's, by first frame
         self._covered: Tensor | None = None
         self._image: Tensor | None = None
         self._shape: tuple[int, int, int] | None = None
@@ -130,7 +133,9 @@ class StackFuser:
             self._aligner.names = names
 
     def run(self, source: Source, *, progress: Progress | None = None, timer: StageTimer = NO_TIMER) -> Tensor:
-        """Fuse a whole stack, reading it as many times as the settings need.
+        """Fuse a whole stack, reading it as many times as the settings need: where the
+        frames are fused in tiles, once per tile (and pass), one tile's running result in
+        memory at a time.
 
         Args:
             source: an ``(N, C, H, W)`` tensor (``uint8``, ``uint16`` or float in [0, 1]),
@@ -174,8 +179,12 @@ class StackFuser:
             return call
 
         try:
-            for _ in _passes(source, chunk, [(n, staged(n, h)) for n, h in passes], total, progress, timer, self.device):
-                pass
+            if self._tile_major(source):
+                self._run_tiles(source, chunk, passes, total, progress, timer, staged)
+            else:
+                for _ in _passes(source, chunk, [(n, staged(n, h)) for n, h in passes], total, progress, timer,
+                                 self.device):
+                    pass
             stage[0] = "collapsing the result"
             image = self.result(timer)
             with timer.stage("download"):
@@ -187,8 +196,43 @@ class StackFuser:
 
     @property
     def count(self) -> int:
-        """Frames added so far."""
-        return self._regions[0].rule.count if self._regions else 0
+        """Frames added so far (in a tile-major run: to the tile being fused)."""
+        regions = self._active or self._regions
+        if not regions:
+            return 0
+        return self._frames_done if regions[0].finished is not None else regions[0].rule.count
+
+    def _tile_major(self, source: Tensor | FrameStack) -> bool:
+        """Plan the tiles now, from the stack's size; whether there are several. Then the
+        stack is read once per tile, and only one tile's running result is in memory."""
+        if self._regions:
+            return len(self._regions) > 1
+        if isinstance(source, Tensor):
+            channels, (height, width) = source.shape[1] - (1 if self.alpha else 0), source.shape[-2:]
+        else:
+            channels, (height, width) = source.channels, source.size
+        self._start(channels, height, width, tile_major=True)
+        return len(self._regions) > 1
+
+    def _run_tiles(self, source, chunk: int, passes, total: int, progress, timer: StageTimer, staged) -> None:
+        """Read the stack once per tile (and pass: fusing, halo control), each tile fused
+        and finished before the next: memory holds one tile's result, not every tile's.
+        Motion is estimated in the first tile's pass and kept for the others."""
+        estimate = [(name, handle) for name, handle in passes if handle == self.estimate]
+        if estimate:
+            for _ in _passes(source, chunk, [(n, staged(n, h)) for n, h in estimate], total, progress, timer,
+                             self.device):
+                pass
+        per_tile = [(name, handle) for name, handle in passes if handle != self.estimate]
+        for number, region in enumerate(self._regions, 1):
+            self._active, self._refolded = [region], 0
+            named = [(f"{name}, tile {number} of {len(self._regions)}", handle) for name, handle in per_tile]
+            for _ in _passes(source, chunk, [(n, staged(n, h)) for n, h in named], total, progress, timer, self.device):
+                pass
+            self._frames_done = region.rule.count
+            with timer.stage("collapse"):
+                region.finish()
+        self._active, self._refolded = None, self._frames_done if self.options.consistency else 0
 
     @property
     def tiles(self) -> list[Tile]:
@@ -231,7 +275,9 @@ class StackFuser:
     def _split(self, frames: Tensor) -> tuple[Tensor, Tensor | None]:
         return _split_alpha(frames, self.alpha, self.options.use_alpha)
 
-    def _start(self, channels: int, height: int, width: int) -> None:
+    def _start(self, channels: int, height: int, width: int, tile_major: bool = False) -> None:
+        """Plan the fusion of frames of this size; ``tile_major``: ``run`` fuses the tiles
+        one after the other (else every tile's running result is kept at once)."""
         options = self.options
         if channels > 1 and not (self.colour and channels == 3) and not options.per_channel:
             # no luminance to decide on: every channel is its own image (microscopy)
@@ -248,7 +294,8 @@ class StackFuser:
         tile = options.tile
         if tile is None and options.method != "wang-chang":
             budget = frame_budget(self.device, options.memory_budget)
-            tile = auto_tile(budget, channels, height, width, working_bytes(self.dtype), margin, RESULT_BYTES_PER_PIXEL)
+            result_bytes = 0 if tile_major else RESULT_BYTES_PER_PIXEL  # one tile's result at a time: no weight
+            tile = auto_tile(budget, channels, height, width, working_bytes(self.dtype), margin, result_bytes)
         if tile:
             tiles = plan_tiles(height, width, tile, self.levels, self.kernel_size)
         else:
@@ -315,7 +362,8 @@ class StackFuser:
                     if region.depth is not None:
                         region.depth.fold(parts, part_first)
                     region.rule.fold(parts)
-            if self.steps is not None:  # whole frames: the regions above hold tiles of them
+            if self.steps is not None and (self._active is None or self._active[0] is self._regions[0]):
+                # whole frames (the regions above hold tiles of them), once
                 for offset, frame in enumerate(part_frames):
                     if part_transforms is not None:
                         frame = apply_transform(frame[None], part_transforms[offset])[0][0]
@@ -328,8 +376,14 @@ class StackFuser:
         alignment): the whole chunk's motion is estimated at once."""
         if self._aligner is None:
             return None
+        tile_major = self._active is not None and self._refolded == 0 and self.count == first
+        if tile_major and first in self._transform_cache:  # a later tile: the first one's estimate
+            return self._transform_cache[first]
         with timer.stage("align"):
-            return self._aligner.transforms(frames, first, mask)
+            found = self._aligner.transforms(frames, first, mask)
+        if tile_major:
+            self._transform_cache[first] = found
+        return found
 
     @staticmethod
     def _fusion_parts(frames: Tensor, mask: Tensor | None, transforms: list[FrameTransform] | None, first: int):
@@ -357,7 +411,7 @@ class StackFuser:
         the warp had data for it and the frame's alpha ``mask`` (moved along with the
         frame) is at least one half. Validity is ``None`` where every pixel is valid.
         """
-        for region in self._regions:
+        for region in self._active or self._regions:
             top, left, height, width = box = region.tile.padded
             if transforms is None:
                 part, valid = frames[..., top : top + height, left : left + width], None
@@ -387,7 +441,7 @@ class StackFuser:
                 f"{self._refolded} of {self.count} frames (or use run())"
             )
         with timer.stage("collapse"):
-            image = self._assemble(lambda region: region.rule.result()[0].float().clamp_(0, 1))
+            image = self._assemble(lambda region: region.image())
         self._image = image  # the depth map's guide
         if self.steps is not None:
             self._report_steps()
@@ -422,11 +476,12 @@ class StackFuser:
             raise GpufocusError("depth_map(): this StackFuser was made without depth_map=True")
         if self._image is None:
             raise GpufocusError("depth_map(): the image guides the depth map; call result() first")
-        both = self._assemble(lambda region: torch.stack(region.depth.result()))
+        both = self._assemble(lambda region: region.depth_layers())
         return both[0], both[1]
 
     def _assemble(self, part_of) -> Tensor:
-        """The whole picture from each region's ``part_of(region)``, ``(C, h, w)`` per tile."""
+        """The whole picture from each region's ``part_of(region)``, ``(C, h, w)`` per
+        tile core."""
         if len(self._regions) == 1:
             return part_of(self._regions[0])
         image = None
@@ -435,8 +490,7 @@ class StackFuser:
             if image is None:
                 image = part.new_empty(part.shape[0], *self._shape[1:])
             top, left, height, width = region.tile.core
-            rows, columns = region.tile.core_in_padded()
-            image[:, top : top + height, left : left + width] = part[:, rows, columns]
+            image[:, top : top + height, left : left + width] = part
         return image
 
     def _cropped(self, image: Tensor) -> Tensor:
@@ -451,8 +505,28 @@ class _Region:
     """A tile of the grid and the running fusion of its part of the frames."""
 
     tile: Tile
-    rule: SelectionRule
+    rule: SelectionRule | None
     depth: DepthMap | None
+    #: Once fused (a tile-major run): its image and depth layers; its rule's memory is let go.
+    finished: tuple[Tensor, Tensor | None] | None = None
+
+    def image(self) -> Tensor:
+        """The fused image of the tile's core, ``(C, h, w)`` float32 in [0, 1]."""
+        return self.finished[0] if self.finished is not None else self._core(self.rule.result()[0].float().clamp_(0, 1))
+
+    def depth_layers(self) -> Tensor:
+        """``(2, h, w)``: depth and confidence (``gpufocus.depth``) of the tile's core."""
+        return self.finished[1] if self.finished is not None else self._core(torch.stack(self.depth.result()))
+
+    def finish(self) -> None:
+        """Make the tile's results now (its core: the margins are other tiles'), and let
+        its running state go."""
+        self.finished = (self.image().clone(), None if self.depth is None else self.depth_layers().clone())
+        self.rule = self.depth = None
+
+    def _core(self, padded: Tensor) -> Tensor:
+        rows, columns = self.tile.core_in_padded()
+        return padded[:, rows, columns]
 
 
 def _as_source(source, options: FuseOptions) -> Tensor | FrameStack:

@@ -62,14 +62,16 @@ def auto_tile(
     when the whole frame fits, or when tiles would take more memory than they save.
 
     ``bytes_per_sample`` is the working memory per float sample of a frame in flight;
-    ``result_bytes`` the running result's per pixel, which every tile keeps for its
-    padded area the whole time: with margins of hundreds of pixels (``tile_margin``) the
-    tiles' results together can outweigh the one frame's working memory they save.
+    ``result_bytes`` the running result's per pixel, where every tile keeps it for its
+    padded area at once (tiles fused side by side, as frames stream past): with margins
+    of hundreds of pixels (``tile_margin``) the tiles' results together can outweigh
+    the one frame's working memory they save. 0 where tiles are fused one after the
+    other (``StackFuser.run``).
     """
     work = channels * bytes_per_sample
     if height * width * work <= budget:
         return None
-    side = max(int(math.sqrt(budget / work)) - 2 * margin, 2 * margin)
+    side = max(int(math.sqrt(budget / work)) - 2 * margin, margin)  # a core as wide as the margin, at least
     rows = [min(height, top + side + margin) - max(0, top - margin) for top in range(0, height, side)]
     columns = [min(width, left + side + margin) - max(0, left - margin) for left in range(0, width, side)]
     tiled = sum(rows) * sum(columns) * result_bytes + max(rows) * max(columns) * work

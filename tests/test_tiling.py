@@ -62,17 +62,32 @@ def test_wang_chang_cannot_be_tiled(moving):
         fuse(moving.frames, method="wang-chang", tile=64)
 
 
-def test_a_small_memory_budget_tiles_by_itself_where_tiles_save_memory(moving):
-    frames = torch.nn.functional.interpolate(moving.frames[:2], size=(1024, 1024), mode="bilinear")
-    whole = StackFuser(device="cpu", levels=3, align=None).run(frames)
-    budget = 3 * 1024 * 1024 * 32 * 45 // 100  # under half of what one frame's work takes (in bytes)
+def test_a_small_memory_budget_tiles_by_itself(moving):
+    whole, _ = fused(moving, 0, align=None)
+    budget = 200 * 264 * 3 * 32 // 2  # half of what one frame takes (in bytes)
     fuser = StackFuser(device="cpu", levels=3, align=None, memory_budget=budget)
-    tiled = fuser.run(frames)
+    tiled = fuser.run(moving.frames)  # tile after tile: one tile's result in memory
     assert len(fuser.tiles) > 1 and torch.equal(tiled, whole)
-    # the same budget for the small frames: tiles with their margins would take more
-    small = StackFuser(device="cpu", levels=3, align=None, memory_budget=200 * 264 * 3 * 32 // 2)
-    small.run(moving.frames)
-    assert len(small.tiles) == 1
+    # frames fed by hand are fused in every tile at once: there the tiles' results,
+    # margins and all, would take more than the frame's working memory they save
+    streamed = StackFuser(device="cpu", levels=3, align=None, memory_budget=budget)
+    for frame in moving.frames:
+        streamed.add(frame)
+    assert len(streamed.tiles) == 1 and torch.equal(streamed.result(), whole)
+
+
+@pytest.mark.parametrize("settings", [{}, {"consistency": 2}, {"depth_map": True, "align": True, "chunk": 2}])
+def test_tiles_fused_one_after_the_other_give_the_whole_frames_result(moving, settings):
+    whole = StackFuser(device="cpu", levels=3, **{"align": None, **settings})
+    expected = whole.run(moving.frames)
+    tiled = StackFuser(device="cpu", levels=3, tile=64, **{"align": None, **settings})
+    calls = []
+    got = tiled.run(moving.frames, progress=lambda done, total, stage: calls.append(stage))
+    assert len(tiled.tiles) > 1 and torch.equal(got, expected)
+    assert f"fusing, tile {len(tiled.tiles)} of {len(tiled.tiles)}" in calls  # the stack read once per tile
+    if settings.get("depth_map"):
+        assert torch.equal(tiled.depth_map(), whole.depth_map())
+    assert all(region.rule is None for region in tiled._regions)  # each tile's running state let go
 
 
 def test_memory_sizes():
