@@ -224,7 +224,8 @@ class FrameStack:
         """Refuse, from the headers alone and before anything is decoded, frames larger
         than ``options.max_megapixels`` or than the memory the run may use
         (``memory.frame_needs``: on the host no more than ``host_room``, on the GPU
-        ``gpu_room`` where given; ``memory_budget`` where set)."""
+        ``gpu_room`` where given). ``memory_budget`` sizes chunks and tiles; it does not
+        refuse a stack that the machine can fuse."""
         info, (height, width) = self.infos[0], self.size
         pixels = height * width
         claimed = f"{width}x{height} ({pixels / 1e6:.0f} megapixels)"
@@ -237,14 +238,12 @@ class FrameStack:
         rooms = {"host": host_room(), "device": gpu_room}
         for where, need in needs.items():
             room = rooms[where]
-            if room is not None and options.memory_budget is not None:
-                room = min(room, options.memory_budget)
             if room is not None and need > room:
                 place = "the GPU's" if where == "device" else "the"
                 raise GpufocusError(
                     f"{info.path}: {claimed} needs at least {need / 2**30:.1f} GiB of {place} memory to fuse, and this "
                     f"run may use {room / 2**30:.1f} GiB; refused before decoding (a damaged header, or frames too "
-                    "large for this machine: see --memory-budget, --max-megapixels)"
+                    "large for this machine; see --max-megapixels)"
                 )
 
     @property

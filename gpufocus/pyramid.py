@@ -133,8 +133,8 @@ def collapse_laplacian_pyramid(pyramid: list[Tensor]) -> Tensor:
     Exact up to float rounding: each step adds back precisely what was subtracted.
     """
     image = pyramid[-1]
-    for detail in reversed(pyramid[:-1]):
-        image = pyr_up(image, detail.shape[-2:]).add_(detail)
+    for level in reversed(pyramid[:-1]):
+        image = pyr_up(image, level.shape[-2:]).add_(level)
     return image
 
 

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_pyramid import DETAIL, TILE, extent, grid, tile_constexprs
+from ._triton_pyramid import DETAIL, TILE, extent, grid, luma, tile_constexprs
 from .dispatch import launch
 
 
@@ -25,9 +25,9 @@ def _measure(x_ptr, first, channels, row, column, h, w, inside, MEASURE: tl.cons
     if MEASURE == 0:
         return tl.load(x_ptr + first * h * w + at, mask=inside, other=0.0)
     elif MEASURE == 1:
-        luma = tl.load(x_ptr + first * h * w + at, mask=inside, other=0.0) * 0.299
-        luma = luma + tl.load(x_ptr + (first + 1) * h * w + at, mask=inside, other=0.0) * 0.587
-        return luma + tl.load(x_ptr + (first + 2) * h * w + at, mask=inside, other=0.0) * 0.114
+        return luma(tl.load(x_ptr + first * h * w + at, mask=inside, other=0.0),
+                    tl.load(x_ptr + (first + 1) * h * w + at, mask=inside, other=0.0),
+                    tl.load(x_ptr + (first + 2) * h * w + at, mask=inside, other=0.0))
     else:
         total = tl.full(row.shape, 0.0, tl.float32) + tl.full(column.shape, 0.0, tl.float32)
         for c in range(channels):

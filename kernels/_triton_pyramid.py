@@ -125,6 +125,14 @@ def detail_at(g_ptr, coarse_ptr, plane, y, x, h, w, mh, mw, inside):
     return g - upsampled(coarse_ptr + plane * mh * mw, y, x, mh, mw, h, w, inside)
 
 
+@triton.jit
+def luma(red, green, blue):
+    """``gpufocus.color.luminance``'s sum, in its order: red 0.299, += green 0.587, += blue 0.114."""
+    value = red * 0.299
+    value = value + green * 0.587
+    return value + blue * 0.114
+
+
 @triton.jit(do_not_specialize=["channels", "h", "w", "mh", "mw"])
 def _detail_kernel(
     g_ptr, coarse_ptr, out_ptr, channels, h, w, mh, mw,
@@ -141,12 +149,12 @@ def _detail_kernel(
             plane = frame * channels + c
             tl.store(out_ptr + plane * h * w + at, detail_at(g_ptr, coarse_ptr, plane, y, x, h, w, mh, mw, inside),
                      mask=inside)
-    elif MEASURE == 1:  # red 0.299, += green 0.587, += blue 0.114: gpufocus.color.luminance
+    elif MEASURE == 1:
         first = frame * 3
-        luma = detail_at(g_ptr, coarse_ptr, first, y, x, h, w, mh, mw, inside) * 0.299
-        luma = luma + detail_at(g_ptr, coarse_ptr, first + 1, y, x, h, w, mh, mw, inside) * 0.587
-        luma = luma + detail_at(g_ptr, coarse_ptr, first + 2, y, x, h, w, mh, mw, inside) * 0.114
-        tl.store(out_ptr + frame * h * w + at, luma, mask=inside)
+        value = luma(detail_at(g_ptr, coarse_ptr, first, y, x, h, w, mh, mw, inside),
+                     detail_at(g_ptr, coarse_ptr, first + 1, y, x, h, w, mh, mw, inside),
+                     detail_at(g_ptr, coarse_ptr, first + 2, y, x, h, w, mh, mw, inside))
+        tl.store(out_ptr + frame * h * w + at, value, mask=inside)
     else:
         total = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
         for c in range(channels):
