@@ -75,6 +75,7 @@ __all__ = [
     "warp_frame",
     "apply_transform",
     "apply_transforms",
+    "moves",
     "to_pixel_matrix",
     "largest_move",
     "corner_error",
@@ -741,28 +742,36 @@ def apply_transform(
     return _with_valid(*apply_transforms(frame, [transform], box))
 
 
+def moves(transforms: list[FrameTransform], height: int, width: int, exposure: bool = True) -> bool:
+    """Whether any of ``transforms`` moves a pixel of a ``height`` x ``width`` frame
+    (``_STILL_PX``) or, with ``exposure``, changes its exposure."""
+    return not all((t.gain is None or not exposure) and _still(t.matrix, height, width) for t in transforms)
+
+
 def apply_transforms(
     frames: Tensor, transforms: list[FrameTransform], box: tuple[int, int, int, int] | None = None,
-    exposure: bool = True,
+    exposure: bool = True, out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``apply_transform`` of each of ``frames`` (``(B, C, H, W)``) by its transform, the
-    results written into one tensor; ``exposure=False``: the motion only (for a mask).
+    results written into one tensor (``out``, the box's size, where given);
+    ``exposure=False``: the motion only (for a mask).
 
     Returns:
         ``(aligned, valid)``, ``valid`` ``(B, 1, h, w)`` bool; where no frame moves or
-        changes exposure, the frames themselves (a view, no copy) and ``None``.
+        changes exposure, the frames themselves (a view, no copy, unless ``out``) and
+        ``None``.
     """
     height, width = frames.shape[-2:]
     top, left, box_h, box_w = box or (0, 0, height, width)
-    gains = [t.gain if exposure else None for t in transforms]
-    if all(g is None and _still(t.matrix, height, width) for t, g in zip(transforms, gains)):
-        return frames[..., top : top + box_h, left : left + box_w], None
-    aligned = frames.new_empty(frames.shape[0], frames.shape[1], box_h, box_w)
+    if not moves(transforms, height, width, exposure):
+        part = frames[..., top : top + box_h, left : left + box_w]
+        return (part if out is None else out.copy_(part)), None
+    aligned = frames.new_empty(frames.shape[0], frames.shape[1], box_h, box_w) if out is None else out
     valid = []
-    for i, (frame, transform, gain) in enumerate(zip(frames, transforms, gains)):
+    for i, (frame, transform) in enumerate(zip(frames, transforms)):
         valid.append(warp_frame(frame[None], transform.matrix, box, out=aligned[i : i + 1])[1])
-        if gain is not None:
-            aligned[i].mul_(gain.to(frames.device, frames.dtype).view(-1, 1, 1))
+        if exposure and transform.gain is not None:
+            aligned[i].mul_(transform.gain.to(frames.device, frames.dtype).view(-1, 1, 1))
     return aligned, torch.cat(valid)
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "resolve_dtype",
     "free_memory",
     "frame_budget",
+    "tile_budget",
     "working_bytes",
     "default_chunk",
     "fusion_chunk",
@@ -86,6 +87,19 @@ def frame_budget(device: torch.device, memory_budget: int | None) -> int:
     """Bytes that frames in flight may take: a share of ``memory_budget`` if given, and
     never more than a share of the free memory."""
     budget = int(free_memory(device) * _MEMORY_SHARE)
+    return budget if memory_budget is None else min(budget, int(memory_budget * _BUDGET_SHARE))
+
+
+# Of the free memory, what one tile may take where tiles are fused one after the other:
+# the frames in flight and the tile's running result are then all that is held.
+_TILE_SHARE = 0.5
+
+
+def tile_budget(device: torch.device, memory_budget: int | None) -> int:
+    """Bytes one tile may take, its frames in flight and its running result together,
+    where the tiles are fused one after the other: a share of the free memory, and of
+    ``memory_budget`` if given (as ``frame_budget``)."""
+    budget = int(free_memory(device) * _TILE_SHARE)
     return budget if memory_budget is None else min(budget, int(memory_budget * _BUDGET_SHARE))
 
 

@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .align import FrameTransform, StackAligner, apply_transform, apply_transforms, inner_rectangle
+from .align import FrameTransform, StackAligner, apply_transform, apply_transforms, inner_rectangle, moves
 from .color import luminance
 from .depth import DepthMap, finish
-from .device import default_chunk, frame_budget, free_memory, fusion_chunk, resolve_device, resolve_dtype, working_bytes
-from .memory import RESULT_BYTES_PER_PIXEL
+from .device import (
+    default_chunk, frame_budget, free_memory, fusion_chunk, resolve_device, resolve_dtype, tile_budget, working_bytes,
+)
+from .memory import RESULT_BYTES_PER_PIXEL, failed_allocation, out_of_memory
 from .errors import GpufocusError
 from .load import FrameStack
 from .options import FuseOptions, OptionError
@@ -116,7 +118,10 @@ class StackFuser:
         self._regions: list[_Region] = []
         self._active: list[_Region] | None = None  # the regions a tile-major pass folds (None: all)
         self._frames_done = 0  # frames fused, once every region is finished
-        self._transform_cache: dict[int, list[FrameTransform] | None] = {}  # a tile-major run's, by first frame
+        # a tile-major run's, kept from its first tile for the others: by (refolding, frame)
+        self._transform_cache: dict[tuple[bool, int], FrameTransform] = {}
+        self._finished: dict[str, Tensor] = {}  # a tile-major run's results, written tile by tile
+        self._noise_cache: dict[int, Tensor] = {}  # the halo guard's noise level, by frame
         self._covered: Tensor | None = None
         self._image: Tensor | None = None
         self._shape: tuple[int, int, int] | None = None
@@ -190,7 +195,7 @@ class StackFuser:
             with timer.stage("download"):
                 return image.cpu()
         except (MemoryError, RuntimeError) as error:
-            if not _out_of_memory(error):
+            if not out_of_memory(error):
                 raise
             raise GpufocusError(_memory_advice(stage[0], error, self.device, self.options, chunk)) from None
 
@@ -200,7 +205,7 @@ class StackFuser:
         regions = self._active or self._regions
         if not regions:
             return 0
-        return self._frames_done if regions[0].finished is not None else regions[0].rule.count
+        return self._frames_done if regions[0].finished else regions[0].rule.count
 
     def _tile_major(self, source: Tensor | FrameStack) -> bool:
         """Plan the tiles now, from the stack's size; whether there are several. Then the
@@ -231,7 +236,7 @@ class StackFuser:
                 pass
             self._frames_done = region.rule.count
             with timer.stage("collapse"):
-                region.finish()
+                self._finish(region)
         self._active, self._refolded = None, self._frames_done if self.options.consistency else 0
 
     @property
@@ -248,14 +253,12 @@ class StackFuser:
         """Second pass (halo control): the frames again, in order, after all were added."""
         if not self.options.consistency:
             raise GpufocusError("refold(): only halo control (consistency 1 or 2) reads the stack twice")
-        with timer.stage("upload"):
-            frames, mask = self._split(to_float(_batch(frames), self.device, self.dtype))
-        transforms = self._transforms(frames, mask, self._refolded, timer)
-        for part_frames, part_mask, part_transforms, _ in self._fusion_parts(frames, mask, transforms, self._refolded):
-            for region, part, valid in self._regions_of(part_frames, part_mask, part_transforms, timer):
+        raw = _batch(frames)
+        for inputs in self._chunk_inputs(raw, self._refolded, timer, refolding=True):
+            for region, part, valid in inputs.regions:
                 with timer.stage("fuse"):
                     region.rule.refold(self._decompose(part, valid))
-        self._refolded += len(frames)
+        self._refolded += len(raw)
 
     @property
     def transforms(self) -> list[FrameTransform]:
@@ -294,8 +297,8 @@ class StackFuser:
         tile = options.tile
         if tile is None and options.method != "wang-chang":
             budget = frame_budget(self.device, options.memory_budget)
-            result_bytes = 0 if tile_major else RESULT_BYTES_PER_PIXEL  # one tile's result at a time: no weight
-            tile = auto_tile(budget, channels, height, width, working_bytes(self.dtype), margin, result_bytes)
+            tile = auto_tile(budget, channels, height, width, working_bytes(self.dtype), margin,
+                             RESULT_BYTES_PER_PIXEL, tile_budget(self.device, options.memory_budget) if tile_major else None)
         if tile:
             tiles = plan_tiles(height, width, tile, self.levels, self.kernel_size)
         else:
@@ -333,6 +336,41 @@ class StackFuser:
             self.add(raw[half:], timer)
 
     def _add(self, raw: Tensor | np.ndarray, timer: StageTimer) -> None:
+        if self._needs_estimate and self.options.align.reference >= self._estimated:
+            raise GpufocusError(
+                f"reference frame {self.options.align.reference}: estimate() must see the stack up to it "
+                f"before add() (it saw {self._estimated} frames; or use run())"
+            )
+        for inputs in self._chunk_inputs(raw, self.count, timer, refolding=False):
+            for region, part, valid in inputs.regions:
+                with timer.stage("fuse"):
+                    parts = self._decompose(part, valid, inputs.noise)
+                    if region.depth is not None:
+                        region.depth.fold(parts, inputs.first)
+                    region.rule.fold(parts)
+            if self.steps is not None and inputs.frames is not None and (
+                self._active is None or self._active[0] is self._regions[0]
+            ):  # whole frames (the regions above hold tiles of them), once
+                for offset, frame in enumerate(inputs.frames):
+                    if inputs.transforms is not None:
+                        frame = apply_transform(frame[None], inputs.transforms[offset])[0][0]
+                    self.steps.frame(inputs.first + offset, frame)
+
+    def _chunk_inputs(self, raw: Tensor | np.ndarray, first: int, timer: StageTimer, refolding: bool):
+        """The chunk (its first frame is frame ``first`` of the stack; ``refolding``: in
+        the halo-control pass) as the regions fold it, in the parts fused at once
+        (``fusion_chunk``): ``_Inputs`` per part.
+
+        Motion and the halo guard's noise level are measured on whole frames. In a
+        tile-major run, the first tile's passes measure them and keep them by frame;
+        the later tiles cut their part from the frames as decoded, before they become
+        floats, so that whole frames in floating point are never held again (frames that
+        move are made floats one at a time, to be resampled).
+        """
+        count = len(raw)
+        if self._cut(count, first, refolding):
+            yield from self._tile_inputs(raw, first, timer, refolding)
+            return
         with timer.stage("upload"):
             frames, mask = self._split(to_float(raw, self.device, self.dtype))
         shape = tuple(frames.shape[1:])
@@ -340,93 +378,142 @@ class StackFuser:
             self._start(*shape)
         elif shape != self._shape:
             raise GpufocusError(
-                f"frame {self.count}: shape {shape} differs from the first frame's {self._shape}; "
+                f"frame {first}: shape {shape} differs from the first frame's {self._shape}; "
                 "frames must be aligned to the same size"
             )
-        if self._needs_estimate and self.options.align.reference >= self._estimated:
-            raise GpufocusError(
-                f"reference frame {self.options.align.reference}: estimate() must see the stack up to it "
-                f"before add() (it saw {self._estimated} frames; or use run())"
-            )
-        first = self.count
-        transforms = self._transforms(frames, mask, first, timer)
-        for part_frames, part_mask, part_transforms, part_first in self._fusion_parts(frames, mask, transforms, first):
+        transforms = self._transforms(frames, mask, first, timer, refolding)
+        step = fusion_chunk(frames.device, count)
+        for start in range(0, count, step):
+            part = slice(start, start + step)
+            part_frames, part_mask = frames[part], None if mask is None else mask[part]
+            part_transforms = None if transforms is None else transforms[part]
             noise = None
-            if self.options.halo_guard and self.options.method == "max-energy":
+            if self._needs_noise and not refolding:
                 with timer.stage("fuse"):
                     # of whole frames: the regions may be tiles
                     noise = Decomposition(part_frames, None, self.levels).noise(self.options.per_channel)
-            for region, part, valid in self._regions_of(part_frames, part_mask, part_transforms, timer):
-                with timer.stage("fuse"):
-                    parts = self._decompose(part, valid, noise)
-                    if region.depth is not None:
-                        region.depth.fold(parts, part_first)
-                    region.rule.fold(parts)
-            if self.steps is not None and (self._active is None or self._active[0] is self._regions[0]):
-                # whole frames (the regions above hold tiles of them), once
-                for offset, frame in enumerate(part_frames):
-                    if part_transforms is not None:
-                        frame = apply_transform(frame[None], part_transforms[offset])[0][0]
-                    self.steps.frame(part_first + offset, frame)
+                if self._active is not None:
+                    self._noise_cache.update(zip(range(first + start, first + start + len(part_frames)), noise))
+            regions = (
+                (region, *self._validated(*self._boxed(part_frames, part_mask, part_transforms, region.tile.padded,
+                                                       timer), region.tile.padded, part_transforms is not None))
+                for region in self._active or self._regions
+            )
+            yield _Inputs(first + start, regions, noise, part_frames, part_transforms)
+
+    @property
+    def _needs_noise(self) -> bool:
+        return self.options.halo_guard and self.options.method == "max-energy"
+
+    def _cut(self, count: int, first: int, refolding: bool) -> bool:
+        """Whether the chunk goes to a tile past the first of a tile-major run, with
+        what the whole frames gave (motion, noise) kept."""
+        if self._active is None or self._active[0] is self._regions[0]:
+            return False
+        frames = range(first, first + count)
+        if self._aligner is not None and any((refolding, i) not in self._transform_cache for i in frames):
+            return False
+        return refolding or not self._needs_noise or all(i in self._noise_cache for i in frames)
+
+    def _tile_inputs(self, raw: Tensor | np.ndarray, first: int, timer: StageTimer, refolding: bool):
+        """``_chunk_inputs`` for a tile past the first of a tile-major run: the tile cut
+        from the frames as decoded (the whole frame made floats only where it moves)."""
+        region = self._active[0]
+        box = region.tile.padded
+        count = len(raw)
+        transforms = None
+        if self._aligner is not None:
+            transforms = [self._transform_cache[(refolding, i)] for i in range(first, first + count)]
+        step = fusion_chunk(self.device, count)
+        for start in range(0, count, step):
+            sub = raw[start : start + step]
+            sub_transforms = None if transforms is None else transforms[start : start + step]
+            if sub_transforms is None or not moves(sub_transforms, *self._shape[1:]):
+                with timer.stage("upload"):
+                    part, moved = self._split(to_float(_crop(sub, box), self.device, self.dtype))
+                valid = None
+            else:
+                part, moved, valid = self._tile_moved(sub, sub_transforms, box, timer)
+            noise = None
+            if self._needs_noise and not refolding:
+                noise = torch.stack([self._noise_cache[i] for i in range(first + start, first + start + len(sub))])
+            regions = [(region, *self._validated(part, moved, valid, box, sub_transforms is not None))]
+            yield _Inputs(first + start, iter(regions), noise, None, sub_transforms)
+
+    def _tile_moved(
+        self, raw: Tensor | np.ndarray, transforms: list[FrameTransform], box: tuple[int, int, int, int],
+        timer: StageTimer,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """``_boxed`` of frames as decoded that move, made floats one at a time."""
+        part = moved = None
+        valid = []
+        for i, transform in enumerate(transforms):
+            with timer.stage("upload"):
+                frame, mask = self._split(to_float(raw[i : i + 1], self.device, self.dtype))
+            if part is None:
+                part = frame.new_empty(len(transforms), frame.shape[1], *box[2:])
+                moved = None if mask is None else mask.new_empty(len(transforms), 1, *box[2:])
+            frame_valid = self._boxed(frame, mask, [transform], box, timer, part[i : i + 1],
+                                       None if moved is None else moved[i : i + 1])[2]
+            valid.append(frame_valid if frame_valid is not None else
+                         torch.ones(1, 1, *box[2:], dtype=torch.bool, device=part.device))
+        return part, moved, torch.cat(valid)
 
     def _transforms(
-        self, frames: Tensor, mask: Tensor | None, first: int, timer: StageTimer
+        self, frames: Tensor, mask: Tensor | None, first: int, timer: StageTimer, refolding: bool
     ) -> list[FrameTransform] | None:
         """How each of the chunk's frames maps onto the reference (``None`` without
-        alignment): the whole chunk's motion is estimated at once."""
+        alignment): the whole chunk's motion is estimated at once. A tile-major run keeps
+        each frame's, per pass, for its later tiles."""
         if self._aligner is None:
             return None
-        tile_major = self._active is not None and self._refolded == 0 and self.count == first
-        if tile_major and first in self._transform_cache:  # a later tile: the first one's estimate
-            return self._transform_cache[first]
         with timer.stage("align"):
             found = self._aligner.transforms(frames, first, mask)
-        if tile_major:
-            self._transform_cache[first] = found
+        if self._active is not None:
+            self._transform_cache.update(((refolding, first + i), transform) for i, transform in enumerate(found))
         return found
-
-    @staticmethod
-    def _fusion_parts(frames: Tensor, mask: Tensor | None, transforms: list[FrameTransform] | None, first: int):
-        """The chunk (its first frame is frame ``first`` of the stack) in the parts that
-        are fused at once (``fusion_chunk``): each part's frames, mask, transforms and
-        the index of its first frame."""
-        step = fusion_chunk(frames.device, len(frames))
-        for start in range(0, len(frames), step):
-            part = slice(start, start + step)
-            yield (frames[part], None if mask is None else mask[part],
-                   None if transforms is None else transforms[part], first + start)
 
     def _decompose(self, part: Tensor, valid: Tensor | None, noise: Tensor | None = None) -> Decomposition:
         """The chunk taken apart once, for the rule and the depth map (max-log reads no
         pyramid, but may take more levels than a frame has); ``noise``: the whole frames'."""
         return Decomposition(part, valid, min(self.levels, max_levels(*part.shape[-2:])), noise)
 
-    def _regions_of(
-        self, frames: Tensor, mask: Tensor | None, transforms: list[FrameTransform] | None, timer: StageTimer
-    ):
-        """Each region (tile) with its part of the frames, aligned, and their validity.
+    def _boxed(
+        self, frames: Tensor, mask: Tensor | None, transforms: list[FrameTransform] | None,
+        box: tuple[int, int, int, int], timer: StageTimer, out: Tensor | None = None, mask_out: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The frames' part in ``box`` (``(top, left, height, width)``), aligned: ``(part,
+        mask, valid)``, ``mask`` the alpha moved along with the frames (``None`` without),
+        ``valid`` where the warp had data (``None``: everywhere). ``out``, ``mask_out``:
+        written into, where given.
 
         The motion is estimated once per frame on the whole frame (``transforms``; ``None``
-        without alignment); each tile is then resampled from it. A pixel is valid where
-        the warp had data for it and the frame's alpha ``mask`` (moved along with the
-        frame) is at least one half. Validity is ``None`` where every pixel is valid.
+        without alignment); each tile is then resampled from it.
         """
-        for region in self._active or self._regions:
-            top, left, height, width = box = region.tile.padded
-            if transforms is None:
-                part, valid = frames[..., top : top + height, left : left + width], None
-                moved = None if mask is None else mask[..., top : top + height, left : left + width]
-            else:
-                with timer.stage("align"):  # frames that do not move come as they are
-                    part, valid = apply_transforms(frames, transforms, box)
-                    moved = None if mask is None else apply_transforms(mask, transforms, box, exposure=False)[0]
-            if moved is not None:
-                valid = moved >= 0.5 if valid is None else valid & (moved >= 0.5)
-            if transforms is not None and self.options.align.crop and valid is not None:
-                if self._covered is None:
-                    self._covered = torch.ones(self._shape[1:], dtype=torch.bool, device=frames.device)
-                self._covered[top : top + height, left : left + width] &= valid.all(dim=0)[0]
-            yield region, part, (None if valid is None or valid.all() else valid)  # all covered: the plain, faster path
+        top, left, height, width = box
+        if transforms is None:
+            part = frames[..., top : top + height, left : left + width]
+            moved = None if mask is None else mask[..., top : top + height, left : left + width]
+            return (part if out is None else out.copy_(part)), moved, None
+        with timer.stage("align"):  # frames that do not move come as they are
+            part, valid = apply_transforms(frames, transforms, box, out=out)
+            moved = None if mask is None else apply_transforms(mask, transforms, box, exposure=False, out=mask_out)[0]
+        return part, moved, valid
+
+    def _validated(
+        self, part: Tensor, moved: Tensor | None, valid: Tensor | None, box: tuple[int, int, int, int], aligned: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``part`` and where it is valid: where the warp had data and the frame's alpha
+        (``moved``) is at least one half; ``None`` where every pixel is. With cropping,
+        the area every frame covers is kept."""
+        if moved is not None:
+            valid = moved >= 0.5 if valid is None else valid & (moved >= 0.5)
+        if aligned and self.options.align.crop and valid is not None:
+            top, left, height, width = box
+            if self._covered is None:
+                self._covered = torch.ones(self._shape[1:], dtype=torch.bool, device=part.device)
+            self._covered[top : top + height, left : left + width] &= valid.all(dim=0)[0]
+        return part, (None if valid is None or valid.all() else valid)  # all covered: the plain, faster path
 
     def result(self, timer: StageTimer = NO_TIMER) -> Tensor:
         """The fused image, ``(C, H, W)`` float32 in [0, 1] on the fusion device.
@@ -441,7 +528,7 @@ class StackFuser:
                 f"{self._refolded} of {self.count} frames (or use run())"
             )
         with timer.stage("collapse"):
-            image = self._assemble(lambda region: region.image())
+            image = self._assemble("image", lambda region: region.image())
         self._image = image  # the depth map's guide
         if self.steps is not None:
             self._report_steps()
@@ -476,12 +563,26 @@ class StackFuser:
             raise GpufocusError("depth_map(): this StackFuser was made without depth_map=True")
         if self._image is None:
             raise GpufocusError("depth_map(): the image guides the depth map; call result() first")
-        both = self._assemble(lambda region: region.depth_layers())
+        both = self._assemble("depth", lambda region: region.depth_layers())
         return both[0], both[1]
 
-    def _assemble(self, part_of) -> Tensor:
-        """The whole picture from each region's ``part_of(region)``, ``(C, h, w)`` per
-        tile core."""
+    def _finish(self, region: _Region) -> None:
+        """A tile-major run's tile fused: its results (its core: the margins are other
+        tiles') written into the whole picture, and its running state let go."""
+        top, left, height, width = region.tile.core
+        for name, part in (("image", region.image()), ("depth", None if region.depth is None else region.depth_layers())):
+            if part is not None:
+                if name not in self._finished:
+                    self._finished[name] = part.new_empty(part.shape[0], *self._shape[1:])
+                self._finished[name][:, top : top + height, left : left + width] = part
+        region.rule = region.depth = None
+        region.finished = True
+
+    def _assemble(self, name: str, part_of) -> Tensor:
+        """The whole picture ``name`` (``"image"``, ``"depth"``) from each region's
+        ``part_of(region)``, ``(C, h, w)`` per tile core, or as a tile-major run wrote it."""
+        if name in self._finished:
+            return self._finished[name]
         if len(self._regions) == 1:
             return part_of(self._regions[0])
         image = None
@@ -501,28 +602,44 @@ class StackFuser:
 
 
 @dataclass
+class _Inputs:
+    """Part of a chunk as the regions fold it (``StackFuser._chunk_inputs``)."""
+
+    first: int  #: the index of its first frame in the stack
+    #: ``(region, part, valid)``: each region's part of the frames, aligned, and where
+    #: it is valid (``None``: everywhere); made as it is read
+    regions: Iterator[tuple[_Region, Tensor, Tensor | None]]
+    noise: Tensor | None  #: the halo guard's noise level of the whole frames, ``(B, S)``
+    frames: Tensor | None  #: the whole frames, unaligned, where they were made
+    transforms: list[FrameTransform] | None
+
+
+def _crop(raw: Tensor | np.ndarray, box: tuple[int, int, int, int]) -> Tensor | np.ndarray:
+    """``box`` of frames as decoded: ``(B, H, W, C)`` arrays, ``(B, C, H, W)`` tensors."""
+    top, left, height, width = box
+    if isinstance(raw, np.ndarray):
+        return raw[:, top : top + height, left : left + width]
+    return raw[..., top : top + height, left : left + width]
+
+
+@dataclass
 class _Region:
     """A tile of the grid and the running fusion of its part of the frames."""
 
     tile: Tile
     rule: SelectionRule | None
     depth: DepthMap | None
-    #: Once fused (a tile-major run): its image and depth layers; its rule's memory is let go.
-    finished: tuple[Tensor, Tensor | None] | None = None
+    #: Fused, in a tile-major run (``StackFuser._finish``): its results are in the whole
+    #: picture, and its rule's memory is let go.
+    finished: bool = False
 
     def image(self) -> Tensor:
         """The fused image of the tile's core, ``(C, h, w)`` float32 in [0, 1]."""
-        return self.finished[0] if self.finished is not None else self._core(self.rule.result()[0].float().clamp_(0, 1))
+        return self._core(self.rule.result()[0].float().clamp_(0, 1))
 
     def depth_layers(self) -> Tensor:
         """``(2, h, w)``: depth and confidence (``gpufocus.depth``) of the tile's core."""
-        return self.finished[1] if self.finished is not None else self._core(torch.stack(self.depth.result()))
-
-    def finish(self) -> None:
-        """Make the tile's results now (its core: the margins are other tiles'), and let
-        its running state go."""
-        self.finished = (self.image().clone(), None if self.depth is None else self.depth_layers().clone())
-        self.rule = self.depth = None
+        return self._core(torch.stack(self.depth.result()))
 
     def _core(self, padded: Tensor) -> Tensor:
         rows, columns = self.tile.core_in_padded()
@@ -623,20 +740,8 @@ def align_stack(
     return aligner, frames()
 
 
-def _out_of_memory(error: BaseException) -> bool:
-    """An allocation that failed: Python's, torch's CPU allocator's or CUDA's."""
-    return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or "can't allocate memory" in str(error)
-
-
 def _memory_advice(stage: str, error: BaseException, device: torch.device, options: FuseOptions, chunk: int) -> str:
     """One line for running out of memory: where, how much was asked for, what to try."""
-    import re
-
-    asked = re.search(r"(?:tried to allocate|Tried to allocate) ([\d.]+) ?(bytes|[KMGT]iB)", str(error))
-    size = ""
-    if asked:
-        scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[asked.group(2)]
-        size = f" (an allocation of {float(asked.group(1)) * scale / 2**30:.2f} GiB failed)"
     where = "GPU" if device.type == "cuda" else "host"
     tips = ["a smaller --memory-budget, which sizes chunks and tiles"]
     if options.tile == 0:
@@ -645,7 +750,7 @@ def _memory_advice(stage: str, error: BaseException, device: torch.device, optio
         tips.append(f"smaller tiles (--tile {options.tile})")
     if chunk > 1:
         tips.append(f"fewer frames at once (--chunk {chunk})")
-    return f"out of {where} memory while {stage}{size}; try " + ", or ".join(tips)
+    return f"out of {where} memory while {stage}{failed_allocation(error)}; try " + ", or ".join(tips)
 
 
 def _check_reference(reference: int, total: int) -> None:

@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .color import linear_to_srgb
 from .errors import GpufocusError
 from .load import FrameStack
+from .memory import failed_allocation, out_of_memory
 from .options import FuseOptions, OptionError, OutputOptions
 from .timing import NO_TIMER, StageTimer
 from .write import Outputs, check_distinct, check_output, check_output_file, output_format
@@ -86,7 +88,8 @@ class FusionJob:
         self.fuser = StackFuser(self.options, steps=self.steps)
         self.image = self.fuser.run(self.stack, progress=progress, timer=timer)
         if self.options.depth_map:
-            self.depth = self.fuser.depth_map()
+            with _memory_for("making the depth map"):
+                self.depth = self.fuser.depth_map()
 
     def write(self) -> None:
         """Write every target, all or none, with the reference frame's EXIF and ICC profile.
@@ -97,8 +100,8 @@ class FusionJob:
             raise GpufocusError("write(): fuse() first")
         align = self.options.align
         reference = self.stack.infos[align.reference if align else 0]
-        image = linear_to_srgb(self.image) if self.stack.linear else self.image
-        with Outputs() as out:
+        with _memory_for("writing the results"), Outputs() as out:
+            image = linear_to_srgb(self.image) if self.stack.linear else self.image
             out.image(
                 self.targets.image, image, bits=self.bits, quality=self.output.quality, exif=reference.exif,
                 icc=reference.icc, overwrite=self.overwrite, role="fused image", compression=self.output.compression,
@@ -120,3 +123,14 @@ class FusionJob:
         height, width = self.stack.size
         names = self.stack.names
         return transforms_to_json(self.fuser.transforms, names, height, width, self.options.align)
+
+
+@contextmanager
+def _memory_for(stage: str):
+    """Running out of host memory in ``stage``: one line (the fusion says more of its own)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if not out_of_memory(error):
+            raise
+        raise GpufocusError(f"out of host memory while {stage}{failed_allocation(error)}") from None

@@ -3,7 +3,7 @@ the stack's headers are checked against it before anything heavy is imported."""
 
 from __future__ import annotations
 
-__all__ = ["RESULT_BYTES_PER_PIXEL", "FLOAT_BYTES", "host_room", "frame_needs"]
+__all__ = ["RESULT_BYTES_PER_PIXEL", "FLOAT_BYTES", "host_room", "frame_needs", "out_of_memory", "failed_allocation"]
 
 #: The least a frame in flight needs beside its samples, per pixel: the running result
 #: with the halo guard's winner (about 53 bytes, 32 of them the guard's).
@@ -42,3 +42,24 @@ def frame_needs(pixels: int, samples: int, sample_bytes: int, on_gpu: bool, floa
     decoded = pixels * samples * sample_bytes * 2
     fused = pixels * (samples * float_bytes + RESULT_BYTES_PER_PIXEL)
     return {"host": decoded, "device": fused} if on_gpu else {"host": decoded + fused}
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed: Python's, torch's CPU allocator's or CUDA's."""
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"  # torch.cuda's, a RuntimeError
+        or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+    )
+
+
+def failed_allocation(error: BaseException) -> str:
+    """`` (an allocation of 0.27 GiB failed)``, where the allocator's message says how
+    much it was asked for, else nothing."""
+    import re
+
+    asked = re.search(r"(?:tried to allocate|Tried to allocate) ([\d.]+) ?(bytes|[KMGT]iB)", str(error))
+    if not asked:
+        return ""
+    scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[asked.group(2)]
+    return f" (an allocation of {float(asked.group(1)) * scale / 2**30:.2f} GiB failed)"

@@ -56,7 +56,8 @@ def plan_tiles(height: int, width: int, tile: int, levels: int, kernel_size: int
 
 
 def auto_tile(
-    budget: int, channels: int, height: int, width: int, bytes_per_sample: int, margin: int, result_bytes: int
+    budget: int, channels: int, height: int, width: int, bytes_per_sample: int, margin: int, result_bytes: int,
+    one_at_a_time: int | None = None,
 ) -> int | None:
     """The tile side that keeps one frame's working memory within ``budget``, or ``None``
     when the whole frame fits, or when tiles would take more memory than they save.
@@ -65,12 +66,19 @@ def auto_tile(
     ``result_bytes`` the running result's per pixel, where every tile keeps it for its
     padded area at once (tiles fused side by side, as frames stream past): with margins
     of hundreds of pixels (``tile_margin``) the tiles' results together can outweigh
-    the one frame's working memory they save. 0 where tiles are fused one after the
-    other (``StackFuser.run``).
+    the one frame's working memory they save.
+
+    ``one_at_a_time``: where tiles are fused one after the other (``StackFuser.run``),
+    the memory one tile may take, its frame in flight and its running result together.
+    The tile is then as large as that allows, its core at least half the margin: a core
+    of half the margin makes 25 times the frame's area to fuse, one as wide as the
+    margin 9 times, so narrower cores cost time out of all proportion.
     """
     work = channels * bytes_per_sample
     if height * width * work <= budget:
         return None
+    if one_at_a_time is not None:
+        return max(int(math.sqrt(one_at_a_time / (work + result_bytes))) - 2 * margin, margin // 2)
     side = max(int(math.sqrt(budget / work)) - 2 * margin, margin)  # a core as wide as the margin, at least
     rows = [min(height, top + side + margin) - max(0, top - margin) for top in range(0, height, side)]
     columns = [min(width, left + side + margin) - max(0, left - margin) for left in range(0, width, side)]

@@ -544,6 +544,28 @@ def test_a_frame_claiming_more_than_memory_holds_is_refused_from_its_header(tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("stage", ["writing the results", "making the depth map"])
+def test_running_out_of_memory_after_the_fusion_is_one_line_and_writes_nothing(tmp_path, monkeypatch, stage):
+    import gpufocus.engine
+    import gpufocus.write
+
+    write_stack(make_stack(40, 48, 3, max_blur=2.0, seed=1), tmp_path / "s")
+
+    def scarce(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 288000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    if stage == "writing the results":
+        monkeypatch.setattr(gpufocus.write, "to_array", scarce)
+    else:
+        monkeypatch.setattr(gpufocus.engine.StackFuser, "depth_map", scarce)
+    result = run("fuse", tmp_path / "s", "-o", tmp_path / "out.png", "--depth-map", tmp_path / "depth.png")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: out of host memory while {stage} (an allocation of 0.27 GiB failed)"
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "depth.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
 def test_max_megapixels_refuses_before_anything_decodes(tmp_path, monkeypatch):
     import gpufocus.load
 

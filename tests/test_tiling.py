@@ -29,7 +29,7 @@ def test_tiled_equals_untiled(moving, settings):
     whole, plain = fused(moving, 0, **settings)
     tiled, cut = fused(moving, 48, **settings)
     assert len(cut.tiles) > 4 and len(plain.tiles) == 1
-    assert tiled.shape == whole.shape and (tiled - whole).abs().max() <= 1e-5
+    assert torch.equal(tiled, whole)
     if settings.get("depth_map"):
         assert torch.equal(cut.depth_map(), plain.depth_map())
 
@@ -55,6 +55,12 @@ def test_automatic_tiles_only_when_a_frame_does_not_fit_and_tiles_save_memory():
     # margins of 512 pixels (6 levels) around tiles of a 3000x2000 frame: their results
     # together would take more than the frame's working memory they save
     assert auto_tile(budget=10**8, height=2000, width=3000, margin=tile_margin(6, 9), **fits) is None
+    # one tile at a time: as large as the frame in flight and the tile's running result
+    # allow together, its core at least half the margin
+    side = auto_tile(budget=10**8, height=4000, width=6000, margin=64, one_at_a_time=3 * 10**8, **fits)
+    assert (side + 128) ** 2 * (3 * 32 + 53) <= 3 * 10**8 < (side + 129) ** 2 * (3 * 32 + 53)
+    assert auto_tile(budget=10**8, height=4000, width=6000, margin=1024, one_at_a_time=10**8, **fits) == 512
+    assert auto_tile(budget=10**10, height=4000, width=6000, margin=1024, one_at_a_time=10**8, **fits) is None
 
 
 def test_wang_chang_cannot_be_tiled(moving):
@@ -88,6 +94,33 @@ def test_tiles_fused_one_after_the_other_give_the_whole_frames_result(moving, se
     if settings.get("depth_map"):
         assert torch.equal(tiled.depth_map(), whole.depth_map())
     assert all(region.rule is None for region in tiled._regions)  # each tile's running state let go
+
+
+@pytest.mark.parametrize("settings", [{"align": None}, {"consistency": 1}, {"align": AlignOptions(reference=2)}])
+def test_tiles_after_the_first_are_cut_from_the_frames_as_decoded(moving, monkeypatch, settings):
+    """Past the first tile, motion and noise come from the first tile's pass: the tile is
+    cut before the frames become floats, and a frame that moves is made floats alone."""
+    import gpufocus.engine as engine
+
+    made, to_float = [], engine.to_float
+    fuser = StackFuser(device="cpu", levels=3, tile=64, **settings)
+
+    def recording(frames, device, dtype):
+        made.append((fuser._active is not None and fuser._active[0] is not fuser._regions[0], frames.shape))
+        return to_float(frames, device, dtype)
+
+    monkeypatch.setattr(engine, "to_float", recording)
+    frames = (moving.frames * 255).round().to(torch.uint8)
+    got = fuser.run(frames)
+    monkeypatch.undo()
+    assert torch.equal(got, StackFuser(device="cpu", levels=3, tile=0, **settings).run(frames))
+    later = [shape for past_first, shape in made if past_first]
+    assert len(later) >= len(fuser.tiles) - 1
+    if settings.get("align", True) is None:
+        assert all(shape[-2:] != frames.shape[-2:] for shape in later)
+    else:  # the frames breathe: each moving frame whole, one at a time
+        assert all(shape[-2:] != frames.shape[-2:] or shape[0] == 1 for shape in later)
+        assert any(shape[-2:] == frames.shape[-2:] for shape in later)
 
 
 def test_memory_sizes():
