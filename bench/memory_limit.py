@@ -10,13 +10,15 @@
    memory error, exit 1, nothing written), then the defaults (expected: tiles, and the
    untiled run's image, pixel for pixel).
 
-One run each: a table for bench/RESULTS.md. Linux only (``/proc``, ``prlimit``).
+One run each: a table for bench/RESULTS.md (run, limit, tiles, exit code, time, VmPeak, what
+it said). Linux only (``/proc``, ``prlimit``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,16 +46,18 @@ def fuse(stack: Path, out: Path, limit: int | None, args: list[str]) -> dict:
     """One ``gpufocus fuse`` run: exit code, stderr's last line, seconds, VmPeak bytes."""
     out.unlink(missing_ok=True)
     with tempfile.NamedTemporaryFile("r", suffix=".vmpeak") as peak:
-        command = [sys.executable, "-c", _LAUNCH, "fuse", str(stack), "-o", str(out), "-q", *args]
+        command = [sys.executable, "-c", _LAUNCH, "fuse", str(stack), "-o", str(out), "-v", *args]
         if limit is not None:
             command = ["prlimit", f"--as={limit}", *command]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "GPUFOCUS_VMPEAK_TO": peak.name})
         seconds = time.perf_counter() - started
         text = peak.read().strip()
-    lines = done.stderr.strip().splitlines()
+    log = [line for line in done.stderr.splitlines() if line.startswith("gpufocus.")]  # -v's
+    lines = [line for line in done.stderr.strip().splitlines() if line and line not in log]
+    tiles = next((found.group(1) for line in log if (found := re.search(r"; (\d+) tile\(s\)", line))), "?")
     return {"code": done.returncode, "said": lines[-1] if lines else "", "lines": len(lines), "seconds": seconds,
-            "peak": int(text) * 1024 if text else None, "written": out.exists()}
+            "peak": int(text) * 1024 if text else None, "written": out.exists(), "tiles": tiles}
 
 
 def machine_memory() -> int:
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
         def row(name: str, limit: int | None, result: dict) -> None:
             peak = "" if result["peak"] is None else f"{result['peak'] / 1e9:.2f} GB"
             said = result["said"] if result["code"] else f"written: {result['written']}"
-            cells = [name, "none" if limit is None else f"{limit / 2**30:.2f} GiB", str(result["code"]),
+            cells = [name, "none" if limit is None else f"{limit / 2**30:.2f} GiB", result["tiles"], str(result["code"]),
                      f"{result['seconds']:.1f} s", peak, said]
             rows.append(cells)
             print("| " + " | ".join(cells) + " |", flush=True)
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
         default = fuse(args.stack, tiled, limit, list(args.fuse_args))
         row(f"defaults, {args.share:.0%} of the need", limit, default)
         same = default["written"] and np.array_equal(np.asarray(Image.open(tiled)), np.asarray(Image.open(untiled)))
-        rows.append(["defaults' image equals the untiled one", "", "", "", "", str(same)])
+        rows.append(["defaults' image equals the untiled one", "", "", "", "", "", str(same)])
         print(f"| defaults' image equals the untiled one: {same} |")
         if cut["code"] != 1 or cut["lines"] != 1 or cut["written"] or default["code"] or not same:
             print("NOT AS EXPECTED", file=sys.stderr)

@@ -441,7 +441,8 @@ def fuse_command(
         with _verbose(verbose, options) as timer:
             with _progress(quiet) as progress:
                 job.fuse(progress=_stage_bar(progress), timer=timer)
-            job.write()
+            with timer.stage("write"):
+                job.write()
             if verbose:
                 _log_stages(timer)
         if not quiet:

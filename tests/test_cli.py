@@ -376,6 +376,6 @@ def test_verbose_says_what_is_decided_and_times_the_stages(small_stack, tmp_path
     assert any(line.startswith("gpufocus.engine: 3 frames of 56x40; max-energy on cpu") for line in lines), lines
     assert any(line.startswith("gpufocus.align: frame 2 (frame_2.png): step ") for line in lines), lines
     stages = next(line for line in lines if line.startswith("gpufocus.cli: time per stage: "))
-    assert all(f"{stage} " in stages for stage in ("decode", "align", "fuse", "collapse"))
+    assert all(f"{stage} " in stages for stage in ("decode", "align", "fuse", "collapse", "write"))
     quiet = run("fuse", *small_stack, "-o", tmp_path / "out2.png", "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""
