@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from enum import Enum
 from pathlib import Path
@@ -29,6 +29,17 @@ import typer
 from . import __version__
 from .errors import GpufocusError, GpufocusWarning
 from .options import ALIGN_MODELS, COMPRESSIONS, DTYPES, METHODS, SYNTH_FAMILIES, FuseOptions, OptionError, OutputOptions
+
+#: Run once the fusion's modules (torch) are in, where the command line is a process of
+#: gpufocus's own (``gpufocus.__main__`` puts ``gc.freeze`` here); empty where it runs
+#: inside another program.
+PROCESS_HOOKS: list[Callable[[], None]] = []
+
+
+def _fusion_imported() -> None:
+    while PROCESS_HOOKS:
+        PROCESS_HOOKS.pop(0)()
+
 
 app = typer.Typer(
     add_completion=False,
@@ -428,6 +439,7 @@ def fuse_command(
         _check_fits_early(stack, options)
         from .job import FusionJob, Targets
 
+        _fusion_imported()
         targets = Targets(output, depth_file, save_transforms)
         targets.check(options, out, overwrite)
         steps = None
@@ -502,6 +514,8 @@ def batch_command(
     import time
 
     from .batch import BatchOutput, find_stacks, read_manifest, run_batch, summarize
+
+    _fusion_imported()
     from .write import check_output_file, write_json
 
     with _user_errors(), _verbose(verbose, options):

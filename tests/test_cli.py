@@ -379,3 +379,16 @@ def test_verbose_says_what_is_decided_and_times_the_stages(small_stack, tmp_path
     assert all(f"{stage} " in stages for stage in ("decode", "align", "fuse", "collapse", "write"))
     quiet = run("fuse", *small_stack, "-o", tmp_path / "out2.png", "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_process_hooks_run_once_the_fusion_is_imported(small_stack, tmp_path, monkeypatch):
+    """``gpufocus.__main__`` freezes the collector there (torch's objects live as long
+    as the process); inside another program nothing is registered."""
+    import gpufocus.cli
+
+    seen = []
+    monkeypatch.setattr(gpufocus.cli, "PROCESS_HOOKS", [lambda: seen.append("torch" in sys.modules)])
+    assert run("fuse", *small_stack, "-o", tmp_path / "out.png", "-q").exit_code == 0
+    assert seen == [True] and gpufocus.cli.PROCESS_HOOKS == []
+    assert run("fuse", *small_stack, "-o", tmp_path / "again.png", "-q").exit_code == 0
+    assert seen == [True]  # once
