@@ -21,32 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from gpufocus.benchmark import time_command, torch_start_seconds
 
 # ``python -m gpufocus`` with the C libraries' stderr left alone, so that -X importtime reaches us.
 _WITH_STDERR = "import sys, gpufocus.__main__ as m; m._native_stderr_off = lambda: None; sys.argv[0] = 'gpufocus'; m.main()"
-
-
-def _wall(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed: {done.stderr.strip()[-400:]}")
-    return seconds, done
-
-
-def _stages(stderr: str) -> dict[str, float]:
-    line = next(line for line in stderr.splitlines() if "time per stage:" in line)
-    return {name: float(seconds) for name, seconds in re.findall(r"(\w+) ([\d.]+) s", line.split("time per stage:")[1])}
-
-
-def _torch_command(device: str) -> list[str]:
-    code = "import torch"
-    if device.startswith("cuda"):
-        code += "; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
-    return [sys.executable, "-c", code]
 
 
 def import_times(command: list[str], top: int = 12) -> list[tuple[str, float]]:
@@ -74,9 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
         out = Path(scratch) / "out.png"
         fuse = ["fuse", str(args.stack), "-o", str(out), "-v", "--overwrite", "--device", args.device, *options]
         for _ in range(args.runs):
-            torch_seconds, _ = _wall(_torch_command(args.device))
-            whole, done = _wall([sys.executable, "-m", "gpufocus", *fuse])
-            stages = _stages(done.stderr)
+            torch_seconds = torch_start_seconds(args.device)
+            whole, stages = time_command(fuse)
             rows.append({"torch": torch_seconds, "whole": whole, "stages": sum(stages.values()),
                          "overhead": whole - torch_seconds - sum(stages.values()), "per_stage": stages})
             print(f"whole {whole:.3f} s, import torch {torch_seconds:.3f} s, stages {sum(stages.values()):.3f} s "

@@ -13,7 +13,13 @@ carried as wheels). The rows, in order:
 5. Core: 24 MP frames (6000x4000) float32, 100 frames, alignment on and off: the fuse
    stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up.
 6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
-``--quick`` uses 320x240 and 4 frames, one run each. ``--device cpu --quick`` is the dry run the
+7. The whole command, a process of its own, start-up included: the floor first (``import
+   torch`` and CUDA's initialisation in a fresh process, median of 3), then ``gpufocus
+   fuse -v`` on the same 100 files (alignment on and off) and on ``--real``, each as
+   the floor + the rest, with the stages' busy times; then ``gpufocus batch`` of 12
+   stacks (``--real`` 12 times, else synthetic ones): stacks per minute. The stages
+   run one after the other, so there is no wait time to report yet.
+``--quick`` uses 320x240 and 4 frames, one run each (a batch of 3). ``--device cpu --quick`` is the dry run the
 test suite makes on a machine without CUDA: the same code, CUDA-only rows skipped.
 """
 
@@ -29,7 +35,9 @@ from pathlib import Path
 import torch
 
 from gpufocus import fuse
-from gpufocus.benchmark import Case, machine_description, run_case
+from gpufocus.benchmark import (
+    DEFAULT_CACHE, Case, machine_description, run_case, stack_files, time_command, torch_start_seconds,
+)
 from gpufocus.synth import make_stack
 
 
@@ -149,6 +157,54 @@ def timed(kind: str, device: str, width: int, height: int, frames: int, align: b
                    f"stages s: {stages}" + (f"; peak {peak / 2**30:.1f} GiB" if peak else ""))
 
 
+def _stages(stages: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.2f}" for name, value in stages.items() if value)
+
+
+def whole_commands(device: str, width: int, height: int, frames: int, real: Path | None, quick: bool):
+    """Rows 7: the whole command, start-up included, against the floor of ``import torch``
+    (and CUDA's initialisation) in a fresh process."""
+    import shutil
+    import statistics
+    import tempfile
+
+    runs = 1 if quick else 3
+    floor = statistics.median(torch_start_seconds(device) for _ in range(runs))
+    yield f"floor: import torch{' + CUDA init' if device.startswith('cuda') else ''}", f"{floor:.3f} s (median of {runs})"
+    files = [str(p) for p in stack_files(DEFAULT_CACHE, height, width, frames)]
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch)
+        cases = [(f"command: {frames} JPEG {width}x{height} {'aligned' if align else 'no-align'}",
+                  [*files, "-o", str(out / "out.jpg")] + ([] if align else ["--no-align"])) for align in (True, False)]
+        if real is not None and real.is_dir():
+            cases.append((f"command: {real.name}, defaults", [str(real), "-o", str(out / "real.jpg")]))
+        for label, args in cases:
+            times = [time_command(["fuse", *args, "-v", "--overwrite", "--device", device]) for _ in range(runs)]
+            seconds, stages = sorted(times)[len(times) // 2]
+            yield label, (f"{seconds:.3f} s = floor + {seconds - floor:.3f} s (median of {runs}); "
+                          f"stages busy s: {_stages(stages)}")
+        count = 3 if quick else 12
+        root = out / "stacks"
+        if real is not None and real.is_dir():
+            for i in range(count):
+                (root / f"stack_{i:02d}").mkdir(parents=True)
+                for frame in sorted(real.iterdir()):
+                    if frame.is_file():
+                        (root / f"stack_{i:02d}" / frame.name).symlink_to(frame.resolve())
+            what = f"{count} x {real.name}"
+        else:
+            from gpufocus.synth import write_stack
+
+            for i in range(count):
+                write_stack(make_stack(240, 320, 4, breathing=0.002, shift=1.0, seed=100 + i), root / f"s{i:02d}", fmt="jpg")
+            what = f"{count} synthetic stacks of 4 x 320x240"
+        shutil.rmtree(out / "batch", ignore_errors=True)
+        seconds, stages = time_command(["batch", str(root), "-o", str(out / "batch"), "-v", "--device", device])
+        yield f"command: batch of {what}", (f"{seconds:.2f} s = floor + {seconds - floor:.2f} s; "
+                                             f"{count / seconds * 60:.1f} stacks per minute"
+                                             + (f"; stages busy s: {_stages(stages)}" if stages else ""))
+
+
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -178,6 +234,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     for kind in ("core", "e2e"):
         for align in (True, False):
             step(f"{kind} {align}", lambda: [timed(kind, device, width, height, frames, align, args.quick)])
+    step("whole command", lambda: list(whole_commands(device, width, height, frames, args.real, args.quick)))
     print()
     for name, value in rows:
         print(f"| {name} | {value} |")

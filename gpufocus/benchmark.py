@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -50,6 +51,8 @@ __all__ = [
     "to_markdown",
     "draw_chart",
     "machine_description",
+    "time_command",
+    "torch_start_seconds",
 ]
 
 STAGES = ("decode", "upload", "align", "fuse", "collapse", "download", "encode")
@@ -104,6 +107,31 @@ def bench_frames(height: int, width: int, count: int, seed: int = 0) -> torch.Te
         big += (torch.rand(1, height, width, generator=gen) - 0.5) * 0.08
         frames[i] = big.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
     return frames
+
+
+def time_command(args: list[str]) -> tuple[float, dict[str, float]]:
+    """Run ``python -m gpufocus ARGS`` (give it ``-v``) and time it from outside, start-up
+    included: ``(seconds, stages)``, the stages as its ``-v`` line reports them (busy
+    time, s). A failed command raises ``RuntimeError`` with its last words."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "gpufocus", *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"gpufocus {' '.join(args[:1])} failed: {done.stderr.strip()[-300:]}")
+    line = next((line for line in done.stderr.splitlines() if "time per stage:" in line), "")
+    stages = {name: float(value) for name, value in re.findall(r"(\w+) ([\d.]+) s", line.partition("time per stage:")[2])}
+    return seconds, stages
+
+
+def torch_start_seconds(device: str) -> float:
+    """What a fresh process takes to ``import torch`` (and on CUDA to initialise it):
+    the floor under every command, timed from outside."""
+    code = "import torch"
+    if device.startswith("cuda"):
+        code += f"; torch.zeros(1, device={device!r}); torch.cuda.synchronize()"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 def stack_files(folder: Path, height: int, width: int, frames: int) -> list[Path]:

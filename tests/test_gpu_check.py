@@ -26,3 +26,8 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
     for kind in ("core", "e2e"):
         for align in ("aligned", "no-align"):
             assert "Gpix-frames/s" in rows[f"{kind} 320x240 x4 float32 {align}"]
+    assert rows["floor: import torch"].endswith("s (median of 1)")
+    for align in ("aligned", "no-align"):
+        assert "= floor + " in rows[f"command: 4 JPEG 320x240 {align}"]
+        assert "fuse " in rows[f"command: 4 JPEG 320x240 {align}"]  # the stages' busy times
+    assert "stacks per minute" in rows["command: batch of 3 synthetic stacks of 4 x 320x240"]
