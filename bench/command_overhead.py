@@ -6,7 +6,8 @@ its stages.
 Each run, in turn: ``python -c "import torch"`` (with ``--device cuda``, and CUDA
 initialised), then ``python -m gpufocus fuse STACK -o OUT -v`` (``--no-align`` unless
 other options are given), both timed from outside; the stages are what ``-v`` reports
-(decode, upload, align, fuse, collapse, download, write). Overhead = the command's
+(decode, upload, align, fuse, collapse, download, write: the time the command spent in
+each, not the decoders' busy time in their threads). Overhead = the command's
 time - torch's - the stages': start-up beyond torch, option parsing, reading headers,
 planning, shutting down. Medians of ``--runs``. Then one more run under ``-X
 importtime``: the modules that took longest to import (cumulative, what they imported
@@ -56,9 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.runs):
             torch_seconds = torch_start_seconds(args.device)
             whole, stages = time_command(fuse)
-            rows.append({"torch": torch_seconds, "whole": whole, "stages": sum(stages.values()),
-                         "overhead": whole - torch_seconds - sum(stages.values()), "per_stage": stages})
-            print(f"whole {whole:.3f} s, import torch {torch_seconds:.3f} s, stages {sum(stages.values()):.3f} s "
+            spent = sum(seconds for name, seconds in stages.items() if not name.endswith(" busy"))  # the command's own
+            rows.append({"torch": torch_seconds, "whole": whole, "stages": spent,
+                         "overhead": whole - torch_seconds - spent, "per_stage": stages})
+            print(f"whole {whole:.3f} s, import torch {torch_seconds:.3f} s, stages {spent:.3f} s "
                   f"({', '.join(f'{k} {v:.2f}' for k, v in stages.items())}): overhead {rows[-1]['overhead']:.3f} s",
                   flush=True)
         imports = import_times(["-c", _WITH_STDERR, *fuse])

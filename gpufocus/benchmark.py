@@ -111,15 +111,22 @@ def bench_frames(height: int, width: int, count: int, seed: int = 0) -> torch.Te
 
 def time_command(args: list[str]) -> tuple[float, dict[str, float]]:
     """Run ``python -m gpufocus ARGS`` (give it ``-v``) and time it from outside, start-up
-    included: ``(seconds, stages)``, the stages as its ``-v`` line reports them (busy
-    time, s). A failed command raises ``RuntimeError`` with its last words."""
+    included: ``(seconds, stages)``, the stages as its ``-v`` line reports them: the
+    time the command spent in each, and ``"<stage> busy"`` for a stage that runs ahead
+    in worker threads (``gpufocus.timing``). A failed command raises ``RuntimeError``
+    with its last words."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "gpufocus", *args], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"gpufocus {' '.join(args[:1])} failed: {done.stderr.strip()[-300:]}")
     line = next((line for line in done.stderr.splitlines() if "time per stage:" in line), "")
-    stages = {name: float(value) for name, value in re.findall(r"(\w+) ([\d.]+) s", line.partition("time per stage:")[2])}
+    stages = {}
+    reported = line.partition("time per stage:")[2]
+    for name, value, busy in re.findall(r"(\w+) ([\d.]+) s(?: \(busy ([\d.]+) s\))?", reported):
+        stages[name] = float(value)
+        if busy:
+            stages[f"{name} busy"] = float(busy)
     return seconds, stages
 
 

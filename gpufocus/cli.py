@@ -370,8 +370,7 @@ def _verbose(on: bool, options: FuseOptions):
 
 
 def _log_stages(timer) -> None:
-    stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timer.seconds.items())
-    logging.getLogger("gpufocus.cli").info("time per stage: %s", stages)
+    logging.getLogger("gpufocus.cli").info("time per stage: %s", timer.report())
 
 
 def _stage_bar(progress):

@@ -318,19 +318,22 @@ class FrameStack:
 
         Decoding runs ahead in a thread pool (the decoders release the GIL), so the
         next chunk is read while the caller works on this one. ``timer`` charges the
-        time spent waiting for decoded frames to the stage ``decode``.
+        time spent waiting for decoded frames to the stage ``decode``, and the
+        decoders' own time to its ``busy`` (frames decoded by ``prefetch`` not included).
         """
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpufocus-decode")
         try:
             early, self._early = self._early, []
-            pending = early + [pool.submit(self._load, i) for i in range(len(early), min(len(self), 2 * chunk))]
+            pending = early + [
+                pool.submit(timer.worker, "decode", self._load, i) for i in range(len(early), min(len(self), 2 * chunk))
+            ]
             next_index = len(pending)
             for start in range(0, len(self), chunk):
                 with timer.stage("decode"):
                     batch = [pending[i].result() for i in range(start, min(start + chunk, len(self)))]
                 for _ in batch:
                     if next_index < len(self):
-                        pending.append(pool.submit(self._load, next_index))
+                        pending.append(pool.submit(timer.worker, "decode", self._load, next_index))
                         next_index += 1
                 for i in range(start, min(start + chunk, len(self))):
                     pending[i] = None  # let finished frames go
@@ -363,12 +366,12 @@ class FrameStack:
                 return [torch.from_numpy(np.fromfile(p, dtype=np.uint8)) for p in self.paths[start : start + chunk]]
 
             starts = list(range(0, len(self), chunk))
-            pending = pool.submit(read, starts[0])
+            pending = pool.submit(timer.worker, "decode", read, starts[0])
             for n, start in enumerate(starts):
                 with timer.stage("decode"):
                     data = pending.result()
                     if n + 1 < len(starts):
-                        pending = pool.submit(read, starts[n + 1])
+                        pending = pool.submit(timer.worker, "decode", read, starts[n + 1])
                     try:
                         frames = torch.stack(decode(data, device))
                     except RuntimeError:

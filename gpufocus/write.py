@@ -15,7 +15,9 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -223,11 +225,39 @@ def _remove_stale(folder: Path) -> None:
                 pass
 
 
+def _wait_for(work: list[Future]) -> None:
+    """Until every one of ``work`` is done, in short sleeps: an interrupt is not raised
+    inside the standard library's waits (``gpufocus.__main__``), and an encoder may take
+    long."""
+    while not all(done.done() for done in work):
+        time.sleep(0.005)
+
+
+def _fill(path: Path, temporary: str, data: bytes | None, encode) -> None:
+    """``Outputs.write``'s work: the temporary written and made readable as a file made anew would be."""
+    try:
+        with open(temporary, "r+b") as out:  # made by mkstemp, empty: never made anew once discarded
+            if encode is not None:
+                encode(out)
+            else:
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+    except OSError as error:
+        raise GpufocusError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
 class Outputs:
     """Files written to temporaries and put in place together when the block ends.
 
     If anything fails (an encoder, a full disk, an interrupt) before the end of the
     ``with`` block, every temporary is removed and no target is touched.
+
+    Files are encoded in two threads while the block goes on (the encoders release the
+    GIL): the fused image and the depth map are written at once, and a block that
+    writes many files has at most two waiting. An encoder's error is raised by the next
+    ``write`` or at the end of the block.
 
     Example:
         >>> with Outputs() as out:
@@ -235,8 +265,12 @@ class Outputs:
         ...     out.json("transforms.json", report)
     """
 
+    _WORKERS = 2
+
     def __init__(self) -> None:
         self._pending: list[tuple[str, Path]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._work: list[Future] = []
 
     def __enter__(self) -> Outputs:
         return self
@@ -260,21 +294,27 @@ class Outputs:
 
     def write(self, path: str | os.PathLike, data: bytes | None = None, *, encode=None) -> None:
         """Write ``data``, or what ``encode(file)`` writes (the file is open for reading
-        too), to ``path`` (on commit)."""
+        too), to ``path`` (on commit), in a thread of the block's."""
         path = Path(path)
         handle, temporary = self._start(path)
-        try:
-            os.close(handle)  # opened again by name: tifffile wants a file with a name
-            with open(temporary, "w+b") as out:
-                if encode is not None:
-                    encode(out)
-                else:
-                    out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(temporary, 0o666 & ~_umask())
-        except OSError as error:
-            raise GpufocusError(f"{path}: cannot write ({error.strerror or error})") from None
+        os.close(handle)  # opened again by name: tifffile wants a file with a name
+        self._work = [work for work in self._work if not work.done() or work.exception() is not None]
+        if len(self._work) >= self._WORKERS:  # no more waiting than threads to take it
+            _wait_for(self._work[:1])
+            self._work.pop(0).result()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._WORKERS, thread_name_prefix="gpufocus-encode")
+        self._work.append(self._pool.submit(_fill, path, temporary, data, encode))
+
+    def _finish(self) -> None:
+        """Wait for every encoder; raise the first one's error, once all are done."""
+        work, self._work = self._work, []
+        _wait_for(work)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        for done in work:
+            done.result()
 
     def image(
         self,
@@ -312,8 +352,9 @@ class Outputs:
         self.write(path, (json.dumps(report, indent=1) + "\n").encode())
 
     def commit(self) -> None:
-        """Rename every temporary onto its target."""
+        """Rename every temporary onto its target, once all are written."""
         try:
+            self._finish()
             while self._pending:
                 temporary, path = self._pending[0]
                 try:
@@ -325,7 +366,12 @@ class Outputs:
             self.discard()
 
     def discard(self) -> None:
-        """Remove every temporary not yet put in place."""
+        """Remove every temporary not yet put in place. Encoders not started never
+        start; one at work is not waited for (an interrupt must not wait for it): it
+        writes on into its removed temporary, and cannot make it anew."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool, self._work = None, []
         for temporary, _ in self._pending:
             try:
                 os.unlink(temporary)

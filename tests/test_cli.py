@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -377,6 +378,7 @@ def test_verbose_says_what_is_decided_and_times_the_stages(small_stack, tmp_path
     assert any(line.startswith("gpufocus.align: frame 2 (frame_2.png): step ") for line in lines), lines
     stages = next(line for line in lines if line.startswith("gpufocus.cli: time per stage: "))
     assert all(f"{stage} " in stages for stage in ("decode", "align", "fuse", "collapse", "write"))
+    assert re.search(r"decode [\d.]+ s \(busy [\d.]+ s\)", stages)  # waited for, and the decoders' own time
     quiet = run("fuse", *small_stack, "-o", tmp_path / "out2.png", "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""
 

@@ -142,6 +142,33 @@ def test_stack_checks_sizes_and_reads_in_chunks(tmp_path, rng):
         FrameStack(paths + [odd])
 
 
+def test_decoding_ahead_is_timed_as_waited_for_and_as_busy(tmp_path, rng, monkeypatch):
+    """``decode``: what the reader waited for; its ``busy``: the decoders' own time, in
+    their threads, while the reader worked on the chunk before."""
+    import time
+
+    from gpufocus.timing import StageTimer
+
+    frames = rng.integers(0, 256, (6, 12, 20, 3), dtype=np.uint8)
+    stack = FrameStack(write_frames(tmp_path / "s", frames))
+    load = stack._load
+
+    def slow(index):
+        time.sleep(0.05)
+        return load(index)
+
+    monkeypatch.setattr(stack, "_load", slow)
+    timer = StageTimer("cpu")
+    got = []
+    for chunk in stack.chunks(2, timer=timer):
+        got.append(chunk)
+        time.sleep(0.2)  # the work on this chunk: the next two frames decode meanwhile
+    assert np.array_equal(np.concatenate(got), frames)
+    assert timer.busy["decode"] >= 6 * 0.05
+    assert timer.seconds["decode"] < timer.busy["decode"] / 2
+    assert timer.report().startswith(f"decode {timer.seconds['decode']:.2f} s (busy {timer.busy['decode']:.2f} s)")
+
+
 def test_mixed_depths_become_16bit(tmp_path, rgb):
     low = tmp_path / "a.png"
     Image.fromarray(rgb).save(low)

@@ -168,3 +168,50 @@ def test_unwritable_folder(tmp_path, image):
         assert not (folder / "gpufocus-out.png").exists()
     finally:
         (tmp_path / "locked").chmod(0o755)
+
+
+def test_outputs_encode_two_files_at_once_and_keep_at_most_two_waiting(tmp_path, monkeypatch):
+    import threading
+
+    import gpufocus.write
+    from gpufocus.write import Outputs
+
+    both = threading.Barrier(2, timeout=10)  # broken unless two encoders run at the same time
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def encoder(out, pixels, *args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        if pixels[0, 0] < 2:  # the first two meet each other
+            both.wait()
+        out.write(bytes(pixels[0, :4]))
+        with lock:
+            running[0] -= 1
+
+    monkeypatch.setattr(gpufocus.write, "encode_image", encoder)
+    with Outputs() as out:
+        for i in range(6):
+            out.image(tmp_path / f"{i}.png", np.full((4, 4), i, dtype=np.uint8))
+            assert len(out._work) <= 2  # the frames of an align run do not pile up in memory
+    assert most[0] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i}.png" for i in range(6)]
+    assert (tmp_path / "5.png").read_bytes() == bytes([5] * 4)
+
+
+def test_an_encoders_error_leaves_no_file_behind(tmp_path, monkeypatch):
+    import gpufocus.write
+    from gpufocus.write import Outputs
+
+    def encoder(out, pixels, *args, **kwargs):
+        if pixels[0, 0] == 1:
+            raise OSError(28, "No space left on device")
+        out.write(b"fine")
+
+    monkeypatch.setattr(gpufocus.write, "encode_image", encoder)
+    with pytest.raises(GpufocusError, match=r"1.png: cannot write \(No space left on device\)"):
+        with Outputs() as out:
+            for i in range(3):
+                out.image(tmp_path / f"{i}.png", np.full((4, 4), i, dtype=np.uint8))
+    assert list(tmp_path.iterdir()) == []
