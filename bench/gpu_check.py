@@ -10,6 +10,8 @@ carried as wheels). The rows, in order:
 3. CUDA against the CPU, defaults: a synthetic moving stack and ``--real`` (petteri_pcb
    from shared/data/real), largest and mean difference in 1/255.
 4. A chunk's motion estimation on CUDA under ``torch.cuda.set_sync_debug_mode("error")``.
+4b. The batch JPEG decoder chosen for the device (nvImageCodec, else torchvision's nvJPEG)
+   on the 100 JPEG files of 24 MP: Gpix/s in chunks of 16, and its difference from Pillow.
 5. Core: 24 MP frames (6000x4000) float32, 100 frames, alignment on and off: the fuse
    stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up.
 6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
@@ -145,6 +147,42 @@ def alignment_without_sync(device: str) -> str:
     return "no host sync"
 
 
+def jpeg_decoding(device: str, width: int, height: int, frames: int, quick: bool) -> str:
+    """Row 4b: ``gpufocus.load.jpeg_decoder`` for the device against Pillow, and its speed."""
+    import statistics
+
+    import numpy as np
+    from PIL import Image
+
+    from gpufocus.load import jpeg_decoder
+
+    target = torch.device(device)
+    decoder = jpeg_decoder(target)
+    if decoder is None:
+        return "none: the CPU decoders read JPEG stacks"
+    files = stack_files(DEFAULT_CACHE, height, width, frames)
+    data = [np.fromfile(path, dtype=np.uint8) for path in files]
+
+    def decode_all() -> list[torch.Tensor]:
+        chunks = [torch.stack(decoder.decode(data[start : start + 16], target)) for start in range(0, len(data), 16)]
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+        return chunks
+
+    decode_all()  # warm-up: the decoder's buffers
+    times = []
+    for _ in range(1 if quick else 3):
+        started = time.perf_counter()
+        chunks = decode_all()
+        times.append(time.perf_counter() - started)
+    seconds = statistics.median(times)
+    first = chunks[0][: min(4, frames)].cpu().permute(0, 2, 3, 1).numpy().astype(np.int16)
+    pillow = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in files[: len(first)]]).astype(np.int16)
+    difference = np.abs(first - pillow)
+    return (f"{decoder.name}: {frames} frames in {seconds:.3f} s ({frames * width * height / seconds / 1e9:.2f} Gpix/s, "
+            f"chunks of 16); against Pillow: max {difference.max()} levels, mean {difference.mean():.5f}")
+
+
 def timed(kind: str, device: str, width: int, height: int, frames: int, align: bool, quick: bool) -> tuple[str, str]:
     repeat, warmup = (1, 0) if quick else (3, 1) if kind == "core" else (2, 1)
     r = run_case(Case(kind, device, width, height, frames, "float32", None, "max-energy", align), repeat=repeat,
@@ -230,6 +268,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     if device.startswith("cuda"):
         step("kernels vs twins", lambda: kernels_match_twins(device))
         step("alignment of a chunk on CUDA", lambda: alignment_without_sync(device))
+    step("JPEG decoder", lambda: jpeg_decoding(device, width, height, frames, args.quick))
     step("device vs CPU", lambda: device_matches_cpu(device, args.real))
     for kind in ("core", "e2e"):
         for align in (True, False):

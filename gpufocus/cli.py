@@ -964,9 +964,13 @@ def info_command() -> None:
         f"cpu: {platform.machine()}, {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads",
     ]
     if torch.cuda.is_available():
+        from .load import jpeg_decoder
+
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            lines.append(f"cuda:{index}: {props.name}, {props.total_memory / 2**30:.1f} GiB")
+            decoder = jpeg_decoder(torch.device("cuda", index))
+            lines.append(f"cuda:{index}: {props.name}, {props.total_memory / 2**30:.1f} GiB; JPEG decoded there by "
+                         + (decoder.name if decoder else "the CPU (no nvImageCodec or torchvision)"))
     else:
         lines.append("cuda: not available")
     typer.echo("\n".join(lines))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,8 @@ from .write import OWN_ROLES, own_role
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FRAME_SUFFIXES",
@@ -343,27 +346,28 @@ class FrameStack:
             self.close()
 
     def decodable_on(self, device: torch.device) -> bool:
-        """Whether ``chunks_on`` can decode this stack on ``device`` (nvJPEG).
-
-        Needs a CUDA device, torchvision, and plain 8-bit colour JPEG frames with no EXIF turn.
-        """
-        if device.type != "cuda" or _gpu_decoder() is None:
+        """Whether ``chunks_on`` can decode this stack on ``device``: a CUDA device, a GPU
+        JPEG decoder (``jpeg_decoder``), and plain 8-bit colour JPEG frames with no EXIF
+        turn."""
+        if device.type != "cuda" or jpeg_decoder(device) is None:
             return False
         return all(i.format == "JPEG" and i.bits == 8 and i.orientation == 1 and i.channels == 3 for i in self.infos)
 
     def chunks_on(self, chunk: int, device: torch.device, timer: StageTimer = NO_TIMER) -> Iterator[torch.Tensor]:
-        """Frames decoded on the GPU (nvJPEG, batched), ``(B, 3, H, W)`` uint8 on ``device``.
+        """Frames decoded by ``jpeg_decoder(device)`` in batches, ``(B, 3, H, W)`` uint8 on
+        ``device``.
 
-        Files are read ahead in a thread; a chunk the GPU decoder rejects is decoded on
-        the CPU instead, which names the file if it is broken.
+        Files are read ahead in a thread; a chunk the decoder rejects is decoded on the
+        CPU instead, which names the file if it is broken.
         """
         import torch
 
-        decode = _gpu_decoder()
+        decoder = jpeg_decoder(device)
+        log.info("JPEG frames decoded on %s by %s", device, decoder.name)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-read") as pool:
 
-            def read(start: int) -> list[torch.Tensor]:
-                return [torch.from_numpy(np.fromfile(p, dtype=np.uint8)) for p in self.paths[start : start + chunk]]
+            def read(start: int) -> list[np.ndarray]:
+                return [np.fromfile(p, dtype=np.uint8) for p in self.paths[start : start + chunk]]
 
             starts = list(range(0, len(self), chunk))
             pending = pool.submit(timer.worker, "decode", read, starts[0])
@@ -373,7 +377,7 @@ class FrameStack:
                     if n + 1 < len(starts):
                         pending = pool.submit(timer.worker, "decode", read, starts[n + 1])
                     try:
-                        frames = torch.stack(decode(data, device))
+                        frames = torch.stack(decoder.decode(data, device))
                     except RuntimeError:
                         indices = range(start, min(start + chunk, len(self)))
                         cpu = np.stack([self._load(i) for i in indices])
@@ -381,11 +385,67 @@ class FrameStack:
                 yield frames
 
 
+@dataclasses.dataclass(frozen=True)
+class JpegDecoder:
+    """A batch JPEG decoder: ``decode(data, device)`` takes the files' bytes (``uint8``
+    arrays) and gives ``(3, H, W)`` ``uint8`` tensors on ``device``, or raises
+    ``RuntimeError`` if it cannot decode one of them."""
+
+    name: str
+    decode: Callable[[list[np.ndarray], torch.device], list[torch.Tensor]]
+
+
 @functools.cache
-def _gpu_decoder():
-    """torchvision's nvJPEG batch decoder, or ``None`` where torchvision does not load."""
+def jpeg_decoder(device: torch.device) -> JpegDecoder | None:
+    """The batch JPEG decoder for ``device``, chosen once: NVIDIA's nvImageCodec (the
+    ``gpufocus[cuda]`` extra: the card's hardware JPEG engine where it has one, else
+    CUDA), else torchvision's nvJPEG; ``None`` where neither loads (the CPU decoders
+    then read the frames). On the CPU: nvImageCodec's ``CPU_ONLY`` backend, the same
+    code path without a GPU (the tests run it), or ``None``."""
+    found = _nvimgcodec(device)
+    if found is None and device.type == "cuda":
+        found = _torchvision_jpeg()
+    return found
+
+
+def _nvimgcodec(device: torch.device) -> JpegDecoder | None:
     try:
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except Exception:  # not installed, or built for another torch
+        from nvidia import nvimgcodec
+
+        if device.type == "cpu":
+            decoder = nvimgcodec.Decoder(
+                device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)],
+            )
+        else:
+            decoder = nvimgcodec.Decoder(device_id=device.index or 0)
+    except Exception:  # noqa: BLE001 - not installed, or no decoder for this device
         return None
-    return lambda data, device: decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False)  # frames turned by EXIF are not given to it
+
+    def decode(data: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+        import torch
+
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0  # in torch's order
+        images = decoder.decode([nvimgcodec.CodeStream(d) for d in data], params=params, cuda_stream=stream)
+        if any(image is None for image in images):
+            raise RuntimeError("nvImageCodec could not decode a frame")
+        if device.type == "cpu":
+            return [torch.from_numpy(np.asarray(image.cpu())).permute(2, 0, 1) for image in images]
+        return [torch.as_tensor(image, device=device).permute(2, 0, 1) for image in images]
+
+    return JpegDecoder(f"nvImageCodec {nvimgcodec.__version__}", decode)
+
+
+def _torchvision_jpeg() -> JpegDecoder | None:
+    try:
+        import torch
+        import torchvision
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except Exception:  # noqa: BLE001 - not installed, or built for another torch
+        return None
+
+    def decode(data: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+        return decode_jpeg([torch.from_numpy(d) for d in data], mode=ImageReadMode.RGB, device=device)
+
+    return JpegDecoder(f"torchvision {torchvision.__version__} (nvJPEG)", decode)

@@ -31,3 +31,5 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
         assert "= floor + " in rows[f"command: 4 JPEG 320x240 {align}"]
         assert "fuse " in rows[f"command: 4 JPEG 320x240 {align}"]  # the stages' busy times
     assert "stacks per minute" in rows["command: batch of 3 synthetic stacks of 4 x 320x240"]
+    pytest.importorskip("nvidia.nvimgcodec")
+    assert "against Pillow: max 0 levels" in rows["JPEG decoder"]  # its CPU-only backend here

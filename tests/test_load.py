@@ -186,15 +186,16 @@ def test_gpu_decoding_path_with_a_stand_in_decoder(tmp_path, rng, monkeypatch):
     import torch
 
     import gpufocus.load
+    from gpufocus.load import JpegDecoder
 
     frames = rng.integers(0, 256, (3, 16, 24, 3), dtype=np.uint8)
     jpegs = write_frames(tmp_path / "jpeg", frames, suffix=".jpg", quality=95)
     pngs = write_frames(tmp_path / "png", frames)
 
-    def decode(data, device):  # stands in for nvJPEG: the bytes read, decoded by Pillow
-        return [torch.from_numpy(np.array(Image.open(io.BytesIO(d.numpy().tobytes())))).permute(2, 0, 1) for d in data]
+    def decode(data, device):  # stands in for the GPU: the bytes read, decoded by Pillow
+        return [torch.from_numpy(np.array(Image.open(io.BytesIO(d.tobytes())))).permute(2, 0, 1) for d in data]
 
-    monkeypatch.setattr(gpufocus.load, "_gpu_decoder", lambda: decode)
+    monkeypatch.setattr(gpufocus.load, "jpeg_decoder", lambda device: JpegDecoder("stand-in", decode))
     cuda = torch.device("cuda")
     assert FrameStack(jpegs).decodable_on(cuda) and not FrameStack(pngs).decodable_on(cuda)
     assert not FrameStack(jpegs).decodable_on(torch.device("cpu"))
@@ -205,8 +206,40 @@ def test_gpu_decoding_path_with_a_stand_in_decoder(tmp_path, rng, monkeypatch):
     def broken(data, device):
         raise RuntimeError("nvjpeg: bad data")
 
-    monkeypatch.setattr(gpufocus.load, "_gpu_decoder", lambda: broken)  # the CPU decodes instead
+    monkeypatch.setattr(gpufocus.load, "jpeg_decoder", lambda device: JpegDecoder("broken", broken))  # the CPU decodes
     assert torch.equal(torch.cat(list(stack.chunks_on(2, torch.device("cpu")))), on_gpu)
+
+
+def test_nvimagecodec_decodes_as_the_cpu_decoders_do(tmp_path, rng):
+    """nvImageCodec's CPU_ONLY backend runs the GPU decoding path's code without a GPU:
+    the same pixels as Pillow and imagecodecs, bit for bit; a file it cannot decode
+    goes to the CPU decoders, which name it."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    import torch
+
+    from gpufocus.load import jpeg_decoder
+
+    cpu = torch.device("cpu")
+    decoder = jpeg_decoder(cpu)
+    assert decoder is not None and decoder.name.startswith("nvImageCodec ")
+    smooth = np.stack([np.asarray(Image.fromarray(f).resize((96, 64), Image.BICUBIC)) for f in
+                       rng.integers(0, 256, (5, 8, 12, 3), dtype=np.uint8)])
+    decoded = {}
+    for quality, subsampling in ((95, 0), (80, 2)):  # 4:4:4 and 4:2:0
+        folder = tmp_path / f"q{quality}"
+        folder.mkdir()
+        for i, frame in enumerate(smooth):
+            Image.fromarray(frame).save(folder / f"f{i}.jpg", quality=quality, subsampling=subsampling)
+        stack = FrameStack(folder)
+        decoded[quality] = torch.cat(list(stack.chunks_on(2, cpu)))
+        assert torch.equal(decoded[quality].permute(0, 2, 3, 1), torch.from_numpy(np.concatenate(list(stack.chunks(2)))))
+    broken = tmp_path / "q80" / "f3.jpg"
+    broken.write_bytes(broken.read_bytes()[:-600])  # the header whole, the scan cut short
+    mixed = FrameStack(sorted((tmp_path / "q95").iterdir())[:3] + [broken])
+    chunks = mixed.chunks_on(2, cpu)
+    assert torch.equal(next(chunks), decoded[95][:2])
+    with pytest.raises(GpufocusError, match="f3.jpg"):
+        next(chunks)
 
 
 def _sized(folder: Path, sizes: list[tuple[int, int]]) -> list[Path]:
