@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gpufocus.benchmark import time_command, torch_start_seconds
+from gpufocus.benchmark import split_at_dashes, time_command, torch_start_seconds
 
 # ``python -m gpufocus`` with the C libraries' stderr left alone, so that -X importtime reaches us.
 _WITH_STDERR = "import sys, gpufocus.__main__ as m; m._native_stderr_off = lambda: None; sys.argv[0] = 'gpufocus'; m.main()"
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("stack", type=Path)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("fuse_args", nargs="*", help="options for gpufocus fuse, after -- (default --no-align)")
-    args = parser.parse_args(argv)
-    options = args.fuse_args or ["--no-align"]
+    own, fuse_args = split_at_dashes(argv)
+    args = parser.parse_args(own)
+    options = fuse_args or ["--no-align"]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "out.png"

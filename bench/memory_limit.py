@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gpufocus.benchmark import split_at_dashes
+
 # Runs the command as ``python -m gpufocus`` does and then writes its VmPeak to a file:
 # the command points descriptor 2 elsewhere, and a poll from outside misses the end.
 _LAUNCH = """
@@ -70,8 +72,8 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
     parser.add_argument("stack", type=Path)
     parser.add_argument("--share", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=None, help="where the results go (default: a temporary folder)")
-    parser.add_argument("fuse_args", nargs="*", help="more options for gpufocus fuse, after --")
-    args = parser.parse_args(argv)
+    own, fuse_args = split_at_dashes(argv)
+    args = parser.parse_args(own)
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.out or Path(scratch)
         rows = []
@@ -85,17 +87,17 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
             print("| " + " | ".join(cells) + " |", flush=True)
 
         untiled = folder / "untiled.png"
-        free = fuse(args.stack, untiled, None, ["--tile", "0", *args.fuse_args])
+        free = fuse(args.stack, untiled, None, ["--tile", "0", *fuse_args])
         row("--tile 0", None, free)
-        limited = fuse(args.stack, folder / "untiled_limited.png", machine_memory(), ["--tile", "0", *args.fuse_args])
+        limited = fuse(args.stack, folder / "untiled_limited.png", machine_memory(), ["--tile", "0", *fuse_args])
         row("--tile 0", machine_memory(), limited)
         if free["code"] or limited["code"]:
             raise SystemExit("the untiled runs failed: nothing to compare with")
         limit = int(args.share * min(free["peak"], limited["peak"]))
-        cut = fuse(args.stack, folder / "tile0.png", limit, ["--tile", "0", *args.fuse_args])
+        cut = fuse(args.stack, folder / "tile0.png", limit, ["--tile", "0", *fuse_args])
         row(f"--tile 0, {args.share:.0%} of the need", limit, cut)
         tiled = folder / "tiled.png"
-        default = fuse(args.stack, tiled, limit, list(args.fuse_args))
+        default = fuse(args.stack, tiled, limit, list(fuse_args))
         row(f"defaults, {args.share:.0%} of the need", limit, default)
         same = default["written"] and np.array_equal(np.asarray(Image.open(tiled)), np.asarray(Image.open(untiled)))
         rows.append(["defaults' image equals the untiled one", "", "", "", "", "", str(same)])

@@ -53,6 +53,7 @@ __all__ = [
     "machine_description",
     "time_command",
     "torch_start_seconds",
+    "split_at_dashes",
 ]
 
 STAGES = ("decode", "upload", "align", "fuse", "collapse", "download", "encode")
@@ -128,6 +129,16 @@ def time_command(args: list[str]) -> tuple[float, dict[str, float]]:
         if busy:
             stages[f"{name} busy"] = float(busy)
     return seconds, stages
+
+
+def split_at_dashes(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """A bench script's own arguments, and the ``gpufocus`` options after ``--``
+    (argparse takes no ``--`` after a positional argument)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
 
 
 def torch_start_seconds(device: str) -> float:

@@ -226,10 +226,8 @@ def _check_fits_early(stack, options: FuseOptions) -> None:
     """``FrameStack.check_fits`` before torch is imported (a second or more): where the
     fusion will run is guessed from the options and the machine (an NVIDIA device
     file); the engine checks again, exactly, once it knows."""
-    from .memory import FLOAT_BYTES
-
     on_gpu = options.device.startswith("cuda") or (options.device == "auto" and os.path.exists("/dev/nvidiactl"))
-    stack.check_fits(options, on_gpu, FLOAT_BYTES[options.dtype])
+    stack.check_fits(options, on_gpu)
 
 
 def _fuse_options(devices: bool = False, **values) -> FuseOptions:

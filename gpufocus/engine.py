@@ -158,7 +158,7 @@ class StackFuser:
             raise GpufocusError("run(): this StackFuser has taken frames already; make a new one for another stack")
         source = _as_source(source, self.options)
         if isinstance(source, FrameStack):
-            check_fits(source, self.options, self.device, self.dtype)
+            check_fits(source, self.options, self.device)
             self.alpha, self.colour = source.alpha, source.colour
             if self.names is None:
                 self.names = source.names
@@ -677,11 +677,10 @@ def _chunk_for(
     return default_chunk(device, channels, height, width, dtype, budget)
 
 
-def check_fits(stack: FrameStack, options: FuseOptions, device: torch.device, dtype: torch.dtype) -> None:
-    """``FrameStack.check_fits`` for the run's device and precision, the GPU's free
-    memory included."""
+def check_fits(stack: FrameStack, options: FuseOptions, device: torch.device) -> None:
+    """``FrameStack.check_fits`` for the run's device, the GPU's free memory included."""
     on_gpu = device.type == "cuda"
-    stack.check_fits(options, on_gpu, torch.finfo(dtype).bits // 8, free_memory(device) if on_gpu else None)
+    stack.check_fits(options, on_gpu, free_memory(device) if on_gpu else None)
 
 
 def align_stack(
@@ -705,7 +704,7 @@ def align_stack(
     source = _as_source(source, options)
     device, dtype = resolve_device(options.device), resolve_dtype(options.dtype)
     if isinstance(source, FrameStack):
-        check_fits(source, options, device, dtype)
+        check_fits(source, options, device)
     aligner = StackAligner(align)
     aligner.names = source.names if isinstance(source, FrameStack) else None
     alpha = isinstance(source, FrameStack) and source.alpha

@@ -223,7 +223,7 @@ class FrameStack:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def check_fits(self, options: FuseOptions, on_gpu: bool, float_bytes: int, gpu_room: int | None = None) -> None:
+    def check_fits(self, options: FuseOptions, on_gpu: bool, gpu_room: int | None = None) -> None:
         """Refuse, from the headers alone and before anything is decoded, frames larger
         than ``options.max_megapixels`` or than the memory the run may use
         (``memory.frame_needs``: on the host no more than ``host_room``, on the GPU
@@ -237,7 +237,7 @@ class FrameStack:
                 f"{info.path}: {claimed} is more than --max-megapixels {options.max_megapixels:g}; refused before "
                 "decoding (a few bytes can claim that much); raise --max-megapixels if the frames are real"
             )
-        needs = frame_needs(pixels, self.samples, 2 if self.bits > 8 else 1, on_gpu, float_bytes)
+        needs = frame_needs(pixels, self.samples, 2 if self.bits > 8 else 1, on_gpu)
         rooms = {"host": host_room(), "device": gpu_room}
         for where, need in needs.items():
             room = rooms[where]

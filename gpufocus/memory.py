@@ -3,13 +3,11 @@ the stack's headers are checked against it before anything heavy is imported."""
 
 from __future__ import annotations
 
-__all__ = ["RESULT_BYTES_PER_PIXEL", "FLOAT_BYTES", "host_room", "frame_needs", "out_of_memory", "failed_allocation"]
+__all__ = ["RESULT_BYTES_PER_PIXEL", "host_room", "frame_needs", "out_of_memory", "failed_allocation"]
 
 #: The least a frame in flight needs beside its samples, per pixel: the running result
 #: with the halo guard's winner (about 53 bytes, 32 of them the guard's).
 RESULT_BYTES_PER_PIXEL = 53
-#: Bytes of a sample in each arithmetic precision (``options.DTYPES``).
-FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def host_room() -> int:
@@ -34,14 +32,17 @@ def host_room() -> int:
     return room
 
 
-def frame_needs(pixels: int, samples: int, sample_bytes: int, on_gpu: bool, float_bytes: int) -> dict[str, int]:
-    """The least memory fusing frames of ``pixels`` needs, tiled as small as it goes:
+def frame_needs(pixels: int, samples: int, sample_bytes: int, on_gpu: bool) -> dict[str, int]:
+    """The least memory fusing frames of ``pixels`` needs, tiled as small as it goes
+    (tile after tile, ``StackFuser.run``: a tile's own work is what tiling makes small):
     ``{"host": ..., "device": ...}`` in bytes (only ``"host"`` on the CPU). On the host:
-    the decoded frame and the next one decoding; where the fusion runs: one frame as
-    floats and the running result."""
+    the decoded frame and the next one decoding, and the result as it is written (float32,
+    its scaled copy and the integers). Where the fusion runs on a GPU: the result as the
+    tiles make it (float32)."""
     decoded = pixels * samples * sample_bytes * 2
-    fused = pixels * (samples * float_bytes + RESULT_BYTES_PER_PIXEL)
-    return {"host": decoded, "device": fused} if on_gpu else {"host": decoded + fused}
+    written = pixels * samples * (4 + 4 + sample_bytes)
+    made = pixels * samples * 4
+    return {"host": decoded + written, "device": made} if on_gpu else {"host": decoded + written}
 
 
 def out_of_memory(error: BaseException) -> bool:
