@@ -569,12 +569,9 @@ class StackFuser:
     def _finish(self, region: _Region) -> None:
         """A tile-major run's tile fused: its results (its core: the margins are other
         tiles') written into the whole picture, and its running state let go."""
-        top, left, height, width = region.tile.core
         for name, part in (("image", region.image()), ("depth", None if region.depth is None else region.depth_layers())):
             if part is not None:
-                if name not in self._finished:
-                    self._finished[name] = part.new_empty(part.shape[0], *self._shape[1:])
-                self._finished[name][:, top : top + height, left : left + width] = part
+                self._finished[name] = self._paste(self._finished.get(name), region, part)
         region.rule = region.depth = None
         region.finished = True
 
@@ -587,12 +584,17 @@ class StackFuser:
             return part_of(self._regions[0])
         image = None
         for region in self._regions:
-            part = part_of(region)
-            if image is None:
-                image = part.new_empty(part.shape[0], *self._shape[1:])
-            top, left, height, width = region.tile.core
-            image[:, top : top + height, left : left + width] = part
+            image = self._paste(image, region, part_of(region))
         return image
+
+    def _paste(self, picture: Tensor | None, region: _Region, part: Tensor) -> Tensor:
+        """``part``, a tile core's ``(C, h, w)``, written into the whole ``picture`` (made
+        at the first tile)."""
+        if picture is None:
+            picture = part.new_empty(part.shape[0], *self._shape[1:])
+        top, left, height, width = region.tile.core
+        picture[:, top : top + height, left : left + width] = part
+        return picture
 
     def _cropped(self, image: Tensor) -> Tensor:
         if self._covered is None:
