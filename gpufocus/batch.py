@@ -278,13 +278,16 @@ def _in_order(stacks, options: FuseOptions, output: BatchOutput, on_result) -> l
     ) as reader:
 
         def open_stack(spec: StackSpec) -> FrameStack | Exception | None:
+            from .device import resolve_device
+
             if output.targets(spec, options).image.exists() and not output.overwrite:
                 return None
             try:
                 stack = FrameStack(list(spec.inputs), options, warn=False)
+                device = resolve_device(options.device)
             except Exception as error:  # noqa: BLE001 - _run_stack reports it as this stack's failure
                 return error
-            stack.prefetch(options.chunk or 1)
+            stack.prefetch(options.chunk or 1, device)  # a GPU that decodes the stack gets its files
             return stack
 
         def report(running: tuple) -> None:

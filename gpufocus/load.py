@@ -186,7 +186,8 @@ class FrameStack:
         if len(self._frames) < 2:
             name = infos[0].path if infos else Path(inputs if isinstance(inputs, (str, os.PathLike)) else inputs[0])
             raise GpufocusError(f"{name}: a stack needs at least 2 frames, got {len(self._frames)}")
-        self._early: list = []  # frames decoding ahead, from prefetch
+        self._early: list = []  # frames decoding (or files read) ahead, from prefetch
+        self._early_bytes = False  # whether they are files read, for chunks_on
         self._prefetcher: ThreadPoolExecutor | None = None
         self._files = OpenFiles()
         first = infos[0]
@@ -300,13 +301,25 @@ class FrameStack:
             image = image.astype(dtype) * dtype(257)
         return np.ascontiguousarray(image)
 
-    def prefetch(self, chunk: int) -> None:
-        """Start decoding the first ``2 * chunk`` frames now (in a thread of their own), for
-        the ``chunks`` call that comes later: a batch reads the next stack while it fuses
-        this one."""
+    def prefetch(self, chunk: int, device: torch.device | None = None) -> None:
+        """Start reading the first ``2 * chunk`` frames now (in a thread of their own), for
+        the ``chunks`` or ``chunks_on`` call that comes later: a batch reads the next stack
+        while it fuses this one. Where ``device`` decodes the stack (``decodable_on``),
+        the files' bytes are read for its decoder; else the frames are decoded."""
         self.close()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-prefetch")
-        self._early = [self._prefetcher.submit(self._load, i) for i in range(min(len(self), 2 * chunk))]
+        self._early_bytes = device is not None and self.decodable_on(device)
+        work = self._read if self._early_bytes else self._load
+        self._early = [self._prefetcher.submit(work, i) for i in range(min(len(self), 2 * chunk))]
+
+    def _read(self, index: int) -> np.ndarray:
+        """A frame's file, as bytes (``decodable_on`` stacks: one frame a file)."""
+        return np.fromfile(self._frames[index][0].path, dtype=np.uint8)
+
+    def _take_early(self, as_bytes: bool) -> list:
+        """The frames ``prefetch`` started, if read as asked (decoded or as bytes)."""
+        early, self._early = self._early, []
+        return early if self._early_bytes == as_bytes else []
 
     def close(self) -> None:
         """Stop decoding ahead (``prefetch``), wait for its thread and close the files kept
@@ -326,7 +339,7 @@ class FrameStack:
         """
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpufocus-decode")
         try:
-            early, self._early = self._early, []
+            early = self._take_early(as_bytes=False)
             pending = early + [
                 pool.submit(timer.worker, "decode", self._load, i) for i in range(len(early), min(len(self), 2 * chunk))
             ]
@@ -357,32 +370,38 @@ class FrameStack:
         """Frames decoded by ``jpeg_decoder(device)`` in batches, ``(B, 3, H, W)`` uint8 on
         ``device``.
 
-        Files are read ahead in a thread; a chunk the decoder rejects is decoded on the
-        CPU instead, which names the file if it is broken.
+        Files are read ahead in a thread (the first ones already, if ``prefetch`` was
+        given ``device``); a chunk the decoder rejects is decoded on the CPU instead,
+        which names the file if it is broken.
         """
         import torch
 
         decoder = jpeg_decoder(device)
         log.info("JPEG frames decoded on %s by %s", device, decoder.name)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-read") as pool:
+        early = self._take_early(as_bytes=True)
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-read") as pool:
 
-            def read(start: int) -> list[np.ndarray]:
-                return [np.fromfile(p, dtype=np.uint8) for p in self.paths[start : start + chunk]]
+                def read(start: int) -> list[np.ndarray]:
+                    indices = range(start, min(start + chunk, len(self)))
+                    return [early[i].result() if i < len(early) else self._read(i) for i in indices]
 
-            starts = list(range(0, len(self), chunk))
-            pending = pool.submit(timer.worker, "decode", read, starts[0])
-            for n, start in enumerate(starts):
-                with timer.stage("decode"):
-                    data = pending.result()
-                    if n + 1 < len(starts):
-                        pending = pool.submit(timer.worker, "decode", read, starts[n + 1])
-                    try:
-                        frames = torch.stack(decoder.decode(data, device))
-                    except RuntimeError:
-                        indices = range(start, min(start + chunk, len(self)))
-                        cpu = np.stack([self._load(i) for i in indices])
-                        frames = torch.from_numpy(cpu).to(device).permute(0, 3, 1, 2)
-                yield frames
+                starts = list(range(0, len(self), chunk))
+                pending = pool.submit(timer.worker, "decode", read, starts[0])
+                for n, start in enumerate(starts):
+                    with timer.stage("decode"):
+                        data = pending.result()
+                        if n + 1 < len(starts):
+                            pending = pool.submit(timer.worker, "decode", read, starts[n + 1])
+                        try:
+                            frames = torch.stack(decoder.decode(data, device))
+                        except RuntimeError:
+                            indices = range(start, min(start + chunk, len(self)))
+                            cpu = np.stack([self._load(i) for i in indices])
+                            frames = torch.from_numpy(cpu).to(device).permute(0, 3, 1, 2)
+                    yield frames
+        finally:  # as chunks: the prefetch stopped, the files closed
+            self.close()
 
 
 @dataclasses.dataclass(frozen=True)

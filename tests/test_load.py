@@ -210,6 +210,39 @@ def test_gpu_decoding_path_with_a_stand_in_decoder(tmp_path, rng, monkeypatch):
     assert torch.equal(torch.cat(list(stack.chunks_on(2, torch.device("cpu")))), on_gpu)
 
 
+def test_prefetch_for_a_gpu_decoder_reads_the_files_and_decodes_none(tmp_path, rng, monkeypatch):
+    """A batch opens the next stack ahead: where the GPU decodes it, the files are read
+    ahead for that decoder (each once), and the CPU decodes nothing."""
+    import io
+
+    import torch
+
+    import gpufocus.load
+    from gpufocus.load import JpegDecoder
+
+    frames = rng.integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)
+    jpegs = write_frames(tmp_path, frames, suffix=".jpg", quality=95)
+    expected = torch.from_numpy(np.concatenate(list(FrameStack(jpegs).chunks(2)))).permute(0, 3, 1, 2)
+
+    def decode(data, device):  # stands in for the GPU
+        return [torch.from_numpy(np.array(Image.open(io.BytesIO(d.tobytes())))).permute(2, 0, 1) for d in data]
+
+    monkeypatch.setattr(gpufocus.load, "jpeg_decoder", lambda device: JpegDecoder("stand-in", decode))
+    reads, loads = [], []
+    read, load = FrameStack._read, FrameStack._load
+    monkeypatch.setattr(FrameStack, "_read", lambda self, i: reads.append(i) or read(self, i))
+    monkeypatch.setattr(FrameStack, "_load", lambda self, i: loads.append(i) or load(self, i))
+    stack = FrameStack(jpegs)
+    stack.prefetch(2, torch.device("cuda"))
+    stack._prefetcher.shutdown(wait=True)  # the first four read before the decoding starts
+    assert sorted(reads) == [0, 1, 2, 3] and loads == []
+    assert torch.equal(torch.cat(list(stack.chunks_on(2, torch.device("cpu")))), expected)
+    assert sorted(reads) == [0, 1, 2, 3, 4] and loads == []
+    stack.prefetch(2, torch.device("cpu"))  # the CPU decodes this stack: frames decoded ahead
+    assert torch.equal(torch.from_numpy(np.concatenate(list(stack.chunks(2)))).permute(0, 3, 1, 2), expected)
+    assert sorted(loads) == [0, 1, 2, 3, 4] and len(reads) == 5
+
+
 def test_nvimagecodec_decodes_as_the_cpu_decoders_do(tmp_path, rng):
     """nvImageCodec's CPU_ONLY backend runs the GPU decoding path's code without a GPU:
     the same pixels as Pillow and imagecodecs, bit for bit; a file it cannot decode
