@@ -12,6 +12,8 @@ carried as wheels). The rows, in order:
 4. A chunk's motion estimation on CUDA under ``torch.cuda.set_sync_debug_mode("error")``.
 4b. The batch JPEG decoder chosen for the device (nvImageCodec, else torchvision's nvJPEG)
    on the 100 JPEG files of 24 MP: Gpix/s in chunks of 16, and its difference from Pillow.
+4c. The JPEG encoder for the device (nvImageCodec) on a 24 MP image there, metadata
+   included, against downloading it for Pillow: milliseconds, and the decoded difference.
 5. Core: 24 MP frames (6000x4000) float32, 100 frames, alignment on and off: the fuse
    stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up.
 6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
@@ -40,7 +42,7 @@ from gpufocus import fuse
 from gpufocus.benchmark import (
     DEFAULT_CACHE, Case, machine_description, run_case, stack_files, time_command, torch_start_seconds,
 )
-from gpufocus.synth import make_stack
+from gpufocus.synth import make_stack, procedural_scene
 
 
 def compile_check() -> str:
@@ -183,6 +185,52 @@ def jpeg_decoding(device: str, width: int, height: int, frames: int, quick: bool
             f"chunks of 16); against Pillow: max {difference.max()} levels, mean {difference.mean():.5f}")
 
 
+def jpeg_encoding(device: str, width: int, height: int, quick: bool) -> str:
+    """Row 4c: the fused image's JPEG path from the device: ``gpufocus.encode.jpeg_encoder``
+    (``encode_jpeg``, with metadata) against the download and Pillow's ``encode_image``,
+    both from the same float image on the device; the decoded difference."""
+    import io
+    import statistics
+
+    import numpy as np
+    from PIL import Image
+
+    from gpufocus.encode import encode_image, encode_jpeg, jpeg_encoder
+    from gpufocus.write import quantize
+
+    target = torch.device(device)
+    encoder = jpeg_encoder(target)
+    if encoder is None:
+        return "none: the result is downloaded and Pillow encodes it"
+    image = procedural_scene(height, width, 5).to(target)  # (3, H, W) in [0, 1], as a result
+    icc, exif = bytes(3000), Image.Exif().tobytes()  # a profile's size, an EXIF block
+
+    def by_device() -> bytes:
+        return encode_jpeg(encoder, quantize(image, 8), quality=95, exif=exif, icc=icc, software="gpufocus check")
+
+    def by_pillow() -> bytes:
+        out = io.BytesIO()
+        encode_image(out, quantize(image, 8).cpu().numpy(), "JPEG", quality=95, exif=exif, icc=icc,
+                     software="gpufocus check")
+        return out.getvalue()
+
+    seconds = {}
+    for name, encode in (("device", by_device), ("pillow", by_pillow)):
+        encode()  # warm-up
+        times = []
+        for _ in range(1 if quick else 3):
+            started = time.perf_counter()
+            data = encode()
+            times.append(time.perf_counter() - started)
+        seconds[name] = (statistics.median(times), data)
+    (fast, ours), (slow, theirs) = seconds["device"], seconds["pillow"]
+    decoded = [np.asarray(Image.open(io.BytesIO(d))).astype(np.int16) for d in (ours, theirs)]
+    difference = np.abs(decoded[0] - decoded[1])
+    return (f"{encoder.name}: {width}x{height} q95 in {fast * 1e3:.1f} ms, Pillow (download included) "
+            f"{slow * 1e3:.1f} ms; {'the same bytes' if ours == theirs else f'{len(ours)} against {len(theirs)} bytes'}"
+            f"; decoded against Pillow's: max {difference.max()} levels, mean {difference.mean():.5f}")
+
+
 def timed(kind: str, device: str, width: int, height: int, frames: int, align: bool, quick: bool) -> tuple[str, str]:
     repeat, warmup = (1, 0) if quick else (3, 1) if kind == "core" else (2, 1)
     r = run_case(Case(kind, device, width, height, frames, "float32", None, "max-energy", align), repeat=repeat,
@@ -269,6 +317,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
         step("kernels vs twins", lambda: kernels_match_twins(device))
         step("alignment of a chunk on CUDA", lambda: alignment_without_sync(device))
     step("JPEG decoder", lambda: jpeg_decoding(device, width, height, frames, args.quick))
+    step("JPEG encoder", lambda: jpeg_encoding(device, width, height, args.quick))
     step("device vs CPU", lambda: device_matches_cpu(device, args.real))
     for kind in ("core", "e2e"):
         for align in (True, False):

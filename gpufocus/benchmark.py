@@ -185,9 +185,10 @@ def _e2e_run(case: Case, paths: list[Path], chunk: int | None, out: Path, timer:
     with timer.stage("decode"):  # the headers
         stack = FrameStack(paths)
     image = fuse(
-        stack, method=case.method, device=case.device, dtype=case.dtype, chunk=chunk, align=case.align, timer=timer
+        stack, method=case.method, device=case.device, dtype=case.dtype, chunk=chunk, align=case.align, timer=timer,
+        on_device=True,  # as the command: written from the device
     )
-    with timer.stage("encode"):
+    with timer.stage("encode"):  # downloaded as integers (or encoded on the GPU) and written
         write_image(out, image, quality=95, overwrite=True)
 
 

@@ -962,13 +962,15 @@ def info_command() -> None:
         f"cpu: {platform.machine()}, {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads",
     ]
     if torch.cuda.is_available():
+        from .encode import jpeg_encoder
         from .load import jpeg_decoder
 
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            decoder = jpeg_decoder(torch.device("cuda", index))
+            decoder, encoder = jpeg_decoder(torch.device("cuda", index)), jpeg_encoder(torch.device("cuda", index))
             lines.append(f"cuda:{index}: {props.name}, {props.total_memory / 2**30:.1f} GiB; JPEG decoded there by "
-                         + (decoder.name if decoder else "the CPU (no nvImageCodec or torchvision)"))
+                         + (decoder.name if decoder else "the CPU (no nvImageCodec or torchvision)")
+                         + ", encoded by " + (encoder.name if encoder else "the CPU (no nvImageCodec)"))
     else:
         lines.append("cuda: not available")
     typer.echo("\n".join(lines))

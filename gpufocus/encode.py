@@ -1,4 +1,5 @@
-"""Encoding one image into an open file: TIFF (tifffile), PNG (imagecodecs), JPEG (Pillow).
+"""Encoding one image into an open file: TIFF (tifffile), PNG (imagecodecs), JPEG (Pillow;
+or NVIDIA's nvImageCodec from GPU memory, ``jpeg_encoder``).
 
 Every format carries the ICC profile, the EXIF block and a ``Software`` tag that marks
 the file as ours (``gpufocus 0.1.0 (fused image)``), so that a later run that lists
@@ -7,16 +8,24 @@ the folder can tell its own outputs from frames.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import struct
+import threading
 import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, TiffImagePlugin
 
 from .options import COMPRESSIONS, OutputOptions
 
-__all__ = ["TIFF_COMPRESSIONS", "encode_image"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TIFF_COMPRESSIONS", "JpegEncoder", "encode_image", "encode_jpeg", "jpeg_encoder"]
 
 #: ``--compression`` for TIFF and what tifffile calls it; all lossless, with the
 #: horizontal predictor. Deflate is the default: every TIFF reader has it.
@@ -52,11 +61,7 @@ def encode_image(
         software: the ``Software`` tag.
         compression: TIFF compression, a key of ``TIFF_COMPRESSIONS``.
     """
-    tags = Image.Exif()
-    if exif:
-        tags.load(exif)
-    if software:
-        tags[_SOFTWARE] = software
+    tags = _tags(exif, software)
     if fmt == "TIFF":
         _tiff(out, pixels, tags, icc, TIFF_COMPRESSIONS[compression])
     elif fmt == "PNG":
@@ -65,13 +70,126 @@ def encode_image(
         _jpeg(out, pixels, tags, icc, quality)
 
 
+def _tags(exif: bytes | None, software: str | None) -> Image.Exif:
+    tags = Image.Exif()
+    if exif:
+        tags.load(exif)
+    if software:
+        tags[_SOFTWARE] = software
+    return tags
+
+
+# -- JPEG --------------------------------------------------------------------------------
+
+
+def _full_colour(quality: int) -> bool:
+    """Whether JPEG keeps the colour at full resolution (4:4:4), else halves it (4:2:0)."""
+    return quality >= 90
+
+
 def _jpeg(out, pixels: np.ndarray, tags: Image.Exif, icc: bytes | None, quality: int) -> None:
-    options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2}
+    options = {"quality": quality, "subsampling": 0 if _full_colour(quality) else 2}
     if len(tags):
         options["exif"] = tags.tobytes()
     if icc:
         options["icc_profile"] = icc
     Image.fromarray(_squeezed(pixels)).save(out, format="JPEG", **options)
+
+
+@dataclasses.dataclass(frozen=True)
+class JpegEncoder:
+    """A JPEG encoder of pixels where they are: ``encode(pixels, quality)`` takes an
+    ``(H, W, 3)`` ``uint8`` tensor on the encoder's device and gives the file's bytes
+    (JFIF, no metadata; Pillow's quantisation tables and subsampling for ``quality``),
+    or raises ``RuntimeError``. A CUDA tensor is read in the order of the calling
+    thread's current stream."""
+
+    name: str
+    encode: Callable[[torch.Tensor, int], bytes]
+
+
+@functools.cache
+def jpeg_encoder(device: torch.device) -> JpegEncoder | None:
+    """The JPEG encoder for pixels on ``device``, chosen once: NVIDIA's nvImageCodec (the
+    ``gpufocus[cuda]`` extra), else ``None`` (the result is downloaded and Pillow
+    encodes it). On the CPU: nvImageCodec's ``CPU_ONLY`` backend, the same code path
+    without a GPU (the tests run it), or ``None``."""
+    try:
+        from nvidia import nvimgcodec
+
+        if device.type == "cpu":
+            encoder = nvimgcodec.Encoder(
+                device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)],
+            )
+        else:
+            encoder = nvimgcodec.Encoder(device_id=device.index or 0)
+    except Exception:  # noqa: BLE001 - not installed, or no encoder for this device
+        return None
+    lock = threading.Lock()  # one encode at a time: the encoder keeps its state between calls
+
+    def encode(pixels: torch.Tensor, quality: int) -> bytes:
+        import torch
+
+        css = nvimgcodec.ChromaSubsampling
+        params = nvimgcodec.EncodeParams(
+            quality_type=nvimgcodec.QualityType.QUALITY, quality_value=quality,
+            chroma_subsampling=css.CSS_444 if _full_colour(quality) else css.CSS_420,
+        )
+        if pixels.device.type == "cuda":
+            source, stream = pixels, torch.cuda.current_stream(pixels.device).cuda_stream
+        else:
+            source, stream = pixels.numpy(), 0
+        with lock:
+            coded = encoder.encode(source, ".jpg", params=params, cuda_stream=stream)
+        if coded is None:
+            raise RuntimeError("nvImageCodec could not encode the image")
+        return bytes(coded)
+
+    return JpegEncoder(f"nvImageCodec {nvimgcodec.__version__}", encode)
+
+
+def encode_jpeg(
+    encoder: JpegEncoder,
+    pixels: torch.Tensor,
+    *,
+    quality: int = OutputOptions.quality,
+    exif: bytes | None = None,
+    icc: bytes | None = None,
+    software: str | None = None,
+) -> bytes:
+    """A JPEG file of ``pixels`` by ``encoder``, with the metadata ``encode_image`` gives
+    it: the same bytes as ``encode_image`` writes where the encoder codes as Pillow does.
+
+    Args:
+        encoder: see ``jpeg_encoder``.
+        pixels: ``(H, W, 3)`` ``uint8``, on the encoder's device.
+        quality, exif, icc, software: see ``encode_image``.
+
+    Raises:
+        RuntimeError: the encoder failed.
+        ValueError: an EXIF block too long for JPEG (as Pillow's).
+    """
+    coded = encoder.encode(pixels, quality)
+    tags = _tags(exif, software)
+    segments = []
+    if len(tags):
+        block = tags.tobytes()
+        if len(block) > _SEGMENT - 2:
+            raise ValueError("EXIF data is too long")
+        segments.append(_segment(0xE1, block))
+    if icc:  # Pillow's chunks: 65519 bytes of the profile each, numbered from 1
+        chunks = [icc[i : i + _SEGMENT - 16] for i in range(0, len(icc), _SEGMENT - 16)]
+        segments += [_segment(0xE2, b"ICC_PROFILE\0" + bytes([n, len(chunks)]) + c) for n, c in enumerate(chunks, 1)]
+    at = 4 + struct.unpack(">H", coded[4:6])[0] if coded[2:4] == b"\xff\xe0" else 2  # after JFIF's APP0, as Pillow
+    return coded[:at] + b"".join(segments) + coded[at:]
+
+
+_SEGMENT = 65535  # a JPEG marker segment's largest length, its length field included
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
 
 
 def _squeezed(pixels: np.ndarray) -> np.ndarray:

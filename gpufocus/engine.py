@@ -137,7 +137,9 @@ class StackFuser:
         if self._aligner is not None:
             self._aligner.names = names
 
-    def run(self, source: Source, *, progress: Progress | None = None, timer: StageTimer = NO_TIMER) -> Tensor:
+    def run(
+        self, source: Source, *, progress: Progress | None = None, timer: StageTimer = NO_TIMER, on_device: bool = False
+    ) -> Tensor:
         """Fuse a whole stack, reading it as many times as the settings need: where the
         frames are fused in tiles, once per tile (and pass), one tile's running result in
         memory at a time.
@@ -150,9 +152,12 @@ class StackFuser:
                 ``"fusing"``, ``"halo control"``), out of the stack's.
             timer: charges the stages ``decode``, ``upload``, ``align``, ``fuse``,
                 ``collapse`` and ``download`` (see ``gpufocus.timing``).
+            on_device: leave the result on the fusion device, for a caller that
+                writes it from there (``Outputs.image``): no ``download`` stage.
 
         Returns:
-            The fused image, ``(C, H, W)`` float32 in [0, 1], on the CPU.
+            The fused image, ``(C, H, W)`` float32 in [0, 1], on the CPU (or see
+            ``on_device``).
         """
         if self.count or self._estimated:
             raise GpufocusError("run(): this StackFuser has taken frames already; make a new one for another stack")
@@ -192,6 +197,8 @@ class StackFuser:
                     pass
             stage[0] = "collapsing the result"
             image = self.result(timer)
+            if on_device:
+                return image
             with timer.stage("download"):
                 return image.cpu()
         except (MemoryError, RuntimeError) as error:
@@ -829,6 +836,7 @@ def fuse(
     *,
     progress: Progress | None = None,
     timer: StageTimer = NO_TIMER,
+    on_device: bool = False,
     **changes,
 ) -> Tensor:
     """Fuse a focus stack into one image sharp throughout: ``StackFuser(options).run(source)``.
@@ -837,15 +845,15 @@ def fuse(
         source: an ``(N, C, H, W)`` tensor (``uint8``, ``uint16`` or float in [0, 1]),
             a ``FrameStack``, a directory, or a list of image files.
         options: the settings (``FuseOptions``); ``None`` for the defaults.
-        progress, timer: see ``StackFuser.run``.
+        progress, timer, on_device: see ``StackFuser.run``.
         **changes: settings that replace those of ``options``, by name
             (``fuse(frames, method="wang-chang", align=False)``).
 
     Returns:
-        The fused image, ``(C, H, W)`` float32 in [0, 1], on the CPU.
+        The fused image, ``(C, H, W)`` float32 in [0, 1], on the CPU (or see ``on_device``).
 
     Raises:
         GpufocusError: bad input (fewer than 2 frames, unreadable files, frames of
             different sizes, ...); ``OptionError`` for settings.
     """
-    return StackFuser(options, **changes).run(source, progress=progress, timer=timer)
+    return StackFuser(options, **changes).run(source, progress=progress, timer=timer, on_device=on_device)

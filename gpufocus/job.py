@@ -86,7 +86,8 @@ class FusionJob:
         from .engine import StackFuser
 
         self.fuser = StackFuser(self.options, steps=self.steps)
-        self.image = self.fuser.run(self.stack, progress=progress, timer=timer)
+        # left on the GPU: written from there (made integers, or encoded, before it moves)
+        self.image = self.fuser.run(self.stack, progress=progress, timer=timer, on_device=True)
         if self.options.depth_map:
             with _memory_for("making the depth map"):
                 self.depth = self.fuser.depth_map()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import socket
@@ -24,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .encode import encode_image
+from .encode import encode_image, encode_jpeg, jpeg_encoder
 from .errors import GpufocusError
 from .options import OutputOptions
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -42,6 +45,7 @@ __all__ = [
     "check_output_file",
     "check_distinct",
     "output_folder",
+    "quantize",
     "to_array",
     "write_image",
     "write_json",
@@ -331,13 +335,24 @@ class Outputs:
     ) -> None:
         """An image, as ``write_image`` takes it, put in place on commit."""
         path = Path(path)
-        pixels = image if isinstance(image, np.ndarray) else to_array(image, bits)
+        pixels = image if isinstance(image, np.ndarray) else quantize(image, bits)
         channels = 1 if pixels.ndim == 2 else pixels.shape[2]
         fmt = check_output(path, bits, overwrite, channels)
         if not 1 <= quality <= 100:
             raise GpufocusError(f"{path}: --quality must be between 1 and 100, not {quality}")
-        pixels = pixels.astype(np.uint16 if bits == 16 else np.uint8, copy=False)
         software = software_tag(role) if role else None
+        if not isinstance(pixels, np.ndarray):
+            encoder = jpeg_encoder(pixels.device) if fmt == "JPEG" and channels == 3 and pixels.is_cuda else None
+            if encoder is not None:
+                try:  # here, not in a thread: in the order of this thread's stream, a few ms
+                    data = encode_jpeg(encoder, pixels, quality=quality, exif=exif, icc=icc, software=software)
+                except RuntimeError as error:
+                    log.info("%s: %s; Pillow encodes it", path, error)
+                else:
+                    log.info("%s: JPEG encoded on %s by %s", path, pixels.device, encoder.name)
+                    return self.write(path, data)
+            pixels = pixels.cpu().numpy()
+        pixels = pixels.astype(np.uint16 if bits == 16 else np.uint8, copy=False)
 
         def encode(out) -> None:
             encode_image(
@@ -380,19 +395,25 @@ class Outputs:
         self._pending.clear()
 
 
-def to_array(image: torch.Tensor, bits: int) -> np.ndarray:
-    """``(C, H, W)`` floats in [0, 1] to a rounded ``uint8``/``uint16`` array.
+def quantize(image: torch.Tensor, bits: int) -> torch.Tensor:
+    """``(C, H, W)`` floats in [0, 1] to rounded ``uint8``/``uint16``, on their device.
 
-    ``C`` channels give ``(H, W, C)``, one channel ``(H, W)``.
+    ``C`` channels give ``(H, W, C)`` (contiguous), one channel ``(H, W)``: a result
+    on a GPU is made integers there, and downloaded a quarter (or half) the size.
     """
     top = 65535 if bits == 16 else 255
     import torch
 
     # one float copy, scaled in place, then the integers: a 24-megapixel result costs
     # 288 MB and 72 MB on top of itself, not three float copies
-    scaled = image.detach().float().cpu().clamp(0, 1).mul_(top).round_()
-    array = scaled.to(torch.uint16 if bits == 16 else torch.uint8).permute(1, 2, 0).numpy()
-    return array[:, :, 0] if array.shape[2] == 1 else array
+    scaled = image.detach().float().clamp(0, 1).mul_(top).round_()
+    pixels = scaled.to(torch.uint16 if bits == 16 else torch.uint8).permute(1, 2, 0).contiguous()
+    return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+
+
+def to_array(image: torch.Tensor, bits: int) -> np.ndarray:
+    """``quantize`` on the CPU: an ``(H, W, C)`` or ``(H, W)`` array."""
+    return quantize(image, bits).cpu().numpy()
 
 
 def write_image(
@@ -413,7 +434,9 @@ def write_image(
         path: output file; ``.jpg``/``.jpeg``, ``.png`` or ``.tif``/``.tiff``.
         image: ``(C, H, W)`` float tensor in [0, 1], or an ``(H, W, C)`` or ``(H, W)``
             uint8/uint16 array. One channel writes a grey image, three RGB; other
-            channel counts only to TIFF.
+            channel counts only to TIFF. A tensor on a GPU is made integers there
+            (``quantize``); an RGB JPEG is encoded there where ``jpeg_encoder`` has an
+            encoder (else Pillow encodes it on the CPU).
         bits: 8 or 16 bits per channel (16 for PNG and TIFF only).
         quality: JPEG quality, 1-100.
         exif: EXIF block to embed.

@@ -556,7 +556,7 @@ def test_running_out_of_memory_after_the_fusion_is_one_line_and_writes_nothing(t
                            "you tried to allocate 288000000 bytes. Error code 12 (Cannot allocate memory)")
 
     if stage == "writing the results":
-        monkeypatch.setattr(gpufocus.write, "to_array", scarce)
+        monkeypatch.setattr(gpufocus.write, "quantize", scarce)
     else:
         monkeypatch.setattr(gpufocus.engine.StackFuser, "depth_map", scarce)
     result = run("fuse", tmp_path / "s", "-o", tmp_path / "out.png", "--depth-map", tmp_path / "depth.png")

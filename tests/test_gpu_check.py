@@ -33,3 +33,4 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
     assert "stacks per minute" in rows["command: batch of 3 synthetic stacks of 4 x 320x240"]
     pytest.importorskip("nvidia.nvimgcodec")
     assert "against Pillow: max 0 levels" in rows["JPEG decoder"]  # its CPU-only backend here
+    assert "the same bytes; decoded against Pillow's: max 0 levels" in rows["JPEG encoder"]

@@ -104,6 +104,45 @@ def test_jpeg_quality(tmp_path, image):
     assert small.stat().st_size < large.stat().st_size
 
 
+@pytest.mark.parametrize("quality", [95, 80])  # 4:4:4 and 4:2:0
+@pytest.mark.parametrize("metadata", [False, True])
+def test_jpeg_encoded_by_nvimagecodec_is_the_file_pillow_writes(quality, metadata):
+    """The GPU's JPEG path (``encode_jpeg``) run by nvImageCodec's CPU_ONLY backend: the
+    same bytes as Pillow's file, metadata included (EXIF, a profile in two chunks,
+    the Software tag)."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    import io
+
+    from gpufocus.encode import encode_image, encode_jpeg, jpeg_encoder
+    from gpufocus.write import quantize
+
+    encoder = jpeg_encoder(torch.device("cpu"))
+    assert encoder is not None and encoder.name.startswith("nvImageCodec ")
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(3)),
+                                             size=(96, 128), mode="bicubic")[0]
+    pixels = quantize(smooth, 8)
+    extra = dict(exif=_full_exif().tobytes(), icc=srgb_profile() + bytes(70000), software="gpufocus (fused image)")
+    extra = extra if metadata else {}
+    pillow = io.BytesIO()
+    encode_image(pillow, pixels.numpy(), "JPEG", quality=quality, **extra)
+    assert encode_jpeg(encoder, pixels, quality=quality, **extra) == pillow.getvalue()
+    if metadata:
+        opened = Image.open(pillow)
+        assert opened.info["icc_profile"] == extra["icc"] and opened.getexif()[0x0131] == extra["software"]
+
+
+def test_quantize_is_to_array_on_the_tensors_device(image):
+    from gpufocus.write import quantize, to_array
+
+    for bits in (8, 16):
+        for channels in (1, 3):
+            pixels = quantize(image[:channels], bits)
+            assert pixels.is_contiguous() and np.array_equal(pixels.numpy(), to_array(image[:channels], bits))
+    assert to_array(image, 8).shape == (24, 32, 3) and to_array(image[:1], 16).dtype == np.uint16
+    expected = np.round(np.clip(image.permute(1, 2, 0).double().numpy(), 0, 1) * 255).astype(np.uint8)
+    assert np.array_equal(to_array(image, 8), expected)
+
+
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
