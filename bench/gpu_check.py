@@ -20,9 +20,9 @@ carried as wheels). The rows, in order:
 7. The whole command, a process of its own, start-up included: the floor first (``import
    torch`` and CUDA's initialisation in a fresh process, median of 3), then ``gpufocus
    fuse -v`` on the same 100 files (alignment on and off) and on ``--real``, each as
-   the floor + the rest, with the stages' busy times; then ``gpufocus batch`` of 12
-   stacks (``--real`` 12 times, else synthetic ones): stacks per minute. The stages
-   run one after the other, so there is no wait time to report yet.
+   the floor + the rest, with the time it waited for each stage and, for those in
+   threads (decode, write), their busy time; then ``gpufocus batch`` of 12 stacks
+   (``--real`` 12 times, else synthetic ones): stacks per minute.
 ``--quick`` uses 320x240 and 4 frames, one run each (a batch of 3). ``--device cpu --quick`` is the dry run the
 test suite makes on a machine without CUDA: the same code, CUDA-only rows skipped.
 """
@@ -268,7 +268,7 @@ def whole_commands(device: str, width: int, height: int, frames: int, real: Path
             times = [time_command(["fuse", *args, "-v", "--overwrite", "--device", device]) for _ in range(runs)]
             seconds, stages = sorted(times)[len(times) // 2]
             yield label, (f"{seconds:.3f} s = floor + {seconds - floor:.3f} s (median of {runs}); "
-                          f"stages busy s: {_stages(stages)}")
+                          f"stages waited (busy) s: {_stages(stages)}")
         count = 3 if quick else 12
         root = out / "stacks"
         if real is not None and real.is_dir():
@@ -288,7 +288,7 @@ def whole_commands(device: str, width: int, height: int, frames: int, real: Path
         seconds, stages = time_command(["batch", str(root), "-o", str(out / "batch"), "-v", "--device", device])
         yield f"command: batch of {what}", (f"{seconds:.2f} s = floor + {seconds - floor:.2f} s; "
                                              f"{count / seconds * 60:.1f} stacks per minute"
-                                             + (f"; stages busy s: {_stages(stages)}" if stages else ""))
+                                             + (f"; stages waited (busy) s: {_stages(stages)}" if stages else ""))
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:

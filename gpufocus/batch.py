@@ -38,6 +38,7 @@ from .errors import GpufocusError, GpufocusWarning
 from .job import FusionJob, Targets
 from .load import FrameStack, list_frames, natural_key
 from .options import FuseOptions, OptionError, OutputOptions
+from .timing import NO_TIMER, StageTimer
 
 __all__ = [
     "BatchOutput", "StackSpec", "StackResult", "find_stacks", "read_manifest", "fuse_stack", "run_batch",
@@ -211,10 +212,12 @@ def fuse_stack(stack: StackSpec | str | os.PathLike, options: FuseOptions, outpu
     return _finish(result, pending)
 
 
-def _run_stack(spec: StackSpec, options: FuseOptions, output: BatchOutput, stack=None, writer=None):
+def _run_stack(
+    spec: StackSpec, options: FuseOptions, output: BatchOutput, stack=None, writer=None, timer: StageTimer = NO_TIMER
+):
     """``fuse_stack``'s work. ``stack``: the ``FrameStack`` if read already (and decoding
     ahead), or the exception that reading it raised; ``writer``: write there, and return
-    the pending write."""
+    the pending write; ``timer``: charges the stages (the write in ``writer`` as busy)."""
     targets = output.targets(spec, options)
     result = StackResult(spec.name, str(targets.image), "written", options.device)
     if targets.image.exists() and not output.overwrite:
@@ -237,12 +240,13 @@ def _run_stack(spec: StackSpec, options: FuseOptions, output: BatchOutput, stack
 
                 steps = StepWriter(Path(output.steps) / spec.name, len(stack), stack.stems)
             job = FusionJob(stack, targets, options, output.output, output.overwrite, steps)
-            job.fuse()
+            job.fuse(timer=timer)
             result.device = str(job.fuser.device)
             if writer is None:
-                job.write()
+                with timer.stage("write"):
+                    job.write(timer)
             else:
-                pending = writer.submit(job.write)
+                pending = writer.submit(timer.worker, "write", job.write)
         result.warnings = [str(w.message) for w in caught if issubclass(w.category, GpufocusWarning)]
     except Exception as error:  # noqa: BLE001 - one broken stack must not stop the batch
         _failed(result, error)
@@ -260,17 +264,18 @@ def _failed(result: StackResult, error: BaseException) -> StackResult:
     return result
 
 
-def _finish(result: StackResult, pending) -> StackResult:
+def _finish(result: StackResult, pending, timer: StageTimer = NO_TIMER) -> StackResult:
     """Wait for a result's file to be written; a failed write fails the stack."""
     if pending is not None:
         try:
-            pending.result()
+            with timer.stage("write"):
+                pending.result()
         except Exception as error:  # noqa: BLE001 - as in _run_stack
             _failed(result, error)
     return result
 
 
-def _in_order(stacks, options: FuseOptions, output: BatchOutput, on_result) -> list[StackResult]:
+def _in_order(stacks, options: FuseOptions, output: BatchOutput, on_result, timer: StageTimer) -> list[StackResult]:
     """One stack after another in this process, the next one read while this one fuses."""
     results = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-write") as writer, ThreadPoolExecutor(
@@ -287,21 +292,22 @@ def _in_order(stacks, options: FuseOptions, output: BatchOutput, on_result) -> l
                 device = resolve_device(options.device)
             except Exception as error:  # noqa: BLE001 - _run_stack reports it as this stack's failure
                 return error
-            stack.prefetch(options.chunk or 1, device)  # a GPU that decodes the stack gets its files
+            stack.prefetch(options.chunk or 1, device, timer)  # a GPU that decodes the stack gets its files
             return stack
 
         def report(running: tuple) -> None:
-            results.append(_finish(*running))
+            results.append(_finish(*running, timer))
             if on_result is not None:
                 on_result(results[-1])
 
-        upcoming = reader.submit(open_stack, stacks[0])
+        upcoming = reader.submit(timer.worker, "decode", open_stack, stacks[0])
         writing = None  # the previous stack, its files still being written
         for n, spec in enumerate(stacks):
-            stack = upcoming.result()
+            with timer.stage("decode"):
+                stack = upcoming.result()
             if n + 1 < len(stacks):
-                upcoming = reader.submit(open_stack, stacks[n + 1])
-            running = _run_stack(spec, options, output, stack, writer)
+                upcoming = reader.submit(timer.worker, "decode", open_stack, stacks[n + 1])
+            running = _run_stack(spec, options, output, stack, writer, timer)
             if writing is not None:
                 report(writing)
             writing = running
@@ -383,6 +389,7 @@ def run_batch(
     devices: Sequence[str] | None = None,
     scheduler=None,
     on_result: Callable[[StackResult], None] | None = None,
+    timer: StageTimer = NO_TIMER,
 ) -> list[StackResult]:
     """Fuse every stack; return a result per stack, in the stacks' order.
 
@@ -395,6 +402,8 @@ def run_batch(
             ``options.device``, or that one device).
         scheduler: a Dask scheduler address or ``distributed.Client``: run there instead.
         on_result: called with each stack's result as it is done.
+        timer: charges every stack's stages (``gpufocus.timing``) where the stacks run
+            in this process (not with several ``devices`` or a ``scheduler``).
     """
     options = options or FuseOptions()
     stacks = [StackSpec.of(s) for s in stacks]
@@ -418,7 +427,7 @@ def run_batch(
     elif len(devices) > 1:
         results = _over_devices(stacks, options, output, devices, on_result)
     else:
-        results = _in_order(stacks, options, output, on_result)
+        results = _in_order(stacks, options, output, on_result, timer)
     order = {spec.name: i for i, spec in enumerate(stacks)}
     return sorted(results, key=lambda r: order[r.name])
 

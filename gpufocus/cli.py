@@ -451,7 +451,7 @@ def fuse_command(
             with _progress(quiet) as progress:
                 job.fuse(progress=_stage_bar(progress), timer=timer)
             with timer.stage("write"):
-                job.write()
+                job.write(timer)
             if verbose:
                 _log_stages(timer)
         if not quiet:
@@ -515,7 +515,7 @@ def batch_command(
     _fusion_imported()
     from .write import check_output_file, write_json
 
-    with _user_errors(), _verbose(verbose, options):
+    with _user_errors(), _verbose(verbose, options) as timer:
         devices = [d.strip() for d in fusion_values["device"].split(",") if d.strip()]
         for device in devices[1:]:
             FuseOptions(device=device)  # each one checked, as the first is
@@ -543,8 +543,10 @@ def batch_command(
 
                 results = run_batch(
                     stacks, options, output, devices=devices if len(devices) > 1 else None, scheduler=scheduler,
-                    on_result=done,
+                    on_result=done, timer=timer,
                 )
+            if verbose and timer.seconds:  # the stacks ran here
+                _log_stages(timer)
         summary = summarize(results, time.perf_counter() - started)
         if report is not None:
             write_json(report, summary, overwrite=True)

@@ -92,16 +92,17 @@ class FusionJob:
             with _memory_for("making the depth map"):
                 self.depth = self.fuser.depth_map()
 
-    def write(self) -> None:
+    def write(self, timer: StageTimer = NO_TIMER) -> None:
         """Write every target, all or none, with the reference frame's EXIF and ICC profile.
 
         A stack of RAW frames is fused in linear light and written with the sRGB curve.
+        ``timer`` charges the encoders' time to the busy time of ``write`` (``Outputs``).
         """
         if self.image is None:
             raise GpufocusError("write(): fuse() first")
         align = self.options.align
         reference = self.stack.infos[align.reference if align else 0]
-        with _memory_for("writing the results"), Outputs() as out:
+        with _memory_for("writing the results"), Outputs(timer) as out:
             image = linear_to_srgb(self.image) if self.stack.linear else self.image
             out.image(
                 self.targets.image, image, bits=self.bits, quality=self.output.quality, exif=reference.exif,

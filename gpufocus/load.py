@@ -301,16 +301,17 @@ class FrameStack:
             image = image.astype(dtype) * dtype(257)
         return np.ascontiguousarray(image)
 
-    def prefetch(self, chunk: int, device: torch.device | None = None) -> None:
+    def prefetch(self, chunk: int, device: torch.device | None = None, timer: StageTimer = NO_TIMER) -> None:
         """Start reading the first ``2 * chunk`` frames now (in a thread of their own), for
         the ``chunks`` or ``chunks_on`` call that comes later: a batch reads the next stack
         while it fuses this one. Where ``device`` decodes the stack (``decodable_on``),
-        the files' bytes are read for its decoder; else the frames are decoded."""
+        the files' bytes are read for its decoder; else the frames are decoded. ``timer``
+        charges that work to the ``busy`` time of ``decode``."""
         self.close()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-prefetch")
         self._early_bytes = device is not None and self.decodable_on(device)
         work = self._read if self._early_bytes else self._load
-        self._early = [self._prefetcher.submit(work, i) for i in range(min(len(self), 2 * chunk))]
+        self._early = [self._prefetcher.submit(timer.worker, "decode", work, i) for i in range(min(len(self), 2 * chunk))]
 
     def _read(self, index: int) -> np.ndarray:
         """A frame's file, as bytes (``decodable_on`` stacks: one frame a file)."""
@@ -335,7 +336,7 @@ class FrameStack:
         Decoding runs ahead in a thread pool (the decoders release the GIL), so the
         next chunk is read while the caller works on this one. ``timer`` charges the
         time spent waiting for decoded frames to the stage ``decode``, and the
-        decoders' own time to its ``busy`` (frames decoded by ``prefetch`` not included).
+        decoders' own time to its ``busy`` (frames decoded by ``prefetch``: see there).
         """
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpufocus-decode")
         try:

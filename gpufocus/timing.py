@@ -1,9 +1,9 @@
 """Per-stage wall-clock timing for benchmarks; a no-op unless asked for.
 
-A stage run by the caller's thread is charged the time it takes there. A stage that
-runs ahead in worker threads (decoding) is charged twice: ``seconds``, the time the
-caller waited for it (what it cost the pipeline), and ``busy``, the time its workers
-spent on it (what it cost in all).
+A stage run by the caller's thread is charged the time it takes there (the pipeline
+waits for all of it). A stage that runs in worker threads (decoding ahead, encoding the
+outputs) is charged twice: ``seconds``, the time the caller waited for it (what it cost
+the pipeline), and ``busy``, the time its workers spent on it (what it cost in all).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import numpy as np
 from .encode import encode_image, encode_jpeg, jpeg_encoder
 from .errors import GpufocusError
 from .options import OutputOptions
+from .timing import NO_TIMER, StageTimer
 
 if TYPE_CHECKING:
     import torch
@@ -263,6 +264,10 @@ class Outputs:
     writes many files has at most two waiting. An encoder's error is raised by the next
     ``write`` or at the end of the block.
 
+    Args:
+        timer: charges the encoders' time to the ``busy`` time of the stage ``write``
+            (``gpufocus.timing``).
+
     Example:
         >>> with Outputs() as out:
         ...     out.image("fused.png", image, bits=16)
@@ -271,7 +276,8 @@ class Outputs:
 
     _WORKERS = 2
 
-    def __init__(self) -> None:
+    def __init__(self, timer: StageTimer = NO_TIMER) -> None:
+        self._timer = timer  # the encoders' time, as the busy time of the stage "write"
         self._pending: list[tuple[str, Path]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._work: list[Future] = []
@@ -308,7 +314,7 @@ class Outputs:
             self._work.pop(0).result()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._WORKERS, thread_name_prefix="gpufocus-encode")
-        self._work.append(self._pool.submit(_fill, path, temporary, data, encode))
+        self._work.append(self._pool.submit(self._timer.worker, "write", _fill, path, temporary, data, encode))
 
     def _finish(self) -> None:
         """Wait for every encoder; raise the first one's error, once all are done."""

@@ -370,6 +370,30 @@ def test_batch_saves_each_stacks_steps(tmp_path):
         assert {"1-aligned-000-frame_000.jpg", "2-decisions-level0.png", "3-base.png", "5-fused.png"} <= names
 
 
+def test_batch_verbose_times_the_stages_of_all_stacks(tmp_path, monkeypatch):
+    """``batch -v`` adds up every stack's stages: the next stack opened ahead and the
+    writes in a thread each report the time waited for them and their busy time."""
+    from gpufocus.timing import StageTimer
+
+    for i in range(3):
+        write_stack(make_stack(48, 64, 3, max_blur=3.0, seed=i), tmp_path / "root" / f"s{i}")
+    charged = []
+    real = StageTimer.stage
+
+    def stage(self, name):  # the stages the batch charged, as they were
+        charged.append(name)
+        return real(self, name)
+
+    monkeypatch.setattr(StageTimer, "stage", stage)
+    result = run("batch", tmp_path / "root", "-o", tmp_path / "out", "-v", "-q")
+    assert result.exit_code == 0, result.stderr
+    stages = next(line for line in result.stderr.splitlines() if line.startswith("gpufocus.cli: time per stage: "))
+    assert re.search(r"decode [\d.]+ s \(busy [\d.]+ s\)", stages) and re.search(r"write [\d.]+ s \(busy [\d.]+ s\)", stages)
+    assert all(f"{stage} " in stages for stage in ("align", "fuse", "collapse"))
+    assert charged.count("collapse") == 3 and charged.count("write") == 3  # each stack's, waited for once each
+    assert "time per stage" not in run("batch", tmp_path / "root", "-o", tmp_path / "out2", "-q").stderr
+
+
 def test_verbose_says_what_is_decided_and_times_the_stages(small_stack, tmp_path):
     result = run("fuse", *small_stack, "-o", tmp_path / "out.png", "-v")
     assert result.exit_code == 0, result.stderr
@@ -379,6 +403,7 @@ def test_verbose_says_what_is_decided_and_times_the_stages(small_stack, tmp_path
     stages = next(line for line in lines if line.startswith("gpufocus.cli: time per stage: "))
     assert all(f"{stage} " in stages for stage in ("decode", "align", "fuse", "collapse", "write"))
     assert re.search(r"decode [\d.]+ s \(busy [\d.]+ s\)", stages)  # waited for, and the decoders' own time
+    assert re.search(r"write [\d.]+ s \(busy [\d.]+ s\)", stages)  # and the encoders'
     quiet = run("fuse", *small_stack, "-o", tmp_path / "out2.png", "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""
 
