@@ -301,12 +301,13 @@ class FrameStack:
             image = image.astype(dtype) * dtype(257)
         return np.ascontiguousarray(image)
 
-    def prefetch(self, chunk: int, device: torch.device | None = None, timer: StageTimer = NO_TIMER) -> None:
+    def prefetch(self, chunk: int, device: torch.device | None, timer: StageTimer = NO_TIMER) -> None:
         """Start reading the first ``2 * chunk`` frames now (in a thread of their own), for
         the ``chunks`` or ``chunks_on`` call that comes later: a batch reads the next stack
-        while it fuses this one. Where ``device`` decodes the stack (``decodable_on``),
-        the files' bytes are read for its decoder; else the frames are decoded. ``timer``
-        charges that work to the ``busy`` time of ``decode``."""
+        while it fuses this one. Where ``device`` (the fusion's; ``None``: the CPU)
+        decodes the stack (``decodable_on``), the files' bytes are read for its decoder;
+        else the frames are decoded. ``timer`` charges that work to the ``busy`` time of
+        ``decode``."""
         self.close()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-prefetch")
         self._early_bytes = device is not None and self.decodable_on(device)

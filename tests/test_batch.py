@@ -72,7 +72,7 @@ def test_the_same_results_in_order_over_workers_and_on_a_cluster(root, tmp_path)
 
 def test_prefetched_frames_are_the_frames(root):
     stack = FrameStack([root / "s1"])
-    stack.prefetch(2)
+    stack.prefetch(2, None)
     prefetched = np.concatenate(list(stack.chunks(2)))
     assert np.array_equal(prefetched, np.concatenate(list(FrameStack([root / "s1"]).chunks(1))))
 
