@@ -6,8 +6,8 @@ its stages.
 Each run, in turn: ``python -c "import torch"`` (with ``--device cuda``, and CUDA
 initialised), then ``python -m gpufocus fuse STACK -o OUT -v`` (``--no-align`` unless
 other options are given), both timed from outside; the stages are what ``-v`` reports
-(decode, upload, align, fuse, collapse, download, write: the time the command spent in
-each, not the decoders' busy time in their threads). Overhead = the command's
+(decode, upload, align, fuse, collapse, write: the time the command spent in each, not
+the decoders' and encoders' busy time in their threads). Overhead = the command's
 time - torch's - the stages': start-up beyond torch, option parsing, reading headers,
 planning, shutting down. Medians of ``--runs``. Then one more run under ``-X
 importtime``: the modules that took longest to import (cumulative, what they imported
