@@ -7,8 +7,9 @@ carried as wheels). The rows, in order:
 1. The compile check (``gpufocus.kernels.compile``) with the Triton installed there.
 2. Each Triton kernel against its torch twin on CUDA (fresh random inputs of odd size):
    equal bit for bit, or the largest difference.
-3. CUDA against the CPU, defaults: a synthetic moving stack and ``--real`` (petteri_pcb
-   from shared/data/real), largest and mean difference in 1/255.
+3. CUDA against the CPU, defaults: a synthetic moving stack (a tensor, and PNG files:
+   decoded into pinned memory) and ``--real`` (petteri_pcb from shared/data/real),
+   largest and mean difference in 1/255.
 4. A chunk's motion estimation on CUDA under ``torch.cuda.set_sync_debug_mode("error")``.
 4b. The batch JPEG decoder chosen for the device (nvImageCodec, else torchvision's nvJPEG)
    on the 100 JPEG files of 24 MP: Gpix/s in chunks of 16, and its difference from Pillow.
@@ -110,20 +111,33 @@ def kernels_match_twins(device: str) -> list[tuple[str, str]]:
 
 
 def device_matches_cpu(device: str, real: Path | None) -> list[tuple[str, str]]:
+    """Row 3: the synthetic stack as a tensor, and as PNG files (decoded on the CPU into
+    pinned memory and uploaded ahead); ``--real`` (JPEG: decoded on the GPU)."""
+    import tempfile
+
+    from gpufocus.synth import write_stack
+
     rows = []
     stack = make_stack(384, 512, 6, breathing=0.003, shift=1.0, max_blur=6.0, seed=1)
-    sources = [("synthetic 512x384 x6 (moving)", stack.frames)]
+    scratch = tempfile.TemporaryDirectory()
+    files = [str(p) for p in write_stack(stack, Path(scratch.name) / "png") if p.name.startswith("frame_")]
+    sources = [("synthetic 512x384 x6 (moving)", stack.frames), ("synthetic 512x384 x6 (moving), PNG files", files)]
     if real is not None and real.is_dir():
         sources.append((real.name, sorted(str(p) for p in real.iterdir() if p.suffix.lower() in (".jpg", ".png"))))
-    for name, source in sources:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cpu = fuse(source, device="cpu")
-            other = fuse(source, device=device).cpu()
-        difference = (cpu - other).abs() * 255
-        rows.append((f"{device} vs CPU, defaults: {name} (1/255)",
-                     f"max {float(difference.max()):.3f}, mean {float(difference.mean()):.4f}"))
+    with scratch:
+        for name, source in sources:
+            rows.append(_matches(device, name, source))
     return rows
+
+
+def _matches(device: str, name: str, source) -> tuple[str, str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cpu = fuse(source, device="cpu")
+        other = fuse(source, device=device).cpu()
+    difference = (cpu - other).abs() * 255
+    return (f"{device} vs CPU, defaults: {name} (1/255)",
+            f"max {float(difference.max()):.3f}, mean {float(difference.mean()):.4f}")
 
 
 def alignment_without_sync(device: str) -> str:

@@ -766,8 +766,15 @@ def _check_reference(reference: int, total: int) -> None:
         raise OptionError("align.reference", reference, f"the stack has {total} frames (0 to {total - 1})")
 
 
+def _pinned(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array in page-locked memory (torch's caching host allocator: the blocks are
+    reused once their copies are done), for the decoders to fill."""
+    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True).numpy()
+
+
 def _upload_ahead(chunks: Iterable[np.ndarray], device: torch.device) -> Iterator[Tensor]:
-    """Decoded chunks to a CUDA device: pinned, copied on a side stream one chunk ahead.
+    """Decoded chunks to a CUDA device: copied on a side stream one chunk ahead, from
+    pinned memory (chunks decoded there, ``_pinned``, else pinned here).
 
     The copy of chunk k+1 (uint8 or uint16, 1-2 bytes a sample) runs while chunk k is
     fused; the fusion's stream waits for a chunk's copy before it uses it, and the
@@ -776,7 +783,8 @@ def _upload_ahead(chunks: Iterable[np.ndarray], device: torch.device) -> Iterato
     stream = torch.cuda.Stream(device)
     ahead: tuple[Tensor, torch.cuda.Event, Tensor] | None = None
     for array in chunks:
-        host = torch.from_numpy(array).pin_memory()
+        host = torch.from_numpy(array)
+        host = host if host.is_pinned() else host.pin_memory()
         with torch.cuda.stream(stream):
             copied = host.to(device, non_blocking=True)
             done = torch.cuda.Event()
@@ -809,7 +817,7 @@ def _passes(source, chunk: int, passes, total: int, progress: Progress | None, t
         elif device is not None and source.decodable_on(device):
             chunks = source.chunks_on(chunk, device, timer)
         elif device is not None and device.type == "cuda":
-            chunks = _upload_ahead(source.chunks(chunk, timer=timer), device)
+            chunks = _upload_ahead(source.chunks(chunk, timer=timer, into=_pinned), device)
         else:
             chunks = source.chunks(chunk, timer=timer)
         for frames in chunks:

@@ -331,13 +331,18 @@ class FrameStack:
             self._prefetcher = None
         self._files.close()
 
-    def chunks(self, chunk: int, workers: int = 2, timer: StageTimer = NO_TIMER) -> Iterator[np.ndarray]:
+    def chunks(
+        self, chunk: int, workers: int = 2, timer: StageTimer = NO_TIMER,
+        into: Callable[[tuple[int, ...], np.dtype], np.ndarray] = np.empty,
+    ) -> Iterator[np.ndarray]:
         """Frames as ``(B, H, W, samples)`` arrays of ``B <= chunk`` frames, in order.
 
         Decoding runs ahead in a thread pool (the decoders release the GIL), so the
         next chunk is read while the caller works on this one. ``timer`` charges the
         time spent waiting for decoded frames to the stage ``decode``, and the
         decoders' own time to its ``busy`` (frames decoded by ``prefetch``: see there).
+        ``into(shape, dtype)`` makes each chunk's array (the CUDA path's: pinned memory,
+        copied to the GPU from there).
         """
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpufocus-decode")
         try:
@@ -355,7 +360,10 @@ class FrameStack:
                         next_index += 1
                 for i in range(start, min(start + chunk, len(self))):
                     pending[i] = None  # let finished frames go
-                yield np.stack(batch)
+                frames = into((len(batch), *batch[0].shape), batch[0].dtype)
+                for k, frame in enumerate(batch):
+                    frames[k] = frame
+                yield frames
         finally:  # also when the reader stops early: no decoding goes on for nobody
             pool.shutdown(wait=True, cancel_futures=True)
             self.close()

@@ -23,6 +23,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
     assert not [name for name, value in rows.items() if str(value).startswith("ERROR")], rows
     assert "all kernels compiled" in rows["compile check, sm_90"]
     assert rows["cpu vs CPU, defaults: synthetic 512x384 x6 (moving) (1/255)"] == "max 0.000, mean 0.0000"
+    assert rows["cpu vs CPU, defaults: synthetic 512x384 x6 (moving), PNG files (1/255)"] == "max 0.000, mean 0.0000"
     for kind in ("core", "e2e"):
         for align in ("aligned", "no-align"):
             assert "Gpix-frames/s" in rows[f"{kind} 320x240 x4 float32 {align}"]

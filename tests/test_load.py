@@ -136,6 +136,15 @@ def test_stack_checks_sizes_and_reads_in_chunks(tmp_path, rng):
     chunks = list(stack.chunks(2))
     assert [c.shape[0] for c in chunks] == [2, 2, 1]
     assert np.array_equal(np.concatenate(chunks), frames)
+    made = []  # the buffers the chunks are decoded into (the CUDA path's: pinned)
+
+    def into(shape, dtype):
+        made.append(np.full(shape, 7, dtype))
+        return made[-1]
+
+    filled = list(stack.chunks(2, into=into))
+    assert [(m.shape, m.dtype) for m in made] == [((2, 12, 20, 3), np.uint8)] * 2 + [((1, 12, 20, 3), np.uint8)]
+    assert all(f is m for f, m in zip(filled, made)) and np.array_equal(np.concatenate(filled), frames)
     odd = tmp_path / "odd.png"
     Image.fromarray(frames[0][:11]).save(odd)
     with pytest.raises(GpufocusError, match="odd.png: 20x11, where the other frames are 20x12 .* aligned"):
