@@ -11,12 +11,15 @@ carried as wheels). The rows, in order:
    decoded into pinned memory) and ``--real`` (petteri_pcb from shared/data/real),
    largest and mean difference in 1/255.
 4. A chunk's motion estimation on CUDA under ``torch.cuda.set_sync_debug_mode("error")``.
+4a. The estimation replayed as a CUDA graph against ``GPUFOCUS_CUDA_GRAPHS=0``: graphs
+   captured (or the fallback's warning), transforms and image equal?
 4b. The batch JPEG decoder chosen for the device (nvImageCodec, else torchvision's nvJPEG)
    on the 100 JPEG files of 24 MP: Gpix/s in chunks of 16, and its difference from Pillow.
 4c. The JPEG encoder for the device (nvImageCodec) on a 24 MP image there, metadata
    included, against downloading it for Pillow: milliseconds, and the decoded difference.
 5. Core: 24 MP frames (6000x4000) float32, 100 frames, alignment on and off: the fuse
-   stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up.
+   stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up;
+   then aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph.
 6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
 7. The whole command, a process of its own, start-up included: the floor first (``import
    torch`` and CUDA's initialisation in a fresh process, median of 3), then ``gpufocus
@@ -31,6 +34,7 @@ test suite makes on a machine without CUDA: the same code, CUDA-only rows skippe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -163,6 +167,44 @@ def alignment_without_sync(device: str) -> str:
     return "no host sync"
 
 
+def cuda_graphs(device: str, quick: bool) -> str:
+    """Row 4a: the alignment's estimation replayed as a CUDA graph (``gpufocus.graphs``)
+    against its operations one by one (``GPUFOCUS_CUDA_GRAPHS=0``): 24 moving frames in
+    chunks of 4 (``--quick``: 9), the same transforms and image expected bit for bit.
+    On the CPU nothing is captured."""
+    from gpufocus import StackFuser
+
+    stack = make_stack(384, 512, 9 if quick else 24, breathing=0.003, shift=1.0, max_blur=6.0, seed=2)
+    runs = {}
+    for graphs in ("1", "0"):
+        with _graphs(graphs), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fuser = StackFuser(device=device, chunk=4)
+            image = fuser.run(stack.frames)
+        captured = sum(not isinstance(g, str) for g in fuser._aligner._steps._graphs.values())
+        warned = [str(w.message) for w in caught if "CUDA graph" in str(w.message)]
+        runs[graphs] = (image, torch.stack([t.matrix for t in fuser.transforms]), captured, warned)
+    (image, matrices, captured, warned), (plain, plain_matrices, _, _) = runs["1"], runs["0"]
+    difference = float((image - plain).abs().max()) * 255
+    return (f"graphs captured: {captured}{'; ' + warned[0] if warned else ''}; transforms "
+            f"{'equal' if torch.equal(matrices, plain_matrices) else f'differ by up to {float((matrices - plain_matrices).abs().max()):.2e}'}"
+            f"; image max difference {difference:.3f} (1/255)")
+
+
+@contextlib.contextmanager
+def _graphs(value: str):
+    """``GPUFOCUS_CUDA_GRAPHS`` set to ``value`` for the block."""
+    before = os.environ.get("GPUFOCUS_CUDA_GRAPHS")
+    os.environ["GPUFOCUS_CUDA_GRAPHS"] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["GPUFOCUS_CUDA_GRAPHS"]
+        else:
+            os.environ["GPUFOCUS_CUDA_GRAPHS"] = before
+
+
 def jpeg_decoding(device: str, width: int, height: int, frames: int, quick: bool) -> str:
     """Row 4b: ``gpufocus.load.jpeg_decoder`` for the device against Pillow, and its speed."""
     import statistics
@@ -245,14 +287,18 @@ def jpeg_encoding(device: str, width: int, height: int, quick: bool) -> str:
             f"; decoded against Pillow's: max {difference.max()} levels, mean {difference.mean():.5f}")
 
 
-def timed(kind: str, device: str, width: int, height: int, frames: int, align: bool, quick: bool) -> tuple[str, str]:
+def timed(
+    kind: str, device: str, width: int, height: int, frames: int, align: bool, quick: bool, graphs: bool = True
+) -> tuple[str, str]:
     repeat, warmup = (1, 0) if quick else (3, 1) if kind == "core" else (2, 1)
-    r = run_case(Case(kind, device, width, height, frames, "float32", None, "max-energy", align), repeat=repeat,
-                 warmup=warmup)
+    with _graphs("1" if graphs else "0"):
+        r = run_case(Case(kind, device, width, height, frames, "float32", None, "max-energy", align), repeat=repeat,
+                     warmup=warmup)
     stages = ", ".join(f"{name} {value:.3f}" for name, value in r["stages"].items() if value)
     fuse_rate = frames * width * height / r["stages"]["fuse"] / 1e9
     peak = r["peak_cuda_bytes"]
     label = f"{kind} {width}x{height} x{frames} float32 {'aligned' if align else 'no-align'}"
+    label += "" if graphs else ", CUDA graphs off"
     return label, (f"{r['seconds']:.3f} s (median of {repeat}); fuse stage {fuse_rate:.2f} Gpix-frames/s; "
                    f"stages s: {stages}" + (f"; peak {peak / 2**30:.1f} GiB" if peak else ""))
 
@@ -330,12 +376,14 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     if device.startswith("cuda"):
         step("kernels vs twins", lambda: kernels_match_twins(device))
         step("alignment of a chunk on CUDA", lambda: alignment_without_sync(device))
+    step("alignment as a CUDA graph", lambda: cuda_graphs(device, args.quick))
     step("JPEG decoder", lambda: jpeg_decoding(device, width, height, frames, args.quick))
     step("JPEG encoder", lambda: jpeg_encoding(device, width, height, args.quick))
     step("device vs CPU", lambda: device_matches_cpu(device, args.real))
     for kind in ("core", "e2e"):
         for align in (True, False):
             step(f"{kind} {align}", lambda: [timed(kind, device, width, height, frames, align, args.quick)])
+    step("core graphs off", lambda: [timed("core", device, width, height, frames, True, args.quick, graphs=False)])
     step("whole command", lambda: list(whole_commands(device, width, height, frames, args.real, args.quick)))
     print()
     for name, value in rows:

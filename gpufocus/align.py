@@ -63,6 +63,7 @@ from torch import Tensor
 from .batchmath import cholesky, cholesky_solve, fixed_sum, inverse3x3, matmul3x3
 from .color import luminance
 from .errors import GpufocusWarning
+from .graphs import GraphedFunction
 from .options import ALIGN_MODELS, AlignOptions
 from .pyramid import binomial_taps, pyr_down, pyr_up, separable_filter
 
@@ -236,6 +237,19 @@ class _Features:
     height: int
     width: int
     blurred: dict[int, Tensor]
+
+    def layout(self) -> tuple:
+        """What ``tensors`` leaves out: with them, ``from_tensors`` makes the features again."""
+        return tuple(self.spacing), self.height, self.width, tuple(sorted(self.blurred))
+
+    def tensors(self) -> list[Tensor]:
+        return [*self.levels, *(self.blurred[i] for i in sorted(self.blurred))]
+
+    @staticmethod
+    def from_tensors(layout: tuple, tensors) -> _Features:
+        spacing, height, width, blurred = layout
+        levels = list(tensors[: len(spacing)])
+        return _Features(levels, list(spacing), height, width, dict(zip(blurred, tensors[len(spacing) :])))
 
     def pick(self, index) -> _Features:
         return _Features(
@@ -615,6 +629,19 @@ def _check(template: _Features, image: _Features, estimate: Tensor, model: str) 
     return stats
 
 
+def _steps(layout: tuple, *tensors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each pair's step (``_estimate``), its decision (``_check``, ``_decide``) and why:
+    the failed check's ``_REASONS`` key and the correlation, ``(B, 2)``. The templates'
+    and the images' features come as ``_Features.tensors``, ``layout`` as
+    ``(_Features.layout, model)``: the arguments of a CUDA graph (``StackAligner``)."""
+    shape, model = layout
+    half = len(tensors) // 2
+    template, image = _Features.from_tensors(shape, tensors[:half]), _Features.from_tensors(shape, tensors[half:])
+    estimated = _estimate(template, image, model)
+    stats = _check(template, image, estimated, model)
+    return estimated, _decide(stats), torch.stack([stats["reason"].double(), stats["correlation"]], -1)
+
+
 def _decide(stats: dict[str, Tensor]) -> Tensor:
     """Per step, ``_TAKEN``, ``_NO_MOTION``, ``_FAILED`` or ``_WORSE_THAN_NONE`` (device)."""
     significant = (stats["move"] >= _MIN_STEP_PX) & (stats["better"] >= _MIN_BETTER)
@@ -811,6 +838,9 @@ class StackAligner:
         self._taken_any = False  # a step was taken: a failed one repeats it
         self.results: list[FrameTransform] = []
         self.names: list[str] | None = None
+        # on CUDA, each chunk's estimation replayed as one graph (gpufocus.graphs)
+        self._steps = GraphedFunction(_steps, "the alignment's motion estimation")
+        self._widest = 0  # the most frames a chunk has had: the graph's batch of pairs
 
     def _name(self, index: int) -> str:
         if self.names is not None and index < len(self.names):
@@ -849,13 +879,18 @@ class StackAligner:
         images = features.pick(slice(1, count)) if self._previous is None else features
         self._previous = features.pick(slice(count - 1, count))
         steps, decisions, why = eye.repeat(count, 1, 1), no_decision, no_reason
-        if images.levels[0].shape[0]:
-            estimated = _estimate(templates, images, self.model)
-            stats = _check(templates, images, estimated, self.model)
-            first = count - estimated.shape[0]  # frame 0 has no step: the identity
+        pairs = images.levels[0].shape[0]
+        if pairs:
+            if self._steps.active(device):  # one graph for every chunk: pairs padded to the most frames seen
+                self._widest = max(self._widest, count)
+                padded = list(range(pairs)) + [pairs - 1] * (self._widest - pairs)
+                templates, images = templates.pick(padded), images.pick(padded)
+            layout = (templates.layout(), self.model)
+            estimated, decided, reasons = (t[:pairs] for t in self._steps(layout, *templates.tensors(), *images.tensors()))
+            first = count - pairs  # frame 0 has no step: the identity
             steps = torch.cat([steps[:first], estimated])
-            decisions = torch.cat([decisions[:first], _decide(stats)])
-            why = torch.cat([why[:first], torch.stack([stats["reason"].double(), stats["correlation"]], -1)])
+            decisions = torch.cat([decisions[:first], decided])
+            why = torch.cat([why[:first], reasons])
         # Sequentially, in stack order: a failed step repeats the last one taken.
         previous = self._chain_end if self._chain_end is not None else eye
         last = self._last_step if self._last_step is not None else eye

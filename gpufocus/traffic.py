@@ -112,8 +112,8 @@ def count_traffic(
     breathing: bool = False,
 ) -> dict[str, StageTraffic]:
     """Count what fusing ``frames`` 8-bit RGB frames of ``height`` x ``width`` moves on the
-    CUDA path, ``chunk`` frames at a time, per stage (``upload``, ``align``, ``fuse``,
-    ``collapse``).
+    CUDA path, ``chunk`` frames at a time, per stage (``upload``, ``align``, ``align, in
+    its graph``, ``fuse``, ``collapse``).
 
     Args:
         options: the settings (defaults: ``FuseOptions()``). The fuse stage does not
@@ -123,7 +123,9 @@ def count_traffic(
 
     Returns:
         Each stage's ``StageTraffic``; ``align`` holds the motion estimation of every
-        chunk (the op sequence the GPU runs) and, with ``breathing``, the resampling.
+        chunk (the op sequence the GPU runs) and, with ``breathing``, the resampling;
+        ``align, in its graph`` the part of the estimation that a CUDA graph replays,
+        launched as one a chunk (the pairs' steps and their checks, ``gpufocus.graphs``).
     """
     from .align import FrameTransform, StackAligner, apply_transforms
     from .engine import StackFuser
@@ -133,6 +135,15 @@ def count_traffic(
     counter = _Counter()
     stages = _Stages(counter)
     aligner = None if options.align is None else StackAligner(options.align)
+    if aligner is not None:  # what a CUDA graph replays (gpufocus.graphs), counted apart
+        steps = aligner._steps
+
+        def graphed(*args):
+            with stages.stage("align, in its graph"):
+                return steps(*args)
+
+        graphed.active = steps.active
+        aligner._steps = graphed
     fuser = StackFuser(options.replace(align=None))
     moved = FrameTransform(torch.tensor([[1.003, 0.0, 0.2], [0.0, 1.003, -0.1], [0.0, 0.0, 1.0]], dtype=torch.float64))
     planning = dispatch.planning(counter.kernel) if triton else contextlib.nullcontext()

@@ -27,6 +27,8 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
     for kind in ("core", "e2e"):
         for align in ("aligned", "no-align"):
             assert "Gpix-frames/s" in rows[f"{kind} 320x240 x4 float32 {align}"]
+    assert rows["alignment as a CUDA graph"] == "graphs captured: 0; transforms equal; image max difference 0.000 (1/255)"
+    assert "Gpix-frames/s" in rows["core 320x240 x4 float32 aligned, CUDA graphs off"]
     assert rows["floor: import torch"].endswith("s (median of 1)")
     for align in ("aligned", "no-align"):
         assert "= floor + " in rows[f"command: 4 JPEG 320x240 {align}"]
