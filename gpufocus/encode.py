@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, TiffImagePlugin
 
+from .nvcodec import nvimgcodec_for
 from .options import COMPRESSIONS, OutputOptions
 
 if TYPE_CHECKING:
@@ -114,18 +115,10 @@ def jpeg_encoder(device: torch.device) -> JpegEncoder | None:
     ``gpufocus[cuda]`` extra), else ``None`` (the result is downloaded and Pillow
     encodes it). On the CPU: nvImageCodec's ``CPU_ONLY`` backend, the same code path
     without a GPU (the tests run it), or ``None``."""
-    try:
-        from nvidia import nvimgcodec
-
-        if device.type == "cpu":
-            encoder = nvimgcodec.Encoder(
-                device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)],
-            )
-        else:
-            encoder = nvimgcodec.Encoder(device_id=device.index or 0)
-    except Exception:  # noqa: BLE001 - not installed, or no encoder for this device
+    found = nvimgcodec_for("Encoder", device)
+    if found is None:
         return None
+    nvimgcodec, encoder = found
     lock = threading.Lock()  # one encode at a time: the encoder keeps its state between calls
 
     def encode(pixels: torch.Tensor, quality: int) -> bytes:

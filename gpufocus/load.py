@@ -25,6 +25,7 @@ import numpy as np
 from .decode import MIN_LEVEL_SIDE, RAW_SUFFIXES, ImageInfo, OpenFiles, probe_image, read_image
 from .errors import DamagedFileWarning, GpufocusError, GpufocusWarning
 from .memory import frame_needs, host_room
+from .nvcodec import nvimgcodec_for
 from .options import FuseOptions
 from .timing import NO_TIMER, StageTimer
 from .write import OWN_ROLES, own_role
@@ -438,18 +439,10 @@ def jpeg_decoder(device: torch.device) -> JpegDecoder | None:
 
 
 def _nvimgcodec(device: torch.device) -> JpegDecoder | None:
-    try:
-        from nvidia import nvimgcodec
-
-        if device.type == "cpu":
-            decoder = nvimgcodec.Decoder(
-                device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)],
-            )
-        else:
-            decoder = nvimgcodec.Decoder(device_id=device.index or 0)
-    except Exception:  # noqa: BLE001 - not installed, or no decoder for this device
+    found = nvimgcodec_for("Decoder", device)
+    if found is None:
         return None
+    nvimgcodec, decoder = found
     params = nvimgcodec.DecodeParams(apply_exif_orientation=False)  # frames turned by EXIF are not given to it
 
     def decode(data: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
