@@ -8,6 +8,7 @@ from .memory import host_room
 from .options import DTYPES, OptionError
 
 __all__ = [
+    "arrived",
     "resolve_device",
     "resolve_dtype",
     "free_memory",
@@ -32,6 +33,16 @@ _MEMORY_SHARE = 0.25
 _MAX_CHUNK = {"cpu": 4, "cuda": 16, "meta": 16}  # meta: shapes only, planning what CUDA runs
 # Frames fused at once: on the CPU more than 2 only cost memory (bench/RESULTS.md).
 _MAX_FUSION_CHUNK = {"cpu": 2}
+
+
+def arrived(tensor: torch.Tensor, done: torch.cuda.Event) -> torch.Tensor:
+    """``tensor``, made on another CUDA stream, for the current stream's work: the current
+    stream waits for ``done`` (an event recorded after it was made), and the allocator
+    keeps its memory until the current stream's work on it is done."""
+    current = torch.cuda.current_stream(tensor.device)
+    current.wait_event(done)
+    tensor.record_stream(current)
+    return tensor
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

@@ -22,7 +22,8 @@ from .align import FrameTransform, StackAligner, apply_transform, apply_transfor
 from .color import luminance
 from .depth import DepthMap, finish
 from .device import (
-    default_chunk, frame_budget, free_memory, fusion_chunk, resolve_device, resolve_dtype, tile_budget, working_bytes,
+    arrived, default_chunk, frame_budget, free_memory, fusion_chunk, resolve_device, resolve_dtype, tile_budget,
+    working_bytes,
 )
 from .memory import RESULT_BYTES_PER_PIXEL, failed_allocation, out_of_memory
 from .errors import GpufocusError
@@ -797,10 +798,7 @@ def _upload_ahead(chunks: Iterable[np.ndarray], device: torch.device) -> Iterato
 
 
 def _arrived(copied: Tensor, done: torch.cuda.Event, host: Tensor) -> Tensor:
-    current = torch.cuda.current_stream(copied.device)
-    current.wait_event(done)
-    copied.record_stream(current)  # the allocator must not reuse it before the fusion is done
-    return copied.permute(0, 3, 1, 2)  # (B, H, W, C) as decoded -> (B, C, H, W), a view
+    return arrived(copied, done).permute(0, 3, 1, 2)  # (B, H, W, C) as decoded -> (B, C, H, W), a view
 
 
 def _passes(source, chunk: int, passes, total: int, progress: Progress | None, timer: StageTimer, device):

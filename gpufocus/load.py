@@ -381,36 +381,47 @@ class FrameStack:
         """Frames decoded by ``jpeg_decoder(device)`` in batches, ``(B, 3, H, W)`` uint8 on
         ``device``.
 
-        Files are read ahead in a thread (the first ones already, if ``prefetch`` was
-        given ``device``); a chunk the decoder rejects is decoded on the CPU instead,
-        which names the file if it is broken.
+        The next chunk is read (the first files already, if ``prefetch`` was given
+        ``device``) and decoded in a thread while the caller works on this one: on CUDA
+        on a stream of its own, which the caller's stream waits for. A chunk the decoder
+        rejects is decoded on the CPU instead, which names the file if it is broken.
         """
         import torch
+
+        from .device import arrived
 
         decoder = jpeg_decoder(device)
         log.info("JPEG frames decoded on %s by %s", device, decoder.name)
         early = self._take_early(as_bytes=True)
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+        def decoded(start: int) -> torch.Tensor:
+            indices = range(start, min(start + chunk, len(self)))
+            data = [early[i].result() if i < len(early) else self._read(i) for i in indices]
+            try:
+                return torch.stack(decoder.decode(data, device))
+            except RuntimeError:
+                cpu = np.stack([self._load(i) for i in indices])
+                return torch.from_numpy(cpu).to(device).permute(0, 3, 1, 2)
+
+        def ahead(start: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+            if stream is None:
+                return decoded(start), None
+            with torch.cuda.stream(stream):
+                frames, done = decoded(start), torch.cuda.Event()
+                done.record(stream)
+            return frames, done
+
         try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-read") as pool:
-
-                def read(start: int) -> list[np.ndarray]:
-                    indices = range(start, min(start + chunk, len(self)))
-                    return [early[i].result() if i < len(early) else self._read(i) for i in indices]
-
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-decode") as pool:
                 starts = list(range(0, len(self), chunk))
-                pending = pool.submit(timer.worker, "decode", read, starts[0])
-                for n, start in enumerate(starts):
+                pending = pool.submit(timer.worker, "decode", ahead, starts[0])
+                for n in range(len(starts)):
                     with timer.stage("decode"):
-                        data = pending.result()
-                        if n + 1 < len(starts):
-                            pending = pool.submit(timer.worker, "decode", read, starts[n + 1])
-                        try:
-                            frames = torch.stack(decoder.decode(data, device))
-                        except RuntimeError:
-                            indices = range(start, min(start + chunk, len(self)))
-                            cpu = np.stack([self._load(i) for i in indices])
-                            frames = torch.from_numpy(cpu).to(device).permute(0, 3, 1, 2)
-                    yield frames
+                        frames, done = pending.result()
+                    if n + 1 < len(starts):
+                        pending = pool.submit(timer.worker, "decode", ahead, starts[n + 1])
+                    yield frames if done is None else arrived(frames, done)
         finally:  # as chunks: the prefetch stopped, the files closed
             self.close()
 

@@ -219,6 +219,37 @@ def test_gpu_decoding_path_with_a_stand_in_decoder(tmp_path, rng, monkeypatch):
     assert torch.equal(torch.cat(list(stack.chunks_on(2, torch.device("cpu")))), on_gpu)
 
 
+def test_the_gpu_decoder_decodes_the_next_chunk_while_this_one_is_used(tmp_path, rng, monkeypatch):
+    """chunks_on decodes in a thread of its own, a chunk ahead: the second chunk is
+    decoded while the caller still holds the first."""
+    import io
+    import threading
+
+    import torch
+
+    import gpufocus.load
+    from gpufocus.load import JpegDecoder
+
+    frames = rng.integers(0, 256, (6, 16, 24, 3), dtype=np.uint8)
+    jpegs = write_frames(tmp_path, frames, suffix=".jpg", quality=95)
+    threads, second = [], threading.Event()
+
+    def decode(data, device):
+        threads.append(threading.current_thread().name)
+        if len(threads) == 2:
+            second.set()
+        return [torch.from_numpy(np.array(Image.open(io.BytesIO(d.tobytes())))).permute(2, 0, 1) for d in data]
+
+    monkeypatch.setattr(gpufocus.load, "jpeg_decoder", lambda device: JpegDecoder("stand-in", decode))
+    chunks = FrameStack(jpegs).chunks_on(2, torch.device("cpu"))
+    first = next(chunks)
+    assert second.wait(10)  # decoded while the first is in hand
+    rest = list(chunks)
+    expected = torch.from_numpy(np.concatenate(list(FrameStack(jpegs).chunks(2)))).permute(0, 3, 1, 2)
+    assert torch.equal(torch.cat([first, *rest]), expected)
+    assert len(threads) == 3 and all(name.startswith("gpufocus-decode") for name in threads)
+
+
 def test_prefetch_for_a_gpu_decoder_reads_the_files_and_decodes_none(tmp_path, rng, monkeypatch):
     """A batch opens the next stack ahead: where the GPU decodes it, the files are read
     ahead for that decoder (each once), and the CPU decodes nothing."""
