@@ -642,6 +642,11 @@ def _steps(layout: tuple, *tensors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return estimated, _decide(stats), torch.stack([stats["reason"].double(), stats["correlation"]], -1)
 
 
+#: The pairs' steps as CUDA graphs, kept for the process: every stack of a batch of one
+#: size replays the same graph.
+_STEPS = GraphedFunction(_steps, "the alignment's motion estimation")
+
+
 def _decide(stats: dict[str, Tensor]) -> Tensor:
     """Per step, ``_TAKEN``, ``_NO_MOTION``, ``_FAILED`` or ``_WORSE_THAN_NONE`` (device)."""
     significant = (stats["move"] >= _MIN_STEP_PX) & (stats["better"] >= _MIN_BETTER)
@@ -838,8 +843,7 @@ class StackAligner:
         self._taken_any = False  # a step was taken: a failed one repeats it
         self.results: list[FrameTransform] = []
         self.names: list[str] | None = None
-        # on CUDA, each chunk's estimation replayed as one graph (gpufocus.graphs)
-        self._steps = GraphedFunction(_steps, "the alignment's motion estimation")
+        self._steps = _STEPS  # on CUDA, each chunk's estimation replayed as one graph
         self._widest = 0  # the most frames a chunk has had: the graph's batch of pairs
 
     def _name(self, index: int) -> str:

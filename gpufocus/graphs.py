@@ -76,19 +76,20 @@ class GraphedFunction:
     copies its inputs into those, replays the graph and copies the outputs out. ``fn``
     must not read anything back to the host, nor depend on anything but its arguments.
     Off CUDA, with ``GPUFOCUS_CUDA_GRAPHS=0``, or once a capture has failed (one
-    warning), ``fn`` runs as it is. The graphs, and the memory they hold, live as long as
-    this object.
+    warning), ``fn`` runs as it is. The last ``keep`` graphs used are kept, with the
+    memory they hold (a batch of stacks of one size replays one graph throughout).
 
     Args:
         fn: the function.
         name: what it does, for the warning.
+        keep: how many graphs to keep; the least recently used goes first.
         capture: makes a graph: ``capture(fn, static, inputs) -> _Graph`` (the tests
             give a stand-in that runs on the CPU).
     """
 
-    def __init__(self, fn: Callable[..., tuple[Tensor, ...]], name: str, capture=_capture) -> None:
-        self.fn, self.name, self._make = fn, name, capture
-        self._graphs: dict[Hashable, _Graph | str] = {}
+    def __init__(self, fn: Callable[..., tuple[Tensor, ...]], name: str, keep: int = 4, capture=_capture) -> None:
+        self.fn, self.name, self.keep, self._make = fn, name, keep, capture
+        self._graphs: dict[Hashable, _Graph | str] = {}  # by use, the least recent first
         self._failed = False
 
     def active(self, device: torch.device) -> bool:
@@ -99,9 +100,11 @@ class GraphedFunction:
         if not self.active(inputs[0].device):
             return self.fn(static, *inputs)
         key = (static, tuple((t.shape, t.dtype, t.device) for t in inputs))
-        graph = self._graphs.get(key)
+        graph = self._graphs.pop(key, None)
+        self._graphs[key] = _SEEN if graph is None else graph  # the most recent now
+        for old in list(self._graphs)[: -self.keep]:
+            del self._graphs[old]
         if graph is None:
-            self._graphs[key] = _SEEN
             return self.fn(static, *inputs)
         if graph == _SEEN:
             try:

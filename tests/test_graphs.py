@@ -61,6 +61,20 @@ def test_run_once_then_captured_then_replayed_with_each_calls_inputs():
     assert StandIn.made == 1
 
 
+def test_the_last_graphs_used_are_kept():
+    graphed = GraphedFunction(lambda static, a: (a * 2,), "a test", keep=2, capture=stand_in)
+    StandIn.made = 0
+    shapes = {name: torch.ones(size) for name, size in (("a", 1), ("b", 2), ("c", 3))}
+    for name in "aabbaacc":  # a and b captured; a used again, so b is the least recent when c comes
+        assert torch.equal(graphed(None, shapes[name])[0], shapes[name] * 2)
+    assert StandIn.made == 3
+    graphed(None, shapes["a"])  # kept: replayed
+    assert StandIn.made == 3
+    graphed(None, shapes["b"])  # let go: run as it is again, then captured anew
+    graphed(None, shapes["b"])
+    assert StandIn.made == 4
+
+
 def test_a_capture_that_fails_warns_once_and_runs_as_it_is_from_then_on():
     def refuse(fn, static, inputs):
         raise RuntimeError("operation not permitted when stream is capturing")
