@@ -284,11 +284,21 @@ def _pick(frames: Tensor, opaque: Tensor | None, index: slice) -> tuple[Tensor, 
 def _features(frames: Tensor, size: int, opaque: Tensor | None = None) -> _Features:
     """``frames``: ``(B, C, H, W)`` float; estimation at a longer side of at most ``size``;
     ``opaque``: see ``_band_pass``."""
-    height, width = frames.shape[-2:]
+    return _pyramid(*_reduced(frames, size, opaque), *frames.shape[-2:])
+
+
+def _reduced(frames: Tensor, size: int, opaque: Tensor | None) -> tuple[Tensor, int, Tensor | None]:
+    """The frames' luminance at the estimation size, ``(B, 1, h, w)``, its pixel spacing
+    in full-resolution pixels, and the opacity at that size (or ``None``)."""
     luma, spacing = luminance(frames.float()), 1
     while size and max(luma.shape[-2:]) > size and min(luma.shape[-2:]) >= 2 * MIN_ALIGN_SIDE:
         luma, spacing = pyr_down(luma), spacing * 2
         opaque = None if opaque is None else (pyr_down(opaque) > 0.999).float()
+    return luma, spacing, opaque
+
+
+def _pyramid(luma: Tensor, spacing: int, opaque: Tensor | None, height: int, width: int) -> _Features:
+    """The features of ``_reduced``'s luminance of frames of ``height`` x ``width``."""
     levels, spacings = [_band_pass(luma, opaque)], [spacing]
     while min(levels[-1].shape[-2:]) >= 2 * _COARSEST_SIDE:
         levels.append(pyr_down(levels[-1]))
@@ -642,9 +652,24 @@ def _steps(layout: tuple, *tensors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return estimated, _decide(stats), torch.stack([stats["reason"].double(), stats["correlation"]], -1)
 
 
-#: The pairs' steps as CUDA graphs, kept for the process: every stack of a batch of one
-#: size replays the same graph.
-_STEPS = GraphedFunction(_steps, "the alignment's motion estimation")
+def _chunk_steps(layout: tuple, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """What a CUDA graph replays for each chunk (``StackAligner``): the features of the
+    frames' ``_reduced`` luminance (the frame before the chunk's first comes first), then
+    each later frame's step from the one before it, its decision and why (``_steps``).
+
+    ``layout``: ``(spacing, height, width, model)``; ``tensors``: the luminance
+    ``(B, 1, h, w)``, and the opacity if the frames have one."""
+    spacing, height, width, model = layout
+    luma, opaque = tensors[0], (tensors[1] if len(tensors) > 1 else None)
+    features = _pyramid(luma, spacing, opaque, height, width)
+    count = luma.shape[0]
+    templates, images = features.pick(slice(0, count - 1)), features.pick(slice(1, count))
+    return _steps((templates.layout(), model), *templates.tensors(), *images.tensors())
+
+
+#: A chunk's estimation as CUDA graphs, kept for the process: every stack of a batch of
+#: one size replays the same graph.
+_CHUNK_STEPS = GraphedFunction(_chunk_steps, "the alignment's motion estimation")
 
 
 def _decide(stats: dict[str, Tensor]) -> Tensor:
@@ -843,8 +868,9 @@ class StackAligner:
         self._taken_any = False  # a step was taken: a failed one repeats it
         self.results: list[FrameTransform] = []
         self.names: list[str] | None = None
-        self._steps = _STEPS  # on CUDA, each chunk's estimation replayed as one graph
-        self._widest = 0  # the most frames a chunk has had: the graph's batch of pairs
+        self._graphed = _CHUNK_STEPS  # on CUDA, each chunk's estimation replayed as one graph
+        self._widest = 0  # the most frames a chunk has had: the graph's batch
+        self._previous_reduced: tuple[Tensor, Tensor | None] | None = None  # the last frame's, for the graph
 
     def _name(self, index: int) -> str:
         if self.names is not None and index < len(self.names):
@@ -874,27 +900,34 @@ class StackAligner:
         no_reason = torch.zeros(count, 2, dtype=torch.float64, device=device)
         if self._too_small:
             return eye.repeat(count, 1, 1), no_decision, no_reason, None
-        features = _features(frames, self.options.size, opaque)
+        luma, spacing, small_opaque = _reduced(frames, self.options.size, opaque)
+        first = int(first_index == 0)  # frame 0 has no step: the identity
+        features = None  # made where the steps need them, or global alignment does
+        if self._graphed.active(device):
+            estimated, decided, reasons = self._through_graph(luma, spacing, small_opaque, height, width, first)
+            self._previous = None  # a chunk after this one gets the luminance
+        else:
+            features = _pyramid(luma, spacing, small_opaque, height, width)
+            estimated, decided, reasons = eye.repeat(0, 1, 1), no_decision[:0], no_reason[:0]  # a first frame alone
+            if count > first:
+                if self._previous is None and not first:  # the chunk before went through the graph
+                    last_luma, last_opaque = self._previous_reduced
+                    self._previous = _pyramid(last_luma, spacing, last_opaque, height, width)
+                templates = features.pick(slice(0, count - 1))
+                if not first:
+                    templates = _Features.cat([self._previous, templates])
+                images = features.pick(slice(first, count))
+                estimated, decided, reasons = _steps((templates.layout(), self.model), *templates.tensors(),
+                                                     *images.tensors())
+            self._previous = features.pick(slice(count - 1, count))
+        self._previous_reduced = (luma[-1:], None if small_opaque is None else small_opaque[-1:])
+        if features is None and self.options.global_align:
+            features = _pyramid(luma, spacing, small_opaque, height, width)
         if first_index == 0 and self.options.global_align:
             self._reference = features.pick(slice(0, 1))  # reference 0; other references: see estimate()
-        templates = features.pick(slice(0, count - 1))
-        if self._previous is not None:
-            templates = _Features.cat([self._previous, templates])
-        images = features.pick(slice(1, count)) if self._previous is None else features
-        self._previous = features.pick(slice(count - 1, count))
-        steps, decisions, why = eye.repeat(count, 1, 1), no_decision, no_reason
-        pairs = images.levels[0].shape[0]
-        if pairs:
-            if self._steps.active(device):  # one graph for every chunk: pairs padded to the most frames seen
-                self._widest = max(self._widest, count)
-                padded = list(range(pairs)) + [pairs - 1] * (self._widest - pairs)
-                templates, images = templates.pick(padded), images.pick(padded)
-            layout = (templates.layout(), self.model)
-            estimated, decided, reasons = (t[:pairs] for t in self._steps(layout, *templates.tensors(), *images.tensors()))
-            first = count - pairs  # frame 0 has no step: the identity
-            steps = torch.cat([steps[:first], estimated])
-            decisions = torch.cat([decisions[:first], decided])
-            why = torch.cat([why[:first], reasons])
+        steps = torch.cat([eye.repeat(first, 1, 1), estimated])
+        decisions = torch.cat([no_decision[:first], decided])
+        why = torch.cat([no_reason[:first], reasons])
         # Sequentially, in stack order: a failed step repeats the last one taken.
         previous = self._chain_end if self._chain_end is not None else eye
         last = self._last_step if self._last_step is not None else eye
@@ -907,6 +940,24 @@ class StackAligner:
             chain.append(previous)
         self._last_step, self._chain_end = last, previous
         return torch.stack(chain), decisions, why, features
+
+    def _through_graph(
+        self, luma: Tensor, spacing: int, opaque: Tensor | None, height: int, width: int, first: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``_chunk_steps`` as a CUDA graph (``self._graphed``), one for every chunk: the
+        frame before the chunk comes first (the first chunk's own first frame, a pair
+        whose step is dropped: ``first``), and the frames are padded with copies of the
+        last to the most a chunk has had. Returns the steps, decisions and reasons of the
+        chunk's frames from ``first`` on."""
+        count = luma.shape[0]
+        before = (luma[:1], None if opaque is None else opaque[:1]) if first else self._previous_reduced
+        self._widest = max(self._widest, count)
+        rows = list(range(count + 1)) + [count] * (self._widest - count)  # the previous frame, then the chunk's
+        inputs = [torch.cat([before[0], luma])[rows]]
+        if opaque is not None:
+            inputs.append(torch.cat([before[1], opaque])[rows])
+        outputs = self._graphed((spacing, height, width, self.model), *inputs)
+        return tuple(t[first:count] for t in outputs)
 
     def _record(self, chain: Tensor, decisions: Tensor, why: Tensor, first_index: int) -> None:
         """Keep the chain (host) and warn, in one line per frame, about steps replaced."""

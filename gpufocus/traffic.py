@@ -136,14 +136,14 @@ def count_traffic(
     stages = _Stages(counter)
     aligner = None if options.align is None else StackAligner(options.align)
     if aligner is not None:  # what a CUDA graph replays (gpufocus.graphs), counted apart
-        steps = aligner._steps
+        steps = aligner._graphed
 
         def graphed(*args):
             with stages.stage("align, in its graph"):
-                return steps(*args)
+                return steps(*args)  # not a graph on meta: the operations themselves
 
-        graphed.active = steps.active
-        aligner._steps = graphed
+        graphed.active = lambda device: True  # the CUDA path
+        aligner._graphed = graphed
     fuser = StackFuser(options.replace(align=None))
     moved = FrameTransform(torch.tensor([[1.003, 0.0, 0.2], [0.0, 1.003, -0.1], [0.0, 0.0, 1.0]], dtype=torch.float64))
     planning = dispatch.planning(counter.kernel) if triton else contextlib.nullcontext()

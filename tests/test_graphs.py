@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from gpufocus import AlignOptions
-from gpufocus.align import StackAligner, _features, _steps
+from gpufocus.align import StackAligner, _chunk_steps, _reduced
 from gpufocus.graphs import GraphedFunction, GraphFallbackWarning, _Graph
 from gpufocus.synth import make_stack
 
@@ -97,24 +97,42 @@ def test_off_the_gpu_and_when_turned_off_the_function_runs_as_it_is(monkeypatch)
     assert not GraphedFunction(lambda s, a: (a,), "x", capture=stand_in).active(torch.device("cpu"))
 
 
-@pytest.mark.parametrize("chunk", [3, 4])
-def test_the_aligner_through_a_graph_gives_the_same_transforms(chunk):
-    """11 frames in chunks of 3 (2, 3, 3 and 2 pairs) or 4 (3, 4 and 3 pairs): each
-    chunk's pairs are padded with copies of its last pair to the most frames a chunk has
-    had, so that the first chunk runs as it is, the second captures the one graph and
-    the others replay it; every matrix, decision and reason is the plain aligner's, bit
-    for bit."""
+@pytest.mark.parametrize("chunk, options", [(3, {}), (4, {}), (3, {"global_align": True})])
+def test_the_aligner_through_a_graph_gives_the_same_transforms(chunk, options):
+    """11 frames in chunks of 3 or 4: each chunk's luminance goes to the graph after its
+    previous frame's (the first chunk's own first frame, whose pair is dropped), padded
+    with copies of its last frame to the most a chunk has had, so that the first chunk
+    runs as it is, the second captures the one graph and the others replay it. Every
+    matrix, decision and reason is the plain aligner's, bit for bit; so are the refined
+    ones of global alignment, whose features are made outside the graph."""
     stack = make_stack(192, 256, 11, breathing=0.002, shift=1.5, rotation=0.3, max_blur=6.0, noise=1.0, seed=3)
-    plain, graphed = StackAligner(AlignOptions()), StackAligner(AlignOptions())
-    graphed._steps = GraphedFunction(_steps, "the alignment's motion estimation", capture=stand_in)
+    plain, graphed = StackAligner(AlignOptions(**options)), StackAligner(AlignOptions(**options))
+    graphed._graphed = GraphedFunction(_chunk_steps, "the alignment's motion estimation", capture=stand_in)
     StandIn.made = StandIn.replays = 0
     for start in range(0, 11, chunk):
         frames = stack.frames[start : start + chunk].float() / 255
-        for a, b in zip(plain._chain_on_device(frames, start, None)[:3], graphed._chain_on_device(frames, start, None)[:3]):
-            assert torch.equal(a, b)
-        for aligner in (plain, graphed):
-            aligner._chain += [torch.eye(3, dtype=torch.float64)] * len(frames)
+        for a, b in zip(plain.transforms(frames, start), graphed.transforms(frames, start)):
+            assert torch.equal(a.matrix, b.matrix) and a.fallback == b.fallback
     assert StandIn.made == 1 and StandIn.replays == -(-11 // chunk) - 1
+
+
+def test_after_a_failed_capture_the_chunks_go_on_without_the_graph():
+    """The second chunk's capture fails: it and the chunks after it run as they are (the
+    plain path makes the previous frame's features from its luminance), with the plain
+    aligner's transforms."""
+
+    def refuse(fn, static, inputs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    stack = make_stack(192, 256, 9, breathing=0.002, shift=1.5, max_blur=6.0, seed=4)
+    plain, graphed = StackAligner(AlignOptions()), StackAligner(AlignOptions())
+    graphed._graphed = GraphedFunction(_chunk_steps, "the alignment's motion estimation", capture=refuse)
+    with pytest.warns(GraphFallbackWarning):
+        for start in range(0, 9, 3):
+            frames = stack.frames[start : start + 3].float() / 255
+            for a, b in zip(plain.transforms(frames, start), graphed.transforms(frames, start)):
+                assert torch.equal(a.matrix, b.matrix)
+    assert not graphed._graphed.active(torch.device("cpu"))
 
 
 class _HostTraffic(TorchDispatchMode):
@@ -134,18 +152,20 @@ class _HostTraffic(TorchDispatchMode):
 
 def test_the_graphed_estimation_neither_copies_from_the_host_nor_reads_back(monkeypatch):
     """On the meta device (shapes only), with torch.tensor and torch.as_tensor watched:
-    a capture would fail on either (or bake in one chunk's values)."""
+    a capture would fail on either (or bake in one chunk's values). With and without an
+    alpha mask."""
     made = []
     for name in ("tensor", "as_tensor"):
         real = getattr(torch, name)
         monkeypatch.setattr(torch, name, lambda *a, _real=real, **k: made.append(k.get("device")) or _real(*a, **k))
-    features = _features(torch.empty(4, 3, 768, 1024, device="meta"), AlignOptions().size)
-    templates, images = features.pick(slice(0, 3)), features.pick(slice(1, 4))
+    frames, mask = torch.empty(5, 3, 768, 1024, device="meta"), torch.empty(5, 1, 768, 1024, device="meta")
     mode = _HostTraffic()
-    with mode:
-        for model in ("translation", "similarity", "homography"):
-            outputs = _steps((templates.layout(), model), *templates.tensors(), *images.tensors())
-            assert [o.device.type for o in outputs] == ["meta"] * 3
+    for opaque in (None, mask):
+        luma, spacing, small = _reduced(frames, AlignOptions().size, opaque)
+        with mode:
+            for model in ("translation", "similarity", "homography"):
+                outputs = _chunk_steps((spacing, 768, 1024, model), luma, *([] if small is None else [small]))
+                assert {o.device.type for o in outputs} == {"meta"} and outputs[0].shape == (4, 3, 3)
     assert mode.found == [] and made == []
     with mode:  # the check sees such a copy
         torch.ones(3).to("meta")
