@@ -145,25 +145,27 @@ def _matches(device: str, name: str, source) -> tuple[str, str]:
 
 
 def alignment_without_sync(device: str) -> str:
-    """A chunk's whole estimation under the sync guard (the one read-back comes after)."""
+    """A chunk's whole estimation under the sync guard (the one read-back comes after),
+    its operations one by one."""
     from gpufocus.align import StackAligner
     from gpufocus.options import AlignOptions
 
     frames = make_stack(768, 1024, 4, breathing=0.003, shift=1.0, max_blur=6.0, seed=2).frames.to(device)
-    StackAligner(AlignOptions())._chain_on_device(frames, 0, None)  # warm-up: kernels compile, caches fill
-    aligner = StackAligner(AlignOptions())
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        aligner._chain_on_device(frames, 0, None)
-    except RuntimeError as error:
-        import traceback
+    with _graphs("0"):  # its operations one by one (row 4a: as a graph)
+        StackAligner(AlignOptions())._chain_on_device(frames, 0, None)  # warm-up: kernels compile, caches fill
+        aligner = StackAligner(AlignOptions())
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            aligner._chain_on_device(frames, 0, None)
+        except RuntimeError as error:
+            import traceback
 
-        ours = [f for f in traceback.extract_tb(error.__traceback__) if "gpufocus" in f.filename]
-        where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno} ({ours[-1].line})" if ours else ""
-        return f"synchronised: {str(error).splitlines()[0]}{where}"
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+            ours = [f for f in traceback.extract_tb(error.__traceback__) if "gpufocus" in f.filename]
+            where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno} ({ours[-1].line})" if ours else ""
+            return f"synchronised: {str(error).splitlines()[0]}{where}"
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     return "no host sync"
 
 
@@ -181,7 +183,7 @@ def cuda_graphs(device: str, quick: bool) -> str:
             warnings.simplefilter("always")
             fuser = StackFuser(device=device, chunk=4)
             image = fuser.run(stack.frames)
-        captured = sum(not isinstance(g, str) for g in fuser._aligner._steps._graphs.values())
+        captured = sum(not isinstance(g, str) for g in fuser._aligner._graphed._graphs.values())
         warned = [str(w.message) for w in caught if "CUDA graph" in str(w.message)]
         runs[graphs] = (image, torch.stack([t.matrix for t in fuser.transforms]), captured, warned)
     (image, matrices, captured, warned), (plain, plain_matrices, _, _) = runs["1"], runs["0"]
