@@ -97,21 +97,28 @@ def test_off_the_gpu_and_when_turned_off_the_function_runs_as_it_is(monkeypatch)
     assert not GraphedFunction(lambda s, a: (a,), "x", capture=stand_in).active(torch.device("cpu"))
 
 
-@pytest.mark.parametrize("chunk, options", [(3, {}), (4, {}), (3, {"global_align": True})])
-def test_the_aligner_through_a_graph_gives_the_same_transforms(chunk, options):
+@pytest.mark.parametrize("chunk, options, masked", [(3, {}, False), (4, {}, False), (3, {"global_align": True}, False),
+                                                    (3, {}, True)])
+def test_the_aligner_through_a_graph_gives_the_same_transforms(chunk, options, masked):
     """11 frames in chunks of 3 or 4: each chunk's luminance goes to the graph after its
     previous frame's (the first chunk's own first frame, whose pair is dropped), padded
     with copies of its last frame to the most a chunk has had, so that the first chunk
     runs as it is, the second captures the one graph and the others replay it. Every
     matrix, decision and reason is the plain aligner's, bit for bit; so are the refined
-    ones of global alignment, whose features are made outside the graph."""
+    ones of global alignment, whose features are made outside the graph; and with an
+    alpha mask, whose opacity goes to the graph beside the luminance."""
     stack = make_stack(192, 256, 11, breathing=0.002, shift=1.5, rotation=0.3, max_blur=6.0, noise=1.0, seed=3)
     plain, graphed = StackAligner(AlignOptions(**options)), StackAligner(AlignOptions(**options))
     graphed._graphed = GraphedFunction(_chunk_steps, "the alignment's motion estimation", capture=stand_in)
     StandIn.made = StandIn.replays = 0
     for start in range(0, 11, chunk):
         frames = stack.frames[start : start + chunk].float() / 255
-        for a, b in zip(plain.transforms(frames, start), graphed.transforms(frames, start)):
+        mask = None
+        if masked:  # a transparent band down the left side, a different width in each frame
+            mask = torch.ones(len(frames), 1, 192, 256)
+            for k in range(len(frames)):
+                mask[k, :, :, : 20 + 3 * (start + k)] = 0
+        for a, b in zip(plain.transforms(frames, start, mask), graphed.transforms(frames, start, mask)):
             assert torch.equal(a.matrix, b.matrix) and a.fallback == b.fallback
     assert StandIn.made == 1 and StandIn.replays == -(-11 // chunk) - 1
 
