@@ -410,8 +410,9 @@ def quantize(image: torch.Tensor, bits: int) -> torch.Tensor:
     top = 65535 if bits == 16 else 255
     import torch
 
-    # one float copy, scaled in place, then the integers: a 24-megapixel result costs
-    # 288 MB and 72 MB on top of itself, not three float copies
+    # one float copy, scaled in place, then the integers laid out as the encoders take
+    # them: a 24-megapixel result costs 288 MB and twice 72 MB on top of itself, not
+    # three float copies
     scaled = image.detach().float().clamp(0, 1).mul_(top).round_()
     pixels = scaled.to(torch.uint16 if bits == 16 else torch.uint8).permute(1, 2, 0).contiguous()
     return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
