@@ -1,7 +1,7 @@
 """A function of tensors replayed as a CUDA graph: its thousands of small operations
 launched as one.
 
-The alignment's estimation of a chunk (``gpufocus.align``) is about 3,900 operations on
+The alignment's estimation of a chunk (``gpufocus.align``) is about 3,800 operations on
 small tensors (0.51 s for 100 frames of 24 MP on the H200, bench/RESULTS.md: bound by
 launching them, not by the bytes they move). It reads nothing back to the host, so it
 can be captured once and replayed for every chunk of the same shape.
