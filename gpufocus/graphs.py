@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .errors import GpufocusWarning
 
-__all__ = ["GraphedFunction", "graphs_enabled"]
+__all__ = ["GraphFallbackWarning", "GraphedFunction", "graphs_enabled"]
 
 log = logging.getLogger(__name__)
 
