@@ -124,7 +124,7 @@ def device_matches_cpu(device: str, real: Path | None) -> list[tuple[str, str]]:
     rows = []
     stack = make_stack(384, 512, 6, breathing=0.003, shift=1.0, max_blur=6.0, seed=1)
     scratch = tempfile.TemporaryDirectory()
-    files = [str(p) for p in write_stack(stack, Path(scratch.name) / "png") if p.name.startswith("frame_")]
+    files = [str(p) for p in write_stack(stack, Path(scratch.name) / "png")]  # the frames
     sources = [("synthetic 512x384 x6 (moving)", stack.frames), ("synthetic 512x384 x6 (moving), PNG files", files)]
     if real is not None and real.is_dir():
         sources.append((real.name, sorted(str(p) for p in real.iterdir() if p.suffix.lower() in (".jpg", ".png"))))
@@ -207,10 +207,22 @@ def _graphs(value: str):
             os.environ["GPUFOCUS_CUDA_GRAPHS"] = before
 
 
-def jpeg_decoding(device: str, width: int, height: int, frames: int, quick: bool) -> str:
-    """Row 4b: ``gpufocus.load.jpeg_decoder`` for the device against Pillow, and its speed."""
+def _median_time(work, runs: int):
+    """``work()`` once to warm up, then ``runs`` times: the median seconds and what the
+    last run gave (``work`` returns once its result is on the host, or synchronises)."""
     import statistics
 
+    work()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def jpeg_decoding(device: str, width: int, height: int, frames: int, quick: bool) -> str:
+    """Row 4b: ``gpufocus.load.jpeg_decoder`` for the device against Pillow, and its speed."""
     import numpy as np
     from PIL import Image
 
@@ -229,13 +241,7 @@ def jpeg_decoding(device: str, width: int, height: int, frames: int, quick: bool
             torch.cuda.synchronize(target)
         return chunks
 
-    decode_all()  # warm-up: the decoder's buffers
-    times = []
-    for _ in range(1 if quick else 3):
-        started = time.perf_counter()
-        chunks = decode_all()
-        times.append(time.perf_counter() - started)
-    seconds = statistics.median(times)
+    seconds, chunks = _median_time(decode_all, 1 if quick else 3)
     first = chunks[0][: min(4, frames)].cpu().permute(0, 2, 3, 1).numpy().astype(np.int16)
     pillow = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in files[: len(first)]]).astype(np.int16)
     difference = np.abs(first - pillow)
@@ -248,8 +254,6 @@ def jpeg_encoding(device: str, width: int, height: int, quick: bool) -> str:
     (``encode_jpeg``, with metadata) against the download and Pillow's ``encode_image``,
     both from the same float image on the device; the decoded difference."""
     import io
-    import statistics
-
     import numpy as np
     from PIL import Image
 
@@ -272,16 +276,7 @@ def jpeg_encoding(device: str, width: int, height: int, quick: bool) -> str:
                      software="gpufocus check")
         return out.getvalue()
 
-    seconds = {}
-    for name, encode in (("device", by_device), ("pillow", by_pillow)):
-        encode()  # warm-up
-        times = []
-        for _ in range(1 if quick else 3):
-            started = time.perf_counter()
-            data = encode()
-            times.append(time.perf_counter() - started)
-        seconds[name] = (statistics.median(times), data)
-    (fast, ours), (slow, theirs) = seconds["device"], seconds["pillow"]
+    (fast, ours), (slow, theirs) = (_median_time(encode, 1 if quick else 3) for encode in (by_device, by_pillow))
     decoded = [np.asarray(Image.open(io.BytesIO(d))).astype(np.int16) for d in (ours, theirs)]
     difference = np.abs(decoded[0] - decoded[1])
     return (f"{encoder.name}: {width}x{height} q95 in {fast * 1e3:.1f} ms, Pillow (download included) "

@@ -238,19 +238,6 @@ class _Features:
     width: int
     blurred: dict[int, Tensor]
 
-    def layout(self) -> tuple:
-        """What ``tensors`` leaves out: with them, ``from_tensors`` makes the features again."""
-        return tuple(self.spacing), self.height, self.width, tuple(sorted(self.blurred))
-
-    def tensors(self) -> list[Tensor]:
-        return [*self.levels, *(self.blurred[i] for i in sorted(self.blurred))]
-
-    @staticmethod
-    def from_tensors(layout: tuple, tensors) -> _Features:
-        spacing, height, width, blurred = layout
-        levels = list(tensors[: len(spacing)])
-        return _Features(levels, list(spacing), height, width, dict(zip(blurred, tensors[len(spacing) :])))
-
     def pick(self, index) -> _Features:
         return _Features(
             [level[index] for level in self.levels], self.spacing, self.height, self.width,
@@ -639,14 +626,9 @@ def _check(template: _Features, image: _Features, estimate: Tensor, model: str) 
     return stats
 
 
-def _steps(layout: tuple, *tensors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _steps(template: _Features, image: _Features, model: str) -> tuple[Tensor, Tensor, Tensor]:
     """Each pair's step (``_estimate``), its decision (``_check``, ``_decide``) and why:
-    the failed check's ``_REASONS`` key and the correlation, ``(B, 2)``. The templates'
-    and the images' features come as ``_Features.tensors``, ``layout`` as
-    ``(_Features.layout, model)``: the arguments of a CUDA graph (``StackAligner``)."""
-    shape, model = layout
-    half = len(tensors) // 2
-    template, image = _Features.from_tensors(shape, tensors[:half]), _Features.from_tensors(shape, tensors[half:])
+    the failed check's ``_REASONS`` key and the correlation, ``(B, 2)``."""
     estimated = _estimate(template, image, model)
     stats = _check(template, image, estimated, model)
     return estimated, _decide(stats), torch.stack([stats["reason"].double(), stats["correlation"]], -1)
@@ -663,8 +645,7 @@ def _chunk_steps(layout: tuple, *tensors: Tensor) -> tuple[Tensor, ...]:
     luma, opaque = tensors[0], (tensors[1] if len(tensors) > 1 else None)
     features = _pyramid(luma, spacing, opaque, height, width)
     count = luma.shape[0]
-    templates, images = features.pick(slice(0, count - 1)), features.pick(slice(1, count))
-    return _steps((templates.layout(), model), *templates.tensors(), *images.tensors())
+    return _steps(features.pick(slice(0, count - 1)), features.pick(slice(1, count)), model)
 
 
 #: A chunk's estimation as CUDA graphs, kept for the process: every stack of a batch of
@@ -917,8 +898,7 @@ class StackAligner:
                 if not first:
                     templates = _Features.cat([self._previous, templates])
                 images = features.pick(slice(first, count))
-                estimated, decided, reasons = _steps((templates.layout(), self.model), *templates.tensors(),
-                                                     *images.tensors())
+                estimated, decided, reasons = _steps(templates, images, self.model)
             self._previous = features.pick(slice(count - 1, count))
         self._previous_reduced = (luma[-1:], None if small_opaque is None else small_opaque[-1:])
         if features is None and self.options.global_align:
@@ -952,10 +932,9 @@ class StackAligner:
         count = luma.shape[0]
         before = (luma[:1], None if opaque is None else opaque[:1]) if first else self._previous_reduced
         self._widest = max(self._widest, count)
-        rows = list(range(count + 1)) + [count] * (self._widest - count)  # the previous frame, then the chunk's
-        inputs = [torch.cat([before[0], luma])[rows]]
-        if opaque is not None:
-            inputs.append(torch.cat([before[1], opaque])[rows])
+        padding = self._widest - count  # copies of the last frame, made on the device (no index from the host)
+        inputs = [torch.cat([start, x, x[-1:].expand(padding, *x.shape[1:])])
+                  for start, x in zip(before, (luma, opaque)) if x is not None]
         outputs = self._graphed((spacing, height, width, self.model), *inputs)
         return tuple(t[first:count] for t in outputs)
 

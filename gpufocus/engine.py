@@ -791,13 +791,13 @@ def _upload_ahead(chunks: Iterable[np.ndarray], device: torch.device) -> Iterato
             done = torch.cuda.Event()
             done.record(stream)
         if ahead is not None:
-            yield _arrived(*ahead)
+            yield _arrived(*ahead[:2])
         ahead = (copied, done, host)  # the host buffer lives until its copy is done
     if ahead is not None:
-        yield _arrived(*ahead)
+        yield _arrived(*ahead[:2])
 
 
-def _arrived(copied: Tensor, done: torch.cuda.Event, host: Tensor) -> Tensor:
+def _arrived(copied: Tensor, done: torch.cuda.Event) -> Tensor:
     return arrived(copied, done).permute(0, 3, 1, 2)  # (B, H, W, C) as decoded -> (B, C, H, W), a view
 
 

@@ -410,11 +410,11 @@ def quantize(image: torch.Tensor, bits: int) -> torch.Tensor:
     top = 65535 if bits == 16 else 255
     import torch
 
-    # one float copy, scaled in place, then the integers laid out as the encoders take
-    # them: a 24-megapixel result costs 288 MB and twice 72 MB on top of itself, not
-    # three float copies
-    scaled = image.detach().float().clamp(0, 1).mul_(top).round_()
-    pixels = scaled.to(torch.uint16 if bits == 16 else torch.uint8).permute(1, 2, 0).contiguous()
+    # one float copy, scaled in place and let go once it is integers, which are then laid
+    # out as the encoders take them: on top of a 24-megapixel result, 288 MB + 72 MB,
+    # then 2 x 72 MB (``memory.frame_needs``), not three float copies
+    integers = image.detach().float().clamp(0, 1).mul_(top).round_().to(torch.uint16 if bits == 16 else torch.uint8)
+    pixels = integers.permute(1, 2, 0).contiguous()
     return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
 
 
