@@ -47,7 +47,9 @@ def to_float(frames: Tensor | np.ndarray, device: torch.device, dtype: torch.dty
     """Frames as floats in [0, 1] on ``device``.
 
     Integer frames move to the device as they are (1 or 2 bytes a sample) and are
-    scaled there; ``(B, H, W, C)`` arrays (as decoded) become ``(B, C, H, W)``.
+    scaled there; ``(B, H, W, C)`` arrays (as decoded) become ``(B, C, H, W)``. In
+    float32 the result is the same on every device: the integer divided by its largest
+    value, rounded once.
     """
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
@@ -61,8 +63,14 @@ def to_float(frames: Tensor | np.ndarray, device: torch.device, dtype: torch.dty
         raise GpufocusError(f"frames of dtype {frames.dtype} are not supported (use uint8, uint16 or float)")
     frames = frames.to(device, non_blocking=True)
     out = torch.empty(frames.shape, dtype=dtype, device=device)  # contiguous, whatever the input's layout
-    out.copy_(frames)
-    return out if top is None else out.div_(top)
+    if top is None:
+        return out.copy_(frames)
+    if device.type == "cpu" and torch.finfo(dtype).max >= top:  # two passes: faster on the CPU
+        return out.copy_(frames).div_(top)
+    # One pass, which reads the integers and writes the floats (a GPU's time is its
+    # bytes), computed in float32 and rounded once to ``dtype``: 16-bit samples above
+    # float16's largest (65504) would become infinite if converted before the division.
+    return torch.div(frames, top, out=out)
 
 
 class StackFuser:

@@ -86,6 +86,23 @@ def test_half_precision_stays_close(dtype, synthetic):
     assert psnr(half, full) > 30
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_sixteen_bit_highlights_survive_half_precision(dtype, synthetic):
+    """Samples above float16's largest number (65504) are scaled before they are rounded
+    to half precision: converted first, they became infinite and fused to black."""
+    from gpufocus.engine import to_float
+
+    every = torch.arange(65536, dtype=torch.int32).to(torch.uint16).view(1, 1, 256, 256)
+    scaled = to_float(every, torch.device("cpu"), getattr(torch, dtype))
+    exact = every.double() / 65535
+    assert torch.isfinite(scaled).all() and scaled.max() == 1
+    if dtype == "float32":  # rounded once, from the exact quotient
+        assert torch.equal(scaled, exact.float())
+    bright = (synthetic.frames * 0.02 + 0.98) * 65535  # every sample above 64224
+    fused = fuse(bright.round().to(torch.int32).to(torch.uint16), device="cpu", dtype=dtype)
+    assert fused.min() > 0.97 and psnr(fused, fuse(bright / 65535, device="cpu")) > 45
+
+
 def test_result_is_in_range_and_shaped(synthetic):
     fused = fuse(synthetic.frames, device="cpu", levels=2, kernel_size=3)
     assert fused.shape == (3, 96, 128) and fused.min() >= 0 and fused.max() <= 1
