@@ -6,7 +6,8 @@ Prepared for a lent H200 (torch with CUDA and Triton there; kornia and imagecode
 carried as wheels). The rows, in order:
 1. The compile check (``gpufocus.kernels.compile``) with the Triton installed there.
 2. Each Triton kernel against its torch twin on CUDA (fresh random inputs of odd size):
-   equal bit for bit, or the largest difference.
+   equal bit for bit, or the largest difference; with ``pyr_down[luma]``, the alignment's
+   first level of the frames' luminance made in one pass.
 3. CUDA against the CPU, defaults: a synthetic moving stack (a tensor, and PNG files:
    decoded into pinned memory) and ``--real`` (petteri_pcb from shared/data/real),
    largest and mean difference in 1/255.
@@ -71,12 +72,14 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"max diff {float((a.float() - b.float()).abs().max()):.2e}"
 
 
-def kernels_match_twins(device: str) -> list[tuple[str, str]]:
-    """Each kernel on fresh random data, Triton against the torch twin on the same device."""
-    from gpufocus.kernels import DETAIL, LUMA, Level, detail, downsample, select
+def kernels_match_twins(device: str, quick: bool = False) -> list[tuple[str, str]]:
+    """Each kernel on fresh random data, Triton against the torch twin on the same device
+    (``quick``: frames of 47x33, for Triton's interpreter on the CPU)."""
+    from gpufocus.kernels import DETAIL, LUMA, Level, detail, downsample, downsample_luminance, select
     from gpufocus.kernels.filters import binomial_taps, separable_filter
 
-    g = torch.rand(4, 3, 1001, 1503, device=device)
+    height, width = (33, 47) if quick else (1001, 1503)
+    g = torch.rand(4, 3, height, width, device=device)
     rows = []
 
     def both(fn):
@@ -90,12 +93,13 @@ def kernels_match_twins(device: str) -> list[tuple[str, str]]:
 
     coarse, coarse_twin = both(lambda: downsample(g))
     rows.append(("kernel pyr_down vs twin", _compare(coarse, coarse_twin)))
+    rows.append(("kernel pyr_down[luma] vs twin", _compare(*both(lambda: downsample_luminance(g)))))
     for measure, name in ((DETAIL, "detail"), (LUMA, "detail[luma]")):
         got, want = both(lambda: detail(g, coarse, measure))
         rows.append((f"kernel {name} vs twin", _compare(got, want)))
     measured = detail(g, coarse, LUMA)
     level = Level(g, coarse, lambda: measured, lambda: detail(g, coarse, DETAIL))
-    usable = torch.rand(4, 1, 1001, 1503, device=device) > 0.1
+    usable = torch.rand(4, 1, height, width, device=device) > 0.1
     taps = binomial_taps(9)
     (state, energy), (twin, twin_energy) = both(
         lambda: select.energy_fold(None, level, taps, usable, 0, track_index=True, keep_energy=True))
@@ -371,7 +375,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
 
     step("compile check, sm_90", compile_check)
     if device.startswith("cuda"):
-        step("kernels vs twins", lambda: kernels_match_twins(device))
+        step("kernels vs twins", lambda: kernels_match_twins(device, args.quick))
         step("alignment of a chunk on CUDA", lambda: alignment_without_sync(device))
     step("alignment as a CUDA graph", lambda: cuda_graphs(device, args.quick))
     step("JPEG decoder", lambda: jpeg_decoding(device, width, height, frames, args.quick))

@@ -62,6 +62,7 @@ from torch import Tensor
 
 from .batchmath import cholesky, cholesky_solve, fixed_sum, inverse3x3, matmul3x3
 from .color import luminance
+from .kernels import downsample, downsample_luminance
 from .errors import GpufocusWarning
 from .graphs import GraphedFunction
 from .options import ALIGN_MODELS, AlignOptions
@@ -277,10 +278,19 @@ def _features(frames: Tensor, size: int, opaque: Tensor | None = None) -> _Featu
 def _reduced(frames: Tensor, size: int, opaque: Tensor | None) -> tuple[Tensor, int, Tensor | None]:
     """The frames' luminance at the estimation size, ``(B, 1, h, w)``, its pixel spacing
     in full-resolution pixels, and the opacity at that size (or ``None``)."""
-    luma, spacing = luminance(frames.float()), 1
-    while size and max(luma.shape[-2:]) > size and min(luma.shape[-2:]) >= 2 * MIN_ALIGN_SIDE:
-        luma, spacing = pyr_down(luma), spacing * 2
-        opaque = None if opaque is None else (pyr_down(opaque) > 0.999).float()
+    def shrinks(image: Tensor) -> bool:
+        return bool(size) and max(image.shape[-2:]) > size and min(image.shape[-2:]) >= 2 * MIN_ALIGN_SIDE
+
+    def halved(mask: Tensor | None) -> Tensor | None:
+        return None if mask is None else (downsample(mask) > 0.999).float()
+
+    frames = frames.float()
+    if not shrinks(frames):
+        return luminance(frames), 1, opaque
+    # The first level down made with the luminance: one pass over the frames on a GPU.
+    luma, spacing, opaque = downsample_luminance(frames), 2, halved(opaque)
+    while shrinks(luma):
+        luma, spacing, opaque = downsample(luma), spacing * 2, halved(opaque)
     return luma, spacing, opaque
 
 

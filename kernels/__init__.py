@@ -12,10 +12,11 @@ if __name__ != "gpufocus.kernels":  # the checkout's kernels/ is on sys.path whe
 
 from .dispatch import KernelFallbackWarning, use_triton  # noqa: E402
 from .noise import noise_samples  # noqa: E402
-from .pyramid_level import DETAIL, LUMA, MEAN, detail, downsample, measure_of  # noqa: E402
+from .pyramid_level import DETAIL, LUMA, MEAN, detail, downsample, downsample_luminance, measure_of  # noqa: E402
 from .select import Level, RunningMax, energy_fold, fold_max, halo_fold, mask_unusable, window_energies  # noqa: E402
 
 __all__ = [
-    "DETAIL", "LUMA", "MEAN", "KernelFallbackWarning", "Level", "RunningMax", "detail", "downsample", "energy_fold",
-    "fold_max", "halo_fold", "mask_unusable", "measure_of", "noise_samples", "use_triton", "window_energies",
+    "DETAIL", "LUMA", "MEAN", "KernelFallbackWarning", "Level", "RunningMax", "detail", "downsample",
+    "downsample_luminance", "energy_fold", "fold_max", "halo_fold", "mask_unusable", "measure_of", "noise_samples",
+    "use_triton", "window_energies",
 ]

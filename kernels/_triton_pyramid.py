@@ -1,6 +1,8 @@
 """Triton kernels of one Laplacian pyramid level (imported only where Triton runs).
 
-- ``_pyr_down_kernel``: the next Gaussian level.
+- ``_pyr_down_kernel``: the next Gaussian level; or (``OF_LUMA``) the next level of RGB
+  frames' luminance, made as it is read: 12 bytes a pixel read and a quarter of 4
+  written, where the luminance and then its level would write and read it again.
 - ``_detail_kernel``: the detail ``g - pyr_up(coarser)``, or straight away the plane a
   decision is measured on (its luminance, or the mean of its channels), which is all
   the selection reads of a level: 4 bytes a pixel written instead of 4 per channel.
@@ -51,33 +53,56 @@ def reflect(i, n):
 
 
 @triton.jit
-def _down_column(src, r0, r1, r2, r3, r4, c, w, inside):
+def luma(red, green, blue):
+    """``gpufocus.color.luminance``'s sum, in its order: red 0.299, += green 0.587, += blue 0.114."""
+    value = red * 0.299
+    value = value + green * 0.587
+    return value + blue * 0.114
+
+
+@triton.jit
+def _sample(src, at, plane_size, inside, OF_LUMA: tl.constexpr):
+    """The sample at offset ``at`` of the plane at ``src``, or (``OF_LUMA``) the luminance of
+    the three planes from ``src`` on, ``plane_size`` apart."""
+    if OF_LUMA:
+        return luma(tl.load(src + at, mask=inside, other=0.0), tl.load(src + plane_size + at, mask=inside, other=0.0),
+                    tl.load(src + 2 * plane_size + at, mask=inside, other=0.0))
+    return tl.load(src + at, mask=inside, other=0.0)
+
+
+@triton.jit
+def _down_column(src, r0, r1, r2, r3, r4, c, w, plane_size, inside, OF_LUMA: tl.constexpr):
     """The vertical 5-tap binomial sum at column ``c``: m 6/16 + (a + e) / 16 + (b + d) 4/16."""
-    a = tl.load(src + r0 * w + c, mask=inside, other=0.0)
-    b = tl.load(src + r1 * w + c, mask=inside, other=0.0)
-    m = tl.load(src + r2 * w + c, mask=inside, other=0.0)
-    d = tl.load(src + r3 * w + c, mask=inside, other=0.0)
-    e = tl.load(src + r4 * w + c, mask=inside, other=0.0)
+    a = _sample(src, r0 * w + c, plane_size, inside, OF_LUMA)
+    b = _sample(src, r1 * w + c, plane_size, inside, OF_LUMA)
+    m = _sample(src, r2 * w + c, plane_size, inside, OF_LUMA)
+    d = _sample(src, r3 * w + c, plane_size, inside, OF_LUMA)
+    e = _sample(src, r4 * w + c, plane_size, inside, OF_LUMA)
     v = m * 0.375
     v = v + (a + e) * 0.0625
     return v + (b + d) * 0.25
 
 
 @triton.jit(do_not_specialize=["h", "w", "oh", "ow"])
-def _pyr_down_kernel(x_ptr, out_ptr, h, w, oh, ow, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _pyr_down_kernel(
+    x_ptr, out_ptr, h, w, oh, ow, OF_LUMA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """One output plane a program column: a plane of the input, or (``OF_LUMA``) the
+    luminance of a frame's three."""
     plane = tl.program_id(2).to(tl.int64)
     oy = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
     ox = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
     inside = (oy < oh) & (ox < ow)
-    src = x_ptr + plane * h * w
+    plane_size = h * w
+    src = x_ptr + plane * (3 if OF_LUMA else 1) * plane_size
     r0, r1, r2 = reflect(2 * oy - 2, h), reflect(2 * oy - 1, h), reflect(2 * oy, h)
     r3, r4 = reflect(2 * oy + 1, h), reflect(2 * oy + 2, h)
     # Rows first, then columns, each as c 6/16 + (a + e) / 16 + (b + d) 4/16 in that order.
-    c0 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox - 2, w), w, inside)
-    c1 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox - 1, w), w, inside)
-    c2 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox, w), w, inside)
-    c3 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox + 1, w), w, inside)
-    c4 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox + 2, w), w, inside)
+    c0 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox - 2, w), w, plane_size, inside, OF_LUMA)
+    c1 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox - 1, w), w, plane_size, inside, OF_LUMA)
+    c2 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox, w), w, plane_size, inside, OF_LUMA)
+    c3 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox + 1, w), w, plane_size, inside, OF_LUMA)
+    c4 = _down_column(src, r0, r1, r2, r3, r4, reflect(2 * ox + 2, w), w, plane_size, inside, OF_LUMA)
     out = c2 * 0.375
     out = out + (c0 + c4) * 0.0625
     out = out + (c1 + c3) * 0.25
@@ -123,14 +148,6 @@ def detail_at(g_ptr, coarse_ptr, plane, y, x, h, w, mh, mw, inside):
     """``g - pyr_up(coarse)`` of plane ``plane`` (a tensor or a scalar) at ``(y, x)``."""
     g = tl.load(g_ptr + plane * h * w + y * w + x, mask=inside, other=0.0)
     return g - upsampled(coarse_ptr + plane * mh * mw, y, x, mh, mw, h, w, inside)
-
-
-@triton.jit
-def luma(red, green, blue):
-    """``gpufocus.color.luminance``'s sum, in its order: red 0.299, += green 0.587, += blue 0.114."""
-    value = red * 0.299
-    value = value + green * 0.587
-    return value + blue * 0.114
 
 
 @triton.jit(do_not_specialize=["channels", "h", "w", "mh", "mw"])
@@ -188,17 +205,20 @@ def coarse_extent(height: int, width: int, coarse_height: int, coarse_width: int
     return rows * extent(width, tile[1], coarse_width, lambda s: s // 2 - 1, lambda e: e // 2 + 1)
 
 def pyr_down_launch(g: torch.Tensor, coarse: torch.Tensor) -> tuple:
-    """``(grid, args, constexprs)`` of ``_pyr_down_kernel`` from ``g`` into ``coarse``."""
+    """``(grid, args, constexprs)`` of ``_pyr_down_kernel`` from ``g`` into ``coarse``:
+    ``coarse`` with one channel where ``g`` has three is the luminance's level."""
     batch, channels, height, width = g.shape
+    luma_of = coarse.shape[1] != channels
     args = (g, coarse, height, width, *coarse.shape[-2:])
-    return grid(*coarse.shape[-2:], batch * channels, TILE), args, tile_constexprs(TILE)
+    return grid(*coarse.shape[-2:], batch * coarse.shape[1], TILE), args, {"OF_LUMA": luma_of, **tile_constexprs(TILE)}
 
 
-def pyr_down(g: torch.Tensor) -> torch.Tensor:
-    """``filters.pyr_down`` of ``(B, C, H, W)`` float32."""
+def pyr_down(g: torch.Tensor, of_luma: bool = False) -> torch.Tensor:
+    """``filters.pyr_down`` of ``(B, C, H, W)`` float32; with ``of_luma``, of the
+    luminance of ``(B, 3, H, W)`` (``pyr_down(luminance(g))``, made in one pass)."""
     g = g.contiguous()
     batch, channels, height, width = g.shape
-    coarse = g.new_empty(batch, channels, (height + 1) // 2, (width + 1) // 2)
+    coarse = g.new_empty(batch, 1 if of_luma else channels, (height + 1) // 2, (width + 1) // 2)
     launch_grid, args, constexprs = pyr_down_launch(g, coarse)
 
     def traffic() -> tuple[int, int]:
@@ -206,7 +226,7 @@ def pyr_down(g: torch.Tensor) -> torch.Tensor:
         columns = extent(coarse.shape[-1], TILE[1], width, lambda s: 2 * s - 2, lambda e: 2 * e + 2)
         return 4 * batch * channels * rows * columns, 4 * coarse.numel()
 
-    launch("pyr_down", _pyr_down_kernel, launch_grid, args, constexprs, traffic)
+    launch("pyr_down[luma]" if of_luma else "pyr_down", _pyr_down_kernel, launch_grid, args, constexprs, traffic)
     return coarse
 
 

@@ -68,6 +68,8 @@ def specializations() -> Iterator[Specialization]:
     g, coarse = torch.empty(2, 3, 33, 47, **meta), torch.empty(2, 3, 17, 24, **meta)
     _, args, constexprs = pyramid.pyr_down_launch(g, coarse)
     yield Specialization("pyr_down", pyramid._pyr_down_kernel, args, constexprs)
+    _, args, constexprs = pyramid.pyr_down_launch(g, torch.empty(2, 1, 17, 24, **meta))
+    yield Specialization("pyr_down[luma]", pyramid._pyr_down_kernel, args, constexprs)
     for measure, label in ((pyramid.DETAIL, "detail"), (pyramid.LUMA, "luma"), (pyramid.MEAN, "mean")):
         out = torch.empty(2, 3 if measure == pyramid.DETAIL else 1, 33, 47, **meta)
         _, args, constexprs = pyramid.detail_launch(g, coarse, out, measure)

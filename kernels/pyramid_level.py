@@ -8,7 +8,7 @@ from .color import luminance
 from .dispatch import triton_or_torch, use_triton
 from .filters import pyr_down, pyr_up
 
-__all__ = ["DETAIL", "LUMA", "MEAN", "measure_of", "downsample", "detail"]
+__all__ = ["DETAIL", "LUMA", "MEAN", "measure_of", "downsample", "downsample_luminance", "detail"]
 
 #: What ``detail`` returns: the detail of every channel, the luminance of an RGB
 #: detail, or the mean of its channels (``gpufocus.color.luminance``'s rule).
@@ -34,6 +34,23 @@ def downsample(g: Tensor) -> Tensor:
 
         return triton_or_torch("pyr_down", lambda: fused.pyr_down(g), lambda: pyr_down(g))
     return pyr_down(g)
+
+
+def downsample_luminance(frames: Tensor) -> Tensor:
+    """The next Gaussian level of the frames' luminance, ``pyr_down(luminance(frames))``:
+    for RGB frames in one pass where Triton runs, which reads the frames once and writes
+    only the level (the twin writes the luminance and reads it again).
+
+    Shape:
+        - frames: ``(B, C, H, W)``; output: ``(B, 1, ceil(H/2), ceil(W/2))``.
+    """
+    if frames.shape[1] == 3 and use_triton(frames):
+        from . import _triton_pyramid as fused
+
+        return triton_or_torch(
+            "pyr_down[luma]", lambda: fused.pyr_down(frames, of_luma=True), lambda: pyr_down(luminance(frames))
+        )
+    return downsample(luminance(frames))
 
 
 def detail(g: Tensor, coarser: Tensor, measure: int = DETAIL) -> Tensor:

@@ -28,10 +28,22 @@ def test_the_fuse_stage_of_the_kernels_moves_less_than_its_twins():
     twins = count_traffic(240, 320, 4, 2, triton=False)
     assert kernels["fuse"].launches > 0 and twins["fuse"].launches == 0
     assert kernels["fuse"].bytes * 5 < twins["fuse"].bytes
-    # the stages the kernels do not touch move the same
+    # the stages the kernels do not touch move the same (frames this small are aligned
+    # at full size: no level of their luminance is made)
     assert kernels["align"].bytes == twins["align"].bytes > 0
-    # uint8 to float: copy (read 1, write 4 bytes a sample), then scale in place (read 4, write 4)
-    assert kernels["upload"].bytes == twins["upload"].bytes == 4 * 3 * 240 * 320 * (1 + 4 + 4 + 4)
+    # uint8 to float in one pass: read 1, write 4 bytes a sample
+    assert kernels["upload"].bytes == twins["upload"].bytes == 4 * 3 * 240 * 320 * (1 + 4)
+
+
+def test_the_align_stage_reads_the_frames_once_on_the_kernels():
+    """Frames larger than the estimation size: the kernels make the luminance's first
+    level in one pass, which reads each float frame once (12 bytes a pixel)."""
+    pytest.importorskip("triton")
+    kernels = count_traffic(1200, 1600, 2, 2, triton=True)["align"]
+    twins = count_traffic(1200, 1600, 2, 2, triton=False)["align"]
+    pixel_frames = 1200 * 1600 * 2
+    assert kernels.by_name["triton:pyr_down[luma]"] > 12 * pixel_frames
+    assert kernels.bytes < 20 * pixel_frames < 100 * pixel_frames < twins.bytes
 
 
 def test_bench_traffic_writes_a_row_per_stage_and_path(tmp_path):

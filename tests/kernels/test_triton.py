@@ -66,6 +66,22 @@ def test_pyramid_kernels_are_the_torch_twins_bit_for_bit(interpreted, shape):
     torch.testing.assert_close(mean, difference.mean(1, keepdim=True), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("shape", SHAPES + [(3, 3, 40, 70)])
+def test_the_luminance_level_is_its_torch_twin_bit_for_bit(interpreted, shape):
+    """``downsample_luminance``: the luminance and its next level in one pass (the
+    alignment's first step down), the same numbers as the two made one after the other."""
+    from gpufocus.color import luminance
+    from gpufocus.kernels import downsample_luminance
+
+    frames = _rand(shape, 7 + sum(shape))
+    expected = filters.pyr_down(luminance(frames))
+    got = downsample_luminance(frames)
+    assert got.shape == (shape[0], 1, (shape[2] + 1) // 2, (shape[3] + 1) // 2)
+    assert torch.equal(got, expected)
+    if shape[1] == 3:  # the fused kernel itself ran, not the twin
+        assert torch.equal(interpreted[0].pyr_down(frames, of_luma=True), expected)
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 5, 5), (2, 3, 37, 29), (1, 1, 21, 7), (2, 4, 22, 9)])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_noise_kernel_is_the_torch_twin_bit_for_bit(interpreted, monkeypatch, shape, per_channel):
@@ -172,6 +188,38 @@ def test_the_engine_through_triton_is_the_engine_through_torch(interpreted, monk
     expected = fuse(stack.frames, device="cpu", **settings)
     _twin(monkeypatch, False)
     assert torch.equal(fuse(stack.frames, device="cpu", **settings), expected)
+
+
+def test_the_alignment_through_triton_is_the_alignment_through_torch(interpreted, monkeypatch):
+    """Frames brought to the estimation size by the kernels: the same motion, the same image."""
+    from gpufocus import fuse
+    from gpufocus.options import AlignOptions
+    from gpufocus.synth import make_stack
+
+    stack = make_stack(72, 136, 3, max_blur=3.0, breathing=0.01, shift=1.5, seed=4)
+    settings = {"levels": 2, "align": AlignOptions(size=64)}  # estimated at 36x68
+    _twin(monkeypatch, True)
+    expected = fuse(stack.frames, device="cpu", **settings)
+    _twin(monkeypatch, False)
+    pyramid, pyr_down, calls = interpreted[0], interpreted[0].pyr_down, []
+    monkeypatch.setattr(pyramid, "pyr_down", lambda g, of_luma=False: calls.append(of_luma) or pyr_down(g, of_luma))
+    assert torch.equal(fuse(stack.frames, device="cpu", **settings), expected)
+    assert calls.count(True) == 1  # the chunk of three frames, at once
+
+
+def test_the_gpu_checks_kernel_rows_hold_under_the_interpreter(interpreted):
+    """bench/gpu_check.py's rows 2 (run on CUDA only), on small frames here: each kernel
+    equals its twin, so that the day a GPU runs them, a difference is the GPU's."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    rows = dict(gpu_check.kernels_match_twins("cpu", quick=True))
+    assert rows["kernel pyr_down[luma] vs twin"] == "equal"
+    assert len(rows) == 7 and set(rows.values()) == {"equal", "equal, equal, equal, equal", "equal, equal, equal"}, rows
 
 
 def test_a_kernel_that_cannot_run_falls_back_with_one_warning(interpreted, monkeypatch):
