@@ -814,7 +814,9 @@ def _passes(source, chunk: int, passes, total: int, progress: Progress | None, t
     yield what it returned after each chunk.
 
     ``progress`` counts the frames of each pass. For a CUDA ``device``, JPEG stacks are
-    decoded there (nvJPEG) where torchvision allows, others go through ``_upload_ahead``.
+    decoded there (``FrameStack.chunks_on``); others are decoded on the host, in as many
+    threads as torch has (its cores; on the CPU the fusion takes them, and two decode),
+    and go through ``_upload_ahead``.
     """
     for stage, handle in passes:
         done = 0
@@ -822,8 +824,9 @@ def _passes(source, chunk: int, passes, total: int, progress: Progress | None, t
             chunks = _tensor_chunks(source, chunk)
         elif device is not None and source.decodable_on(device):
             chunks = source.chunks_on(chunk, device, timer)
-        elif device is not None and device.type == "cuda":
-            chunks = _upload_ahead(source.chunks(chunk, timer=timer, into=_pinned), device)
+        elif device is not None and device.type == "cuda":  # the host's cores are the decoders'
+            workers = max(2, torch.get_num_threads())
+            chunks = _upload_ahead(source.chunks(chunk, workers, timer, into=_pinned), device)
         else:
             chunks = source.chunks(chunk, timer=timer)
         for frames in chunks:

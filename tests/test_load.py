@@ -337,3 +337,31 @@ def test_a_frame_of_another_size_is_named_against_the_others(tmp_path):
     paths = _sized(tmp_path, [(20, 20), (48, 40)])
     with pytest.raises(GpufocusError, match=r"f1.png: 48x40, and f0.png \(the first frame\) is 20x20; frames of diff"):
         FrameStack(paths)
+
+
+def test_frames_a_gpu_fuses_are_decoded_on_every_core(tmp_path, rng, monkeypatch):
+    """Where a GPU fuses and the host decodes (PNG, TIFF, 16 bits), the host's cores are
+    free: as many decoders as torch has threads, not the CPU path's two."""
+    import torch
+
+    from gpufocus import engine
+    from gpufocus.timing import NO_TIMER
+
+    frames = rng.integers(0, 256, (5, 12, 20, 3), dtype=np.uint8)
+    stack = FrameStack(write_frames(tmp_path / "s", frames))
+    chunks, asked = stack.chunks, []
+
+    def counted(chunk, workers=2, *args, **kwargs):
+        asked.append(workers)
+        return chunks(chunk, workers, *args, **kwargs)
+
+    monkeypatch.setattr(stack, "chunks", counted)
+    monkeypatch.setattr(stack, "decodable_on", lambda device: False)
+    monkeypatch.setattr(engine, "_pinned", np.empty)  # no page-locked memory without CUDA
+    monkeypatch.setattr(engine, "_upload_ahead", lambda arrays, device: (torch.from_numpy(a) for a in arrays))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
+    passes = [("fusing", lambda chunk, timer: chunk)]
+    got = list(engine._passes(stack, 2, passes, len(stack), None, NO_TIMER, torch.device("cuda")))
+    assert asked == [6] and np.array_equal(torch.cat(got).numpy(), frames)
+    got = list(engine._passes(stack, 2, passes, len(stack), None, NO_TIMER, torch.device("cpu")))
+    assert asked == [6, 2] and np.array_equal(np.concatenate(got), frames)
