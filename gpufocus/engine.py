@@ -35,7 +35,7 @@ from .steps import StepWriter
 from .tiling import Tile, auto_tile, plan_tiles, tile_margin
 from .timing import NO_TIMER, StageTimer
 
-__all__ = ["StackFuser", "fuse", "align_stack", "check_fits", "to_float"]
+__all__ = ["StackFuser", "fuse", "align_stack", "check_fits", "chunk_for", "to_float"]
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class StackFuser:
             passes.insert(0, ("estimating motion", self.estimate))
         if self.options.consistency:
             passes.append(("halo control", self.refold))
-        chunk = _chunk_for(source, self.options.chunk, self.device, self.dtype, self.options.memory_budget)
+        chunk = chunk_for(source, self.options, self.device)
         height, width = source.shape[-2:] if isinstance(source, Tensor) else source.size
         log.info(
             "%d frames of %dx%d; %s on %s in %s; %d frames a chunk; passes: %s", total, width, height,
@@ -684,15 +684,15 @@ def _split_alpha(frames: Tensor, alpha: bool, use_alpha: bool) -> tuple[Tensor, 
     return frames[:, :-1], (frames[:, -1:] if use_alpha else None)
 
 
-def _chunk_for(
-    source: Tensor | FrameStack, chunk: int | None, device: torch.device, dtype: torch.dtype, budget: int | None = None
-) -> int:
-    if chunk is not None:
-        return chunk
+def chunk_for(source: Tensor | FrameStack, options: FuseOptions, device: torch.device) -> int:
+    """The frames read at once on ``device``: ``options.chunk``, else as many as its
+    memory (and ``options.memory_budget``) holds in flight (``default_chunk``)."""
+    if options.chunk is not None:
+        return options.chunk
     channels, (height, width) = (
         (source.shape[1], source.shape[-2:]) if isinstance(source, Tensor) else (source.samples, source.size)
     )
-    return default_chunk(device, channels, height, width, dtype, budget)
+    return default_chunk(device, channels, height, width, resolve_dtype(options.dtype), options.memory_budget)
 
 
 def check_fits(stack: FrameStack, options: FuseOptions, device: torch.device) -> None:
@@ -729,7 +729,7 @@ def align_stack(
 
     def split(frames):  # the image, and its alpha (used as a mask, not written)
         return _split_alpha(to_float(_batch(frames), device, dtype), alpha, options.use_alpha)
-    total, chunk = len(source), _chunk_for(source, options.chunk, device, dtype)
+    total, chunk = len(source), chunk_for(source, options, device)
     counters = {"estimated": 0, "aligned": 0}
 
     def estimate(frames, timer):

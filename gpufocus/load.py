@@ -140,6 +140,11 @@ def _check_sizes(infos: list[ImageInfo]) -> None:
     )
 
 
+#: Of the host's free memory, what the frames a batch decodes ahead for its next stack
+#: may take (``FrameStack.prefetch``), beside the stack it fuses.
+_PREFETCH_SHARE = 1 / 8
+
+
 class FrameStack:
     """The frames of one stack on disk, checked and read in chunks.
 
@@ -307,13 +312,19 @@ class FrameStack:
         the ``chunks`` or ``chunks_on`` call that comes later: a batch reads the next stack
         while it fuses this one. Where ``device`` (the fusion's; ``None``: the CPU)
         decodes the stack (``decodable_on``), the files' bytes are read for its decoder;
-        else the frames are decoded. ``timer`` charges that work to the ``busy`` time of
-        ``decode``."""
+        else the frames are decoded, no more of them than take an eighth of the host's
+        free memory (``_PREFETCH_SHARE``). ``timer`` charges that work to the ``busy`` time
+        of ``decode``."""
         self.close()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-prefetch")
         self._early_bytes = device is not None and self.decodable_on(device)
+        count = min(len(self), 2 * chunk)
+        if not self._early_bytes:
+            height, width = self.size
+            decoded = height * width * self.samples * (2 if self.bits > 8 else 1)
+            count = min(count, max(1, int(host_room() * _PREFETCH_SHARE) // decoded))
         work = self._read if self._early_bytes else self._load
-        self._early = [self._prefetcher.submit(timer.worker, "decode", work, i) for i in range(min(len(self), 2 * chunk))]
+        self._early = [self._prefetcher.submit(timer.worker, "decode", work, i) for i in range(count)]
 
     def _read(self, index: int) -> np.ndarray:
         """A frame's file, as bytes (``decodable_on`` stacks: one frame a file)."""

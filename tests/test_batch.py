@@ -12,6 +12,7 @@ from gpufocus.batch import BatchOutput, find_stacks, run_batch
 from gpufocus.options import FuseOptions
 from gpufocus.load import FrameStack
 from gpufocus.synth import make_stack, write_stack
+from gpufocus.timing import NO_TIMER
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,28 @@ def test_prefetched_frames_are_the_frames(root):
     stack.prefetch(2, None)
     prefetched = np.concatenate(list(stack.chunks(2)))
     assert np.array_equal(prefetched, np.concatenate(list(FrameStack([root / "s1"]).chunks(1))))
+
+
+def test_the_next_stack_is_read_ahead_by_the_engines_chunks(root, tmp_path, monkeypatch):
+    """The stack after this one decodes its first two chunks ahead, as the engine will
+    read them (with the chunk left to the engine: 4 frames on the CPU, not 1)."""
+    import gpufocus.load
+
+    prefetch, asked = FrameStack.prefetch, []
+
+    def recorded(stack, chunk, device, timer):
+        asked.append(chunk)
+        prefetch(stack, chunk, device, timer)
+        assert len(stack._early) == min(len(stack), 2 * chunk)
+
+    monkeypatch.setattr(FrameStack, "prefetch", recorded)
+    results = run_batch([root / "s1", root / "s2"], FuseOptions(device="cpu"), BatchOutput(tmp_path / "out", "png"))
+    assert [r.status for r in results] == ["written"] * 2 and asked == [4, 4]
+    stack = FrameStack([root / "s1"])
+    monkeypatch.setattr(gpufocus.load, "host_room", lambda: 48 * 64 * 3 * 8 * 2)  # two frames in an eighth
+    prefetch(stack, 4, None, NO_TIMER)
+    assert len(stack._early) == 2
+    assert np.array_equal(np.concatenate(list(stack.chunks(2))), np.concatenate(list(FrameStack([root / "s1"]).chunks(3))))
 
 
 @pytest.mark.parametrize("kind", ["csv", "json"])
