@@ -284,13 +284,14 @@ def _in_order(stacks, options: FuseOptions, output: BatchOutput, on_result, time
 
         def open_stack(spec: StackSpec) -> FrameStack | Exception | None:
             from .device import resolve_device
-            from .engine import chunk_for
+            from .engine import check_fits, chunk_for
 
             if output.targets(spec, options).image.exists() and not output.overwrite:
                 return None
             try:
                 stack = FrameStack(list(spec.inputs), options, warn=False)
                 device = resolve_device(options.device)
+                check_fits(stack, options, device)  # frames too large are refused before a byte is decoded
                 chunk = chunk_for(stack, options, device)  # the engine's first two chunks
             except Exception as error:  # noqa: BLE001 - _run_stack reports it as this stack's failure
                 return error

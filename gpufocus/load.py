@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -194,6 +195,7 @@ class FrameStack:
             raise GpufocusError(f"{name}: a stack needs at least 2 frames, got {len(self._frames)}")
         self._early: list = []  # frames decoding (or files read) ahead, from prefetch
         self._early_bytes = False  # whether they are files read, for chunks_on
+        self._early_chunk = None  # (chunk, device, future of _decoded_on's result): the first, from prefetch
         self._prefetcher: ThreadPoolExecutor | None = None
         self._files = OpenFiles()
         first = infos[0]
@@ -312,7 +314,8 @@ class FrameStack:
         the ``chunks`` or ``chunks_on`` call that comes later: a batch reads the next stack
         while it fuses this one. Where ``device`` (the fusion's; ``None``: the CPU)
         decodes the stack (``decodable_on``), the files' bytes are read for its decoder;
-        else the frames are decoded, no more of them than take an eighth of the host's
+        and the first chunk is decoded there too (on a CUDA stream of its own); else the
+        frames are decoded on the host, no more of them than take an eighth of the host's
         free memory (``_PREFETCH_SHARE``). ``timer`` charges that work to the ``busy`` time
         of ``decode``."""
         self.close()
@@ -324,7 +327,11 @@ class FrameStack:
             decoded = height * width * self.samples * (2 if self.bits > 8 else 1)
             count = min(count, max(1, int(host_room() * _PREFETCH_SHARE) // decoded))
         work = self._read if self._early_bytes else self._load
-        self._early = [self._prefetcher.submit(timer.worker, "decode", work, i) for i in range(count)]
+        self._early = [self._prefetcher.submit(timer.worker, "decode", work, i) for i in range(min(count, chunk))]
+        if self._early_bytes:  # one thread, in order: the first chunk's files, then it decoded
+            decoding = self._prefetcher.submit(timer.worker, "decode", self._decoded_on, 0, chunk, device, self._early)
+            self._early_chunk = (chunk, device, decoding)
+        self._early += [self._prefetcher.submit(timer.worker, "decode", work, i) for i in range(chunk, count)]
 
     def _read(self, index: int) -> np.ndarray:
         """A frame's file, as bytes (``decodable_on`` stacks: one frame a file)."""
@@ -341,6 +348,7 @@ class FrameStack:
         if self._prefetcher is not None:
             self._prefetcher.shutdown(wait=True, cancel_futures=True)
             self._prefetcher = None
+        self._early_chunk = None  # a first chunk decoded on the GPU for nobody: its memory goes
         self._files.close()
 
     def chunks(
@@ -392,49 +400,55 @@ class FrameStack:
         """Frames decoded by ``jpeg_decoder(device)`` in batches, ``(B, 3, H, W)`` uint8 on
         ``device``.
 
-        The next chunk is read (the first files already, if ``prefetch`` was given
-        ``device``) and decoded in a thread while the caller works on this one: on CUDA
-        on a stream of its own, which the caller's stream waits for. A chunk the decoder
-        rejects is decoded on the CPU instead, which names the file if it is broken.
+        The next chunk is read (the first files already, and the first chunk decoded, if
+        ``prefetch`` was given ``device`` and ``chunk``) and decoded in a thread while
+        the caller works on this one: on CUDA on a stream of its own, which the caller's
+        stream waits for. A chunk the decoder rejects is decoded on the CPU instead,
+        which names the file if it is broken.
         """
-        import torch
-
         from .device import arrived
 
-        decoder = jpeg_decoder(device)
-        log.info("JPEG frames decoded on %s by %s", device, decoder.name)
+        log.info("JPEG frames decoded on %s by %s", device, jpeg_decoder(device).name)
+        first = self._early_chunk
         early = self._take_early(as_bytes=True)
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-        def decoded(start: int) -> torch.Tensor:
-            indices = range(start, min(start + chunk, len(self)))
-            data = [early[i].result() if i < len(early) else self._read(i) for i in indices]
-            try:
-                return torch.stack(decoder.decode(data, device))
-            except RuntimeError:
-                cpu = np.stack([self._load(i) for i in indices])
-                return torch.from_numpy(cpu).to(device).permute(0, 3, 1, 2)
-
-        def ahead(start: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-            if stream is None:
-                return decoded(start), None
-            with torch.cuda.stream(stream):
-                frames, done = decoded(start), torch.cuda.Event()
-                done.record(stream)
-            return frames, done
-
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-decode") as pool:
                 starts = list(range(0, len(self), chunk))
-                pending = pool.submit(timer.worker, "decode", ahead, starts[0])
+                if first is not None and first[:2] == (chunk, device):
+                    pending = first[2]
+                else:
+                    pending = pool.submit(timer.worker, "decode", self._decoded_on, 0, chunk, device, early)
                 for n in range(len(starts)):
                     with timer.stage("decode"):
                         frames, done = pending.result()
                     if n + 1 < len(starts):
-                        pending = pool.submit(timer.worker, "decode", ahead, starts[n + 1])
+                        pending = pool.submit(timer.worker, "decode", self._decoded_on, starts[n + 1], chunk, device, early)
                     yield frames if done is None else arrived(frames, done)
         finally:  # as chunks: the prefetch stopped, the files closed
             self.close()
+
+    def _decoded_on(
+        self, start: int, chunk: int, device: torch.device, early: list
+    ) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Frames ``start`` to ``start + chunk`` decoded by ``jpeg_decoder(device)``, their
+        files taken from ``early`` (futures of ``_read``) where read: on CUDA on a stream
+        of its own, with the event recorded after them (else ``None``)."""
+        import torch
+
+        indices = range(start, min(start + chunk, len(self)))
+        data = [early[i].result() if i < len(early) else self._read(i) for i in indices]
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        with torch.cuda.stream(stream):  # no stream: as it is
+            try:
+                frames = torch.stack(jpeg_decoder(device).decode(data, device))
+            except RuntimeError:
+                cpu = np.stack([self._load(i) for i in indices])
+                frames = torch.from_numpy(cpu).to(device).permute(0, 3, 1, 2)
+            if stream is None:
+                return frames, None
+            done = torch.cuda.Event()
+            done.record(stream)
+        return frames, done
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,7 +471,20 @@ def jpeg_decoder(device: torch.device) -> JpegDecoder | None:
     found = _nvimgcodec(device)
     if found is None and device.type == "cuda":
         found = _torchvision_jpeg()
-    return found
+    return None if found is None else _one_at_a_time(found)
+
+
+def _one_at_a_time(decoder: JpegDecoder) -> JpegDecoder:
+    """``decoder`` with its calls made one at a time: a batch decodes the next stack's
+    first chunk while this stack's chunks decode in another thread, and nvImageCodec's
+    decoder is not made to be called from two threads at once."""
+    lock = threading.Lock()
+
+    def decode(data: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+        with lock:
+            return decoder.decode(data, device)
+
+    return JpegDecoder(decoder.name, decode)
 
 
 def _nvimgcodec(device: torch.device) -> JpegDecoder | None:

@@ -100,6 +100,17 @@ def test_the_next_stack_is_read_ahead_by_the_engines_chunks(root, tmp_path, monk
     assert np.array_equal(np.concatenate(list(stack.chunks(2))), np.concatenate(list(FrameStack([root / "s1"]).chunks(3))))
 
 
+def test_a_stack_too_large_is_refused_before_its_frames_are_read_ahead(root, tmp_path, monkeypatch):
+    """The batch reads the next stack ahead only once its headers passed the checks
+    that refuse frames before decoding (``--max-megapixels``, memory)."""
+    load, decoded = FrameStack._load, []
+    monkeypatch.setattr(FrameStack, "_load", lambda stack, index: decoded.append(index) or load(stack, index))
+    options = FuseOptions(device="cpu", max_megapixels=0.002)  # the frames are 64x48: 0.003
+    results = run_batch([root / "s1", root / "s2"], options, BatchOutput(tmp_path / "out", "png"))
+    assert [r.status for r in results] == ["failed"] * 2 and decoded == []
+    assert all("is more than --max-megapixels 0.002" in r.error for r in results)
+
+
 @pytest.mark.parametrize("kind", ["csv", "json"])
 def test_a_manifest_names_each_stacks_frames_and_output(root, tmp_path, kind):
     from gpufocus.batch import read_manifest

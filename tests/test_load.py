@@ -365,3 +365,70 @@ def test_frames_a_gpu_fuses_are_decoded_on_every_core(tmp_path, rng, monkeypatch
     assert asked == [6] and np.array_equal(torch.cat(got).numpy(), frames)
     got = list(engine._passes(stack, 2, passes, len(stack), None, NO_TIMER, torch.device("cpu")))
     assert asked == [6, 2] and np.array_equal(np.concatenate(got), frames)
+
+
+def test_a_prefetched_stack_has_its_first_chunk_decoded_on_the_device(tmp_path, rng, monkeypatch):
+    """A batch opens the next stack while it fuses this one: where the GPU decodes it,
+    ``prefetch`` reads the first chunk's files and decodes them there, in its own thread;
+    ``chunks_on`` takes that chunk and decodes the rest itself."""
+    import io
+    import threading
+
+    import torch
+
+    import gpufocus.load
+    from gpufocus.load import JpegDecoder
+
+    frames = rng.integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)
+    jpegs = write_frames(tmp_path, frames, suffix=".jpg", quality=95)
+    decoded_by = []
+
+    def decode(data, device):
+        decoded_by.append((threading.current_thread().name, len(data)))
+        return [torch.from_numpy(np.array(Image.open(io.BytesIO(d.tobytes())))).permute(2, 0, 1) for d in data]
+
+    monkeypatch.setattr(gpufocus.load, "jpeg_decoder", lambda device: JpegDecoder("stand-in", decode))
+    stack = FrameStack(jpegs)
+    monkeypatch.setattr(stack, "decodable_on", lambda device: True)
+    cpu = torch.device("cpu")
+    stack.prefetch(2, cpu)
+    stack._early_chunk[2].result()
+    assert decoded_by == [("gpufocus-prefetch_0", 2)] and len(stack._early) == 4
+    expected = torch.from_numpy(np.concatenate(list(FrameStack(jpegs).chunks(2)))).permute(0, 3, 1, 2)
+    assert torch.equal(torch.cat(list(stack.chunks_on(2, cpu))), expected)
+    assert [name.split("_")[0] for name, _ in decoded_by] == ["gpufocus-prefetch", "gpufocus-decode", "gpufocus-decode"]
+    assert stack._early_chunk is None  # taken, and let go
+    stack.prefetch(3, cpu)  # read ahead for chunks of 3; the engine reads 2 at a time after all
+    assert torch.equal(torch.cat(list(stack.chunks_on(2, cpu))), expected)
+
+
+def test_the_device_decoder_is_called_by_one_thread_at_a_time(monkeypatch):
+    import threading
+    import time
+
+    import torch
+
+    import gpufocus.load
+    from gpufocus.load import JpegDecoder
+
+    inside, most = [], []
+
+    def decode(data, device):
+        inside.append(1)
+        most.append(len(inside))
+        time.sleep(0.02)
+        inside.pop()
+        return []
+
+    monkeypatch.setattr(gpufocus.load, "_nvimgcodec", lambda device: JpegDecoder("stand-in", decode))
+    gpufocus.load.jpeg_decoder.cache_clear()
+    try:
+        decoder = gpufocus.load.jpeg_decoder(torch.device("cpu"))
+        threads = [threading.Thread(target=decoder.decode, args=([], None)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        gpufocus.load.jpeg_decoder.cache_clear()
+    assert decoder.name == "stand-in" and most == [1, 1, 1, 1]
