@@ -22,6 +22,8 @@ carried as wheels). The rows, in order:
    stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up;
    then aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph.
 6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
+6b. 16 16-bit TIFF files (deflate) of 24 MP to a 16-bit TIFF, aligned: decoded on the
+   host, a thread per core; the time waited for the decoders against their busy time.
 7. The whole command, a process of its own, start-up included: the floor first (``import
    torch`` and CUDA's initialisation in a fresh process, median of 3), then ``gpufocus
    fuse -v`` on the same 100 files (alignment on and off) and on ``--real``, each as
@@ -304,6 +306,46 @@ def timed(
                    f"stages s: {stages}" + (f"; peak {peak / 2**30:.1f} GiB" if peak else ""))
 
 
+def sixteen_bit_files(device: str, width: int, height: int, quick: bool) -> tuple[str, str]:
+    """Row 6b: 16-bit TIFF files (deflate) to a 16-bit TIFF, aligned, in the library: the
+    frames a GPU cannot decode, decoded on the host in a thread per core into pinned
+    memory and uploaded a chunk ahead. The time waited for ``decode`` against its busy
+    time says whether the host's decoders keep up with the GPU."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    from gpufocus.load import FrameStack
+    from gpufocus.timing import StageTimer
+    from gpufocus.write import write_image
+
+    frames = 4 if quick else 16
+    jpegs = stack_files(DEFAULT_CACHE, height, width, frames)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+
+        def sixteen(index: int) -> Path:
+            pixels = np.asarray(Image.open(jpegs[index]).convert("RGB")).astype(np.uint16) * 257
+            return write_image(folder / f"frame_{index:02d}.tif", pixels, bits=16, overwrite=True)
+
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            paths = list(pool.map(sixteen, range(frames)))
+        runs = []
+        for _ in range(1 if quick else 4):  # the first a warm-up
+            timer = StageTimer(torch.device(device))
+            start = time.perf_counter()
+            image = fuse(FrameStack(paths), device=device, timer=timer, on_device=True)
+            with timer.stage("encode"):
+                write_image(folder / "out.tif", image, bits=16, overwrite=True)
+            runs.append((time.perf_counter() - start, timer))
+        measured = sorted(runs[1:] or runs, key=lambda run: run[0])
+        seconds, timer = measured[len(measured) // 2]
+    return (f"e2e: {frames} 16-bit TIFF (deflate) {width}x{height} to a 16-bit TIFF, aligned",
+            f"{seconds:.3f} s (median of {len(measured)}); stages: {timer.report()}")
+
+
 def _stages(stages: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.2f}" for name, value in stages.items() if value)
 
@@ -385,6 +427,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
         for align in (True, False):
             step(f"{kind} {align}", lambda: [timed(kind, device, width, height, frames, align, args.quick)])
     step("core graphs off", lambda: [timed("core", device, width, height, frames, True, args.quick, graphs=False)])
+    step("16-bit TIFF", lambda: [sixteen_bit_files(device, width, height, args.quick)])
     step("whole command", lambda: list(whole_commands(device, width, height, frames, args.real, args.quick)))
     print()
     for name, value in rows:
