@@ -7,7 +7,8 @@ carried as wheels). The rows, in order:
 1. The compile check (``gpufocus.kernels.compile``) with the Triton installed there.
 2. Each Triton kernel against its torch twin on CUDA (fresh random inputs of odd size):
    equal bit for bit, or the largest difference; with ``pyr_down[luma]``, the alignment's
-   first level of the frames' luminance made in one pass.
+   first level of the frames' luminance made in one pass, and ``sampling_grid``, where a
+   moving frame is resampled.
 3. CUDA against the CPU, defaults: a synthetic moving stack (a tensor, and PNG files:
    decoded into pinned memory) and ``--real`` (petteri_pcb from shared/data/real),
    largest and mean difference in 1/255.
@@ -77,7 +78,7 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> str:
 def kernels_match_twins(device: str, quick: bool = False) -> list[tuple[str, str]]:
     """Each kernel on fresh random data, Triton against the torch twin on the same device
     (``quick``: frames of 47x33, for Triton's interpreter on the CPU)."""
-    from gpufocus.kernels import DETAIL, LUMA, Level, detail, downsample, downsample_luminance, select
+    from gpufocus.kernels import DETAIL, LUMA, Level, detail, downsample, downsample_luminance, sampling_grid, select
     from gpufocus.kernels.filters import binomial_taps, separable_filter
 
     height, width = (33, 47) if quick else (1001, 1503)
@@ -96,6 +97,13 @@ def kernels_match_twins(device: str, quick: bool = False) -> list[tuple[str, str
     coarse, coarse_twin = both(lambda: downsample(g))
     rows.append(("kernel pyr_down vs twin", _compare(coarse, coarse_twin)))
     rows.append(("kernel pyr_down[luma] vs twin", _compare(*both(lambda: downsample_luminance(g)))))
+    matrix = torch.tensor([[1.013, 0.004, -9.7], [-0.003, 0.991, 2.25], [2e-6, -1.5e-6, 1.0]], device=device)
+    for affine in (True, False):  # against the twin on the CPU: torch's CUDA divides by a scalar as a product
+        (grid, covered), (grid_twin, covered_twin) = both(
+            lambda: sampling_grid(matrix.cpu() if os.environ.get("GPUFOCUS_TRITON") == "0" else matrix, affine,
+                                  (0, 0, height, width), (height, width)))
+        rows.append((f"kernel sampling_grid[{'affine' if affine else 'projective'}] vs the CPU's twin (grid, covered)",
+                     f"{_compare(grid.cpu(), grid_twin)}, {_compare(covered.cpu(), covered_twin)}"))
     for measure, name in ((DETAIL, "detail"), (LUMA, "detail[luma]")):
         got, want = both(lambda: detail(g, coarse, measure))
         rows.append((f"kernel {name} vs twin", _compare(got, want)))

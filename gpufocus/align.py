@@ -62,7 +62,7 @@ from torch import Tensor
 
 from .batchmath import cholesky, cholesky_solve, fixed_sum, inverse3x3, matmul3x3
 from .color import luminance
-from .kernels import downsample, downsample_luminance
+from .kernels import downsample, downsample_luminance, sampling_grid
 from .errors import GpufocusWarning
 from .graphs import GraphedFunction
 from .options import ALIGN_MODELS, AlignOptions
@@ -752,19 +752,8 @@ def warp_frame(
     # into a band per thread, sampled as a batch of the same frame (the same numbers).
     bands = torch.get_num_threads() if frame.device.type == "cpu" else 1
     rows = -(-box_h // bands)
-    ys = torch.arange(top, top + rows * bands, device=frame.device, dtype=torch.float32)
-    xs = torch.arange(left, left + box_w, device=frame.device, dtype=torch.float32)
-
-    def plane(row: int) -> Tensor:  # pixel[row] @ (x, y, 1) on the grid, a product per row and column
-        return (pixel[row, 0] * xs)[None, :] + (pixel[row, 1] * ys)[:, None] + pixel[row, 2]
-
-    px, py = plane(0), plane(1)
-    if not affine:
-        denominator = plane(2)
-        px, py = px / denominator, py / denominator
-    # A pixel is covered when its centre falls on some pixel's area of the frame.
-    inside = (px > -0.5) & (px < width - 0.5) & (py > -0.5) & (py < height - 0.5)
-    grid = torch.stack((px / (width - 1) * 2 - 1, py / (height - 1) * 2 - 1), dim=-1).to(frame.dtype)
+    grid, inside = sampling_grid(pixel, affine, (top, left, rows * bands, box_w), (height, width))
+    grid = grid.to(frame.dtype)
     warped = F.grid_sample(
         frame.expand(bands, -1, -1, -1), grid.view(bands, rows, box_w, 2),
         mode="bicubic", padding_mode="border", align_corners=True,

@@ -14,9 +14,10 @@ from .dispatch import KernelFallbackWarning, use_triton  # noqa: E402
 from .noise import noise_samples  # noqa: E402
 from .pyramid_level import DETAIL, LUMA, MEAN, detail, downsample, downsample_luminance, measure_of  # noqa: E402
 from .select import Level, RunningMax, energy_fold, fold_max, halo_fold, mask_unusable, window_energies  # noqa: E402
+from .warp import sampling_grid  # noqa: E402
 
 __all__ = [
     "DETAIL", "LUMA", "MEAN", "KernelFallbackWarning", "Level", "RunningMax", "detail", "downsample",
     "downsample_luminance", "energy_fold", "fold_max", "halo_fold", "mask_unusable", "measure_of", "noise_samples",
-    "use_triton", "window_energies",
+    "sampling_grid", "use_triton", "window_energies",
 ]

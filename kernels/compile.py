@@ -63,6 +63,7 @@ def specializations() -> Iterator[Specialization]:
     from . import _triton_noise as noise
     from . import _triton_pyramid as pyramid
     from . import _triton_select as select
+    from . import _triton_warp as warp
 
     meta = dict(device="meta", dtype=torch.float32)
     g, coarse = torch.empty(2, 3, 33, 47, **meta), torch.empty(2, 3, 17, 24, **meta)
@@ -70,6 +71,12 @@ def specializations() -> Iterator[Specialization]:
     yield Specialization("pyr_down", pyramid._pyr_down_kernel, args, constexprs)
     _, args, constexprs = pyramid.pyr_down_launch(g, torch.empty(2, 1, 17, 24, **meta))
     yield Specialization("pyr_down[luma]", pyramid._pyr_down_kernel, args, constexprs)
+    for affine in (True, False):
+        _, args, constexprs = warp.grid_launch(
+            torch.empty(3, 3, **meta), torch.empty(33, 47, 2, **meta), torch.empty(33, 47, device="meta", dtype=torch.uint8),
+            affine, (5, 7, 33, 47), (40, 60),
+        )
+        yield Specialization(f"sampling_grid[{'affine' if affine else 'projective'}]", warp._grid_kernel, args, constexprs)
     for measure, label in ((pyramid.DETAIL, "detail"), (pyramid.LUMA, "luma"), (pyramid.MEAN, "mean")):
         out = torch.empty(2, 3 if measure == pyramid.DETAIL else 1, 33, 47, **meta)
         _, args, constexprs = pyramid.detail_launch(g, coarse, out, measure)

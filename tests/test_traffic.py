@@ -37,13 +37,19 @@ def test_the_fuse_stage_of_the_kernels_moves_less_than_its_twins():
 
 def test_the_align_stage_reads_the_frames_once_on_the_kernels():
     """Frames larger than the estimation size: the kernels make the luminance's first
-    level in one pass, which reads each float frame once (12 bytes a pixel)."""
+    level in one pass, which reads each float frame once (12 bytes a pixel); frames
+    that move are resampled on a grid the kernels write in one pass."""
     pytest.importorskip("triton")
     kernels = count_traffic(1200, 1600, 2, 2, triton=True)["align"]
     twins = count_traffic(1200, 1600, 2, 2, triton=False)["align"]
     pixel_frames = 1200 * 1600 * 2
     assert kernels.by_name["triton:pyr_down[luma]"] > 12 * pixel_frames
     assert kernels.bytes < 20 * pixel_frames < 100 * pixel_frames < twins.bytes
+    # frames that move: their sampling grid and coverage written once (8 + 1 bytes a pixel)
+    kernels = count_traffic(1200, 1600, 2, 2, triton=True, breathing=True)["align"]
+    twins = count_traffic(1200, 1600, 2, 2, triton=False, breathing=True)["align"]
+    assert kernels.by_name["triton:sampling_grid"] == pytest.approx(9 * pixel_frames, rel=0.01)
+    assert kernels.bytes < 90 * pixel_frames < 250 * pixel_frames < twins.bytes
 
 
 def test_bench_traffic_writes_a_row_per_stage_and_path(tmp_path):

@@ -190,6 +190,28 @@ def test_the_engine_through_triton_is_the_engine_through_torch(interpreted, monk
     assert torch.equal(fuse(stack.frames, device="cpu", **settings), expected)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_the_sampling_grid_is_its_torch_twin_bit_for_bit(interpreted, monkeypatch, affine):
+    """``sampling_grid``: a breathing frame's grid and coverage in one pass, the same
+    numbers as the torch operations (a box of odd size off the frame's corner, a
+    transform that takes part of it off the frame)."""
+    from gpufocus.kernels import sampling_grid
+
+    fused = importlib.reload(importlib.import_module("gpufocus.kernels._triton_warp"))  # under the interpreter
+    matrix = torch.tensor([[1.013, 0.004, -9.7], [-0.003, 0.991, 2.25], [0.0, 0.0, 1.0]])
+    if not affine:
+        matrix[2, :2] = torch.tensor([2e-4, -1.5e-4])
+    box, size = (3, 5, 37, 71), (45, 80)
+    calls, kernel = [], fused.sampling_grid
+    monkeypatch.setattr(fused, "sampling_grid", lambda *args: calls.append(1) or kernel(*args))
+    grid, covered = sampling_grid(matrix, affine, box, size)
+    _twin(monkeypatch, True)
+    expected_grid, expected_covered = sampling_grid(matrix, affine, box, size)
+    assert calls == [1] and grid.shape == (37, 71, 2) and covered.dtype == torch.bool
+    assert torch.equal(grid, expected_grid) and torch.equal(covered, expected_covered)
+    assert 0 < covered.sum() < covered.numel()  # some of the box falls off the frame
+
+
 def test_the_alignment_through_triton_is_the_alignment_through_torch(interpreted, monkeypatch):
     """Frames brought to the estimation size by the kernels: the same motion, the same image."""
     from gpufocus import fuse
@@ -219,7 +241,8 @@ def test_the_gpu_checks_kernel_rows_hold_under_the_interpreter(interpreted):
     spec.loader.exec_module(gpu_check)
     rows = dict(gpu_check.kernels_match_twins("cpu", quick=True))
     assert rows["kernel pyr_down[luma] vs twin"] == "equal"
-    assert len(rows) == 7 and set(rows.values()) == {"equal", "equal, equal, equal, equal", "equal, equal, equal"}, rows
+    assert len(rows) == 9 and set(rows.values()) == {"equal", "equal, equal", "equal, equal, equal, equal",
+                                                     "equal, equal, equal"}, rows
 
 
 def test_a_kernel_that_cannot_run_falls_back_with_one_warning(interpreted, monkeypatch):
