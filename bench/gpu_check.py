@@ -9,6 +9,7 @@ carried as wheels). The rows, in order:
    equal bit for bit, or the largest difference; with ``pyr_down[luma]``, the alignment's
    first level of the frames' luminance made in one pass, and ``sampling_grid``, where a
    moving frame is resampled.
+2b. ``pyr_down[luma]`` timed for a few output tiles (GB/s against the card's bandwidth).
 3. CUDA against the CPU, defaults: a synthetic moving stack (a tensor, and PNG files:
    decoded into pinned memory) and ``--real`` (petteri_pcb from shared/data/real),
    largest and mean difference in 1/255.
@@ -126,6 +127,32 @@ def kernels_match_twins(device: str, quick: bool = False) -> list[tuple[str, str
     rows.append(("noise level on CUDA (Triton samples, median from a sort) vs CPU",
                  _compare(noise_level(g, False).cpu(), noise_level(g.cpu(), False))))
     return rows
+
+
+def luma_tiles(device: str, quick: bool) -> str:
+    """Row 2b: ``pyr_down[luma]`` (the alignment's first step down) on 16 frames of
+    24 MP for a few output tiles, milliseconds and GB/s of the bytes it moves (each
+    frame read once, its level written); the default tile first."""
+    from gpufocus.kernels import _triton_pyramid as fused
+
+    height, width, count = (34, 50, 2) if quick else (4000, 6000, 16)
+    frames = torch.rand(count, 3, height, width, device=device)
+    moved = frames.numel() * 4 + count * ((height + 1) // 2) * ((width + 1) // 2) * 4
+    default, results = fused.LUMA_TILE, []
+    try:
+        for tile in dict.fromkeys([default, (2, 64), (8, 64), (4, 128), (8, 32)]):
+            fused.LUMA_TILE = tile
+
+            def once() -> None:
+                fused.pyr_down(frames, of_luma=True)
+                if frames.is_cuda:
+                    torch.cuda.synchronize(frames.device)
+
+            seconds, _ = _median_time(once, 1 if quick else 5)
+            results.append(f"{tile[0]}x{tile[1]} {seconds * 1e3:.2f} ms ({moved / seconds / 1e9:.0f} GB/s)")
+    finally:
+        fused.LUMA_TILE = default
+    return f"{count} x {width}x{height}: " + ", ".join(results)
 
 
 def device_matches_cpu(device: str, real: Path | None) -> list[tuple[str, str]]:
@@ -426,6 +453,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     step("compile check, sm_90", compile_check)
     if device.startswith("cuda"):
         step("kernels vs twins", lambda: kernels_match_twins(device, args.quick))
+        step("pyr_down[luma] tiles", lambda: luma_tiles(device, args.quick))
         step("alignment of a chunk on CUDA", lambda: alignment_without_sync(device))
     step("alignment as a CUDA graph", lambda: cuda_graphs(device, args.quick))
     step("JPEG decoder", lambda: jpeg_decoding(device, width, height, frames, args.quick))

@@ -28,6 +28,10 @@ from .dispatch import launch
 #: Output tiles (rows, columns) of one program: 4 warps, 4 samples a thread (16 x 32
 #: tiles ran pyr_down 1.9 times slower on the H200: bench/RESULTS.md).
 TILE = (8, 64)
+#: ``pyr_down[luma]``'s tiles: 2 outputs a thread. It reads three planes for each
+#: output, and with 4 outputs a thread ptxas gives it 255 registers and spills
+#: (``python -m gpufocus.kernels.compile`` prints them); with 2, 168 and none.
+LUMA_TILE = (4, 64)
 
 #: What ``_detail_kernel`` writes: the detail of every channel, the luminance of an RGB
 #: detail, or the mean of the channels (``gpufocus.color.luminance``'s rule).
@@ -209,8 +213,9 @@ def pyr_down_launch(g: torch.Tensor, coarse: torch.Tensor) -> tuple:
     ``coarse`` with one channel where ``g`` has three is the luminance's level."""
     batch, channels, height, width = g.shape
     luma_of = coarse.shape[1] != channels
+    tile = LUMA_TILE if luma_of else TILE
     args = (g, coarse, height, width, *coarse.shape[-2:])
-    return grid(*coarse.shape[-2:], batch * coarse.shape[1], TILE), args, {"OF_LUMA": luma_of, **tile_constexprs(TILE)}
+    return grid(*coarse.shape[-2:], batch * coarse.shape[1], tile), args, {"OF_LUMA": luma_of, **tile_constexprs(tile)}
 
 
 def pyr_down(g: torch.Tensor, of_luma: bool = False) -> torch.Tensor:
@@ -222,8 +227,9 @@ def pyr_down(g: torch.Tensor, of_luma: bool = False) -> torch.Tensor:
     launch_grid, args, constexprs = pyr_down_launch(g, coarse)
 
     def traffic() -> tuple[int, int]:
-        rows = extent(coarse.shape[-2], TILE[0], height, lambda s: 2 * s - 2, lambda e: 2 * e + 2)
-        columns = extent(coarse.shape[-1], TILE[1], width, lambda s: 2 * s - 2, lambda e: 2 * e + 2)
+        tile_h, tile_w = constexprs["BLOCK_H"], constexprs["BLOCK_W"]
+        rows = extent(coarse.shape[-2], tile_h, height, lambda s: 2 * s - 2, lambda e: 2 * e + 2)
+        columns = extent(coarse.shape[-1], tile_w, width, lambda s: 2 * s - 2, lambda e: 2 * e + 2)
         return 4 * batch * channels * rows * columns, 4 * coarse.numel()
 
     launch("pyr_down[luma]" if of_luma else "pyr_down", _pyr_down_kernel, launch_grid, args, constexprs, traffic)
