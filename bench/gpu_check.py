@@ -22,7 +22,9 @@ carried as wheels). The rows, in order:
    included, against downloading it for Pillow: milliseconds, and the decoded difference.
 5. Core: 24 MP frames (6000x4000) float32, 100 frames, alignment on and off: the fuse
    stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up;
-   then aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph.
+   then aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph;
+   then not aligned with ``GPUFOCUS_TRITON_WARPS=8``: the kernels with 8 warps a program
+   (half the registers a thread; at 4, most take 128, which caps an SM at 16 warps).
 6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
 6b. 16 16-bit TIFF files (deflate) of 24 MP to a 16-bit TIFF, aligned: decoded on the
    host, a thread per core; the time waited for the decoders against their busy time.
@@ -192,7 +194,7 @@ def alignment_without_sync(device: str) -> str:
     from gpufocus.options import AlignOptions
 
     frames = make_stack(768, 1024, 4, breathing=0.003, shift=1.0, max_blur=6.0, seed=2).frames.to(device)
-    with _graphs("0"):  # its operations one by one (row 4a: as a graph)
+    with _setting("GPUFOCUS_CUDA_GRAPHS", "0"):  # its operations one by one (row 4a: as a graph)
         StackAligner(AlignOptions())._chain_on_device(frames, 0, None)  # warm-up: kernels compile, caches fill
         aligner = StackAligner(AlignOptions())
         torch.cuda.synchronize()
@@ -220,7 +222,7 @@ def cuda_graphs(device: str, quick: bool) -> str:
     stack = make_stack(384, 512, 9 if quick else 24, breathing=0.003, shift=1.0, max_blur=6.0, seed=2)
     runs = {}
     for graphs in ("1", "0"):
-        with _graphs(graphs), warnings.catch_warnings(record=True) as caught:
+        with _setting("GPUFOCUS_CUDA_GRAPHS", graphs), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             fuser = StackFuser(device=device, chunk=4)
             image = fuser.run(stack.frames)
@@ -235,17 +237,17 @@ def cuda_graphs(device: str, quick: bool) -> str:
 
 
 @contextlib.contextmanager
-def _graphs(value: str):
-    """``GPUFOCUS_CUDA_GRAPHS`` set to ``value`` for the block."""
-    before = os.environ.get("GPUFOCUS_CUDA_GRAPHS")
-    os.environ["GPUFOCUS_CUDA_GRAPHS"] = value
+def _setting(name: str, value: str):
+    """The environment variable ``name`` set to ``value`` for the block."""
+    before = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            del os.environ["GPUFOCUS_CUDA_GRAPHS"]
+            del os.environ[name]
         else:
-            os.environ["GPUFOCUS_CUDA_GRAPHS"] = before
+            os.environ[name] = before
 
 
 def _median_time(work, runs: int):
@@ -326,10 +328,11 @@ def jpeg_encoding(device: str, width: int, height: int, quick: bool) -> str:
 
 
 def timed(
-    kind: str, device: str, width: int, height: int, frames: int, align: bool, quick: bool, graphs: bool = True
+    kind: str, device: str, width: int, height: int, frames: int, align: bool, quick: bool, graphs: bool = True,
+    warps: int | None = None,
 ) -> tuple[str, str]:
     repeat, warmup = (1, 0) if quick else (3, 1) if kind == "core" else (2, 1)
-    with _graphs("1" if graphs else "0"):
+    with _setting("GPUFOCUS_CUDA_GRAPHS", "1" if graphs else "0"), _setting("GPUFOCUS_TRITON_WARPS", str(warps or 4)):
         r = run_case(Case(kind, device, width, height, frames, "float32", None, "max-energy", align), repeat=repeat,
                      warmup=warmup)
     stages = ", ".join(f"{name} {value:.3f}" for name, value in r["stages"].items() if value)
@@ -337,6 +340,7 @@ def timed(
     peak = r["peak_cuda_bytes"]
     label = f"{kind} {width}x{height} x{frames} float32 {'aligned' if align else 'no-align'}"
     label += "" if graphs else ", CUDA graphs off"
+    label += f", kernels in {warps} warps" if warps else ""
     return label, (f"{r['seconds']:.3f} s (median of {repeat}); fuse stage {fuse_rate:.2f} Gpix-frames/s; "
                    f"stages s: {stages}" + (f"; peak {peak / 2**30:.1f} GiB" if peak else ""))
 
@@ -463,6 +467,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
         for align in (True, False):
             step(f"{kind} {align}", lambda: [timed(kind, device, width, height, frames, align, args.quick)])
     step("core graphs off", lambda: [timed("core", device, width, height, frames, True, args.quick, graphs=False)])
+    step("core 8 warps", lambda: [timed("core", device, width, height, frames, False, args.quick, warps=8)])
     step("16-bit TIFF", lambda: [sixteen_bit_files(device, width, height, args.quick)])
     step("whole command", lambda: list(whole_commands(device, width, height, frames, args.real, args.quick)))
     print()

@@ -94,8 +94,10 @@ def planning(hear: Callable[[str, int, int], None]) -> Iterator[None]:
 def launch(name: str, kernel, grid: tuple, args: tuple, constexprs: dict, traffic: Callable[[], tuple[int, int]]) -> None:
     """Launch ``kernel[grid](*args, **constexprs)`` with floating-point contraction off
     (the twins' roundings), or while ``planning`` report ``traffic()``, ``(bytes read,
-    bytes written)``, instead."""
+    bytes written)``, instead. ``GPUFOCUS_TRITON_WARPS`` sets the warps a program (4;
+    the results do not depend on it: a benchmark setting)."""
     if _planner:
         _planner[-1](name, *traffic())
         return
-    kernel[grid](*args, **constexprs, enable_fp_fusion=False)
+    warps = int(os.environ.get("GPUFOCUS_TRITON_WARPS", "4"))
+    kernel[grid](*args, **constexprs, num_warps=warps, enable_fp_fusion=False)

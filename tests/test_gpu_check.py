@@ -29,6 +29,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
             assert "Gpix-frames/s" in rows[f"{kind} 320x240 x4 float32 {align}"]
     assert rows["alignment as a CUDA graph"] == "graphs captured: 0; transforms equal; image max difference 0.000 (1/255)"
     assert "Gpix-frames/s" in rows["core 320x240 x4 float32 aligned, CUDA graphs off"]
+    assert "Gpix-frames/s" in rows["core 320x240 x4 float32 no-align, kernels in 8 warps"]
     sixteen = rows["e2e: 4 16-bit TIFF (deflate) 320x240 to a 16-bit TIFF, aligned"]
     assert "(median of 1); stages: decode " in sixteen and "s (busy " in sixteen and "align " in sixteen
     assert rows["floor: import torch"].endswith("s (median of 1)")
