@@ -291,11 +291,13 @@ def _in_order(stacks, options: FuseOptions, output: BatchOutput, on_result, time
             try:
                 stack = FrameStack(list(spec.inputs), options, warn=False)
                 device = resolve_device(options.device)
-                check_fits(stack, options, device)  # frames too large are refused before a byte is decoded
-                chunk = chunk_for(stack, options, device)  # the engine's first two chunks
             except Exception as error:  # noqa: BLE001 - _run_stack reports it as this stack's failure
                 return error
-            stack.prefetch(chunk, device, timer)  # a GPU that decodes the stack gets its files
+            try:  # nothing is decoded before the checks that refuse frames too large have passed
+                check_fits(stack, options, device)
+            except GpufocusError:  # the memory now in use may be free by its turn: its run checks again
+                return stack
+            stack.prefetch(chunk_for(stack, options, device), device, timer)  # the engine's first two chunks
             return stack
 
         def report(running: tuple) -> None:

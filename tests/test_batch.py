@@ -109,6 +109,24 @@ def test_a_stack_too_large_is_refused_before_its_frames_are_read_ahead(root, tmp
     results = run_batch([root / "s1", root / "s2"], options, BatchOutput(tmp_path / "out", "png"))
     assert [r.status for r in results] == ["failed"] * 2 and decoded == []
     assert all("is more than --max-megapixels 0.002" in r.error for r in results)
+    # refused while the stack before it held the memory: not read ahead, and fused in its turn
+    import threading
+
+    from gpufocus import GpufocusError, engine
+
+    check, refused = engine.check_fits, []
+
+    def busy_now(stack, options, device):
+        if threading.current_thread().name.startswith("gpufocus-next"):
+            refused.append(stack)
+            raise GpufocusError("needs more memory than this run may use")
+        check(stack, options, device)
+
+    monkeypatch.setattr(engine, "check_fits", busy_now)
+    decoded.clear()
+    results = run_batch([root / "s1", root / "s2"], FuseOptions(device="cpu"), BatchOutput(tmp_path / "ok", "png"))
+    assert [r.status for r in results] == ["written"] * 2 and len(refused) == 2
+    assert sorted(decoded) == [0, 0, 1, 1, 2, 2]  # each frame once, by its stack's run
 
 
 @pytest.mark.parametrize("kind", ["csv", "json"])
