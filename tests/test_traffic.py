@@ -44,7 +44,7 @@ def test_the_align_stage_reads_the_frames_once_on_the_kernels():
     twins = count_traffic(1200, 1600, 2, 2, triton=False)["align"]
     pixel_frames = 1200 * 1600 * 2
     assert kernels.by_name["triton:pyr_down[luma]"] > 12 * pixel_frames
-    assert kernels.bytes < 20 * pixel_frames < 100 * pixel_frames < twins.bytes
+    assert kernels.bytes < 24 * pixel_frames < 100 * pixel_frames < twins.bytes
     # frames that move: their sampling grid and coverage written once (8 + 1 bytes a pixel)
     kernels = count_traffic(1200, 1600, 2, 2, triton=True, breathing=True)["align"]
     twins = count_traffic(1200, 1600, 2, 2, triton=False, breathing=True)["align"]
