@@ -195,7 +195,7 @@ class FrameStack:
             raise GpufocusError(f"{name}: a stack needs at least 2 frames, got {len(self._frames)}")
         self._early: list = []  # frames decoding (or files read) ahead, from prefetch
         self._early_bytes = False  # whether they are files read, for chunks_on
-        self._early_chunk = None  # (chunk, device, future of _decoded_on's result): the first, from prefetch
+        self._early_chunk = None  # (frames, device, future of _decoded_on's result): the first, from prefetch
         self._prefetcher: ThreadPoolExecutor | None = None
         self._files = OpenFiles()
         first = infos[0]
@@ -401,10 +401,11 @@ class FrameStack:
         ``device``.
 
         The next chunk is read (the first files already, and the first chunk decoded, if
-        ``prefetch`` was given ``device`` and ``chunk``) and decoded in a thread while
-        the caller works on this one: on CUDA on a stream of its own, which the caller's
-        stream waits for. A chunk the decoder rejects is decoded on the CPU instead,
-        which names the file if it is broken.
+        ``prefetch`` was given ``device``) and decoded in a thread while the caller works
+        on this one: on CUDA on a stream of its own, which the caller's stream waits for.
+        A chunk the decoder rejects is decoded on the CPU instead, which names the file
+        if it is broken. The frames ``prefetch`` decoded come in chunks of ``chunk`` too
+        (it may have planned another size, with the memory then free).
         """
         from .device import arrived
 
@@ -413,17 +414,21 @@ class FrameStack:
         early = self._take_early(as_bytes=True)
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufocus-decode") as pool:
-                starts = list(range(0, len(self), chunk))
-                if first is not None and first[:2] == (chunk, device):
-                    pending = first[2]
+
+                def decode(start: int):
+                    return pool.submit(timer.worker, "decode", self._decoded_on, start, chunk, device, early)
+
+                if first is not None and first[1] == device:
+                    pending, begin = first[2], min(first[0], len(self))
                 else:
-                    pending = pool.submit(timer.worker, "decode", self._decoded_on, 0, chunk, device, early)
-                for n in range(len(starts)):
+                    pending, begin = decode(0), min(chunk, len(self))
+                starts = list(range(begin, len(self), chunk))
+                for n in range(len(starts) + 1):
                     with timer.stage("decode"):
                         frames, done = pending.result()
-                    if n + 1 < len(starts):
-                        pending = pool.submit(timer.worker, "decode", self._decoded_on, starts[n + 1], chunk, device, early)
-                    yield frames if done is None else arrived(frames, done)
+                    if n < len(starts):
+                        pending = decode(starts[n])
+                    yield from (frames if done is None else arrived(frames, done)).split(chunk)
         finally:  # as chunks: the prefetch stopped, the files closed
             self.close()
 
