@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import os
 import struct
-import threading
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, TiffImagePlugin
 
-from .nvcodec import nvimgcodec_for
+from .nvcodec import CODEC_CALLS, nvimgcodec_for
 from .options import COMPRESSIONS, OutputOptions
 
 if TYPE_CHECKING:
@@ -119,7 +118,6 @@ def jpeg_encoder(device: torch.device) -> JpegEncoder | None:
     if found is None:
         return None
     nvimgcodec, encoder = found
-    lock = threading.Lock()  # one encode at a time: the encoder keeps its state between calls
 
     def encode(pixels: torch.Tensor, quality: int) -> bytes:
         import torch
@@ -133,7 +131,7 @@ def jpeg_encoder(device: torch.device) -> JpegEncoder | None:
             source, stream = pixels, torch.cuda.current_stream(pixels.device).cuda_stream
         else:
             source, stream = pixels.numpy(), 0
-        with lock:
+        with CODEC_CALLS:  # one call at a time: the encoder keeps its state between calls
             coded = encoder.encode(source, ".jpg", params=params, cuda_stream=stream)
         if coded is None:
             raise RuntimeError("nvImageCodec could not encode the image")

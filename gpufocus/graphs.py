@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .errors import GpufocusWarning
+from .nvcodec import CODEC_CALLS
 
 __all__ = ["GraphFallbackWarning", "GraphedFunction", "graphs_enabled"]
 
@@ -53,8 +54,9 @@ def _capture(fn: Callable[..., tuple[Tensor, ...]], static: Hashable, inputs: li
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        # thread_local: the threads that decode, upload and encode go on meanwhile
+    # thread_local: the threads that read and encode go on meanwhile, but not while a GPU
+    # codec works (CODEC_CALLS): what a library does on the GPU is not ours to vouch for
+    with torch.cuda.stream(stream), CODEC_CALLS:
         graph.capture_begin(capture_error_mode="thread_local")
         try:
             outputs = fn(static, *inputs)

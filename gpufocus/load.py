@@ -14,7 +14,6 @@ import functools
 import logging
 import os
 import re
-import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ import numpy as np
 from .decode import MIN_LEVEL_SIDE, RAW_SUFFIXES, ImageInfo, OpenFiles, probe_image, read_image
 from .errors import DamagedFileWarning, GpufocusError, GpufocusWarning
 from .memory import frame_needs, host_room
-from .nvcodec import nvimgcodec_for
+from .nvcodec import CODEC_CALLS, nvimgcodec_for
 from .options import FuseOptions
 from .timing import NO_TIMER, StageTimer
 from .write import OWN_ROLES, own_role
@@ -480,13 +479,12 @@ def jpeg_decoder(device: torch.device) -> JpegDecoder | None:
 
 
 def _one_at_a_time(decoder: JpegDecoder) -> JpegDecoder:
-    """``decoder`` with its calls made one at a time: a batch decodes the next stack's
-    first chunk while this stack's chunks decode in another thread, and nvImageCodec's
-    decoder is not made to be called from two threads at once."""
-    lock = threading.Lock()
+    """``decoder`` with its calls made one at a time (``CODEC_CALLS``): a batch decodes the
+    next stack's first chunk while this stack's chunks decode in another thread, and
+    nvImageCodec's decoder is not made to be called from two threads at once."""
 
     def decode(data: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
-        with lock:
+        with CODEC_CALLS:
             return decoder.decode(data, device)
 
     return JpegDecoder(decoder.name, decode)

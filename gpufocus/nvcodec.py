@@ -4,12 +4,19 @@ code path without a GPU (the tests use it)."""
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["nvimgcodec_for"]
+__all__ = ["nvimgcodec_for", "CODEC_CALLS"]
+
+#: Held by every call of a GPU image codec (decoding the next chunk, encoding a result,
+#: each in a thread of its own) and by a CUDA graph's capture (``gpufocus.graphs``):
+#: nvImageCodec's decoders and encoders are not all made for two threads at once, and a
+#: capture is kept clear of what a library does on the GPU from another thread.
+CODEC_CALLS = threading.Lock()
 
 
 def nvimgcodec_for(kind: str, device: torch.device) -> tuple[Any, Any] | None:

@@ -221,11 +221,13 @@ def test_the_capture_calls_torchs_graph_api_as_torch_cuda_graph_does(monkeypatch
     monkeypatch.setattr(torch.cuda, "stream", on)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: Stream(device))
     a = torch.ones(3)
-    made = graphs._capture(lambda static, x: calls.append(("fn", {})) or (x * static,), 2.0, [a])
+    held = graphs.CODEC_CALLS.locked
+    made = graphs._capture(lambda static, x: calls.append(("fn", {"codecs held": held()})) or (x * static,), 2.0, [a])
     assert torch.equal(made.outputs[0], a * 2) and made.inputs == [a]
     assert [name for name, _ in calls] == ["stream", "stream", "wait_stream", "on side stream", "capture_begin",
                                            "fn", "capture_end", "off side stream", "stream", "wait_stream"]
     assert calls[4][1] == {"capture_error_mode": "thread_local"}
+    assert calls[5][1] == {"codecs held": True} and not held()  # no GPU codec works in another thread meanwhile
     calls.clear()
 
     def broken(static, x):
@@ -233,4 +235,4 @@ def test_the_capture_calls_torchs_graph_api_as_torch_cuda_graph_does(monkeypatch
 
     with pytest.raises(ValueError, match="not capturable"):
         graphs._capture(broken, None, [a])
-    assert [name for name, _ in calls][-3:] == ["capture_begin", "capture_end", "off side stream"]
+    assert [name for name, _ in calls][-3:] == ["capture_begin", "capture_end", "off side stream"] and not held()
