@@ -186,6 +186,13 @@ def squares_launch(measure: torch.Tensor, columns: torch.Tensor, rows: torch.Ten
     return grid(height, width, frames * planes, SQUARES_TILE), args, constexprs
 
 
+def fold_warps(halo: bool) -> int:
+    """Warps a ``_fold_kernel`` program: 8 for the halo guard's fold, which keeps two
+    winners (with 4, Triton 3.6, the H200's, gave its masked specialization 255 registers
+    a thread and a spill to memory; with 8, 128 and none), else 4."""
+    return 8 if halo else 4
+
+
 def fold_launch(
     columns: torch.Tensor, rows: torch.Tensor | None, g: torch.Tensor, coarse: torch.Tensor, taps: torch.Tensor,
     usable: torch.Tensor | None, first_index: int, score: torch.Tensor, value: torch.Tensor, index: torch.Tensor | None,
@@ -274,4 +281,5 @@ def fold(
         columns, rows, g.contiguous(), coarse.contiguous(), weights, mask, first_index, score, value, index,
         has_state, energy_out, halo,
     )
-    launch("fold[halo]" if halo else "fold", _fold_kernel, launch_grid, args, constexprs, fold_traffic)
+    launch("fold[halo]" if halo else "fold", _fold_kernel, launch_grid, args, constexprs, fold_traffic,
+           fold_warps(halo is not None))

@@ -3,11 +3,12 @@ GPU, on any machine: no GPU is needed (Triton brings its own ``ptxas``).
 
     python -m gpufocus.kernels.compile --target sm_90 [--target sm_80]
 
-Prints one line per kernel and specialization (registers, spilled bytes, shared
-memory) and exits non-zero if any fails. The arguments of each specialization come
-from the same functions that build the real launches (``*_launch``), fed with tensors
-on the meta device, so this checks what runs: Triton's interpreter accepts Python the
-compiled language does not (lists, say), and only a compile shows that.
+Prints one line per kernel and specialization (warps a program, registers, spilled
+bytes, shared memory) and exits non-zero if any fails. The arguments of each
+specialization come from the same functions that build the real launches
+(``*_launch``), fed with tensors on the meta device, so this checks what runs: Triton's
+interpreter accepts Python the compiled language does not (lists, say), and only a
+compile shows that.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Specialization:
     kernel: object
     args: tuple
     constexprs: dict
+    warps: int = 4
 
     def signature(self) -> tuple[dict, dict]:
         """Triton's ``signature`` and ``attrs`` for ``ASTSource``: every pointer taken as
@@ -106,7 +108,8 @@ def specializations() -> Iterator[Specialization]:
                 extra.get("index"), True, extra.get("energy_out"), extra.get("halo"),
             )
             label = mode + (", usable" if usable is not None else "")
-            yield Specialization(f"fold[{label}]", select._fold_kernel, args, constexprs)
+            yield Specialization(f"fold[{label}]", select._fold_kernel, args, constexprs,
+                                 select.fold_warps("halo" in extra))
 
 
 def _ptxas(arch: int) -> str | None:
@@ -147,10 +150,11 @@ def compile_one(spec: Specialization, arch: int) -> str:
 
     signature, attrs = spec.signature()
     source = ASTSource(fn=spec.kernel, signature=signature, constexprs=spec.constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"enable_fp_fusion": False})
+    options = {"enable_fp_fusion": False, "num_warps": spec.warps}
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     if not compiled.asm.get("cubin"):
         raise RuntimeError("no cubin")
-    return f"{spec.name}: {_resources(compiled.asm['ptx'], arch)}, shared {compiled.metadata.shared} B"
+    return f"{spec.name}: {spec.warps} warps, {_resources(compiled.asm['ptx'], arch)}, shared {compiled.metadata.shared} B"
 
 
 def main(argv: list[str] | None = None) -> int:

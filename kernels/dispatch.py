@@ -91,13 +91,16 @@ def planning(hear: Callable[[str, int, int], None]) -> Iterator[None]:
         _planner.remove(hear)
 
 
-def launch(name: str, kernel, grid: tuple, args: tuple, constexprs: dict, traffic: Callable[[], tuple[int, int]]) -> None:
-    """Launch ``kernel[grid](*args, **constexprs)`` with floating-point contraction off
-    (the twins' roundings), or while ``planning`` report ``traffic()``, ``(bytes read,
-    bytes written)``, instead. ``GPUFOCUS_TRITON_WARPS`` sets the warps a program (4;
-    the results do not depend on it: a benchmark setting)."""
+def launch(
+    name: str, kernel, grid: tuple, args: tuple, constexprs: dict, traffic: Callable[[], tuple[int, int]], warps: int = 4,
+) -> None:
+    """Launch ``kernel[grid](*args, **constexprs)`` in programs of ``warps`` warps with
+    floating-point contraction off (the twins' roundings), or while ``planning`` report
+    ``traffic()``, ``(bytes read, bytes written)``, instead. ``GPUFOCUS_TRITON_WARPS``
+    sets the warps of every kernel instead (a benchmark setting: no kernel reduces
+    across its program, so the results do not depend on it)."""
     if _planner:
         _planner[-1](name, *traffic())
         return
-    warps = int(os.environ.get("GPUFOCUS_TRITON_WARPS", "4"))
+    warps = int(os.environ.get("GPUFOCUS_TRITON_WARPS", warps))
     kernel[grid](*args, **constexprs, num_warps=warps, enable_fp_fusion=False)

@@ -294,9 +294,8 @@ def test_every_kernel_compiles_for_hopper_and_ampere():
     for target in ("sm_90", "sm_80"):
         for name in names:
             assert any(line.startswith(f"{target} ok {name}: ") and "registers" in line for line in lines), (target, name)
-    # On Hopper (the H100/H200 this is built for) no kernel spills registers to memory,
-    # bytes the traffic count would not see (on Ampere fold[halo, usable] spills 12 B).
-    spilled = [line for line in lines if line.startswith("sm_90") and "spills 0/0 B" not in line]
+    # No kernel spills registers to memory: bytes the traffic count would not see.
+    spilled = [line for line in lines if "registers" in line and "spills 0/0 B" not in line]
     assert not spilled, spilled
     assert lines[-1] == "all kernels compiled"
 
