@@ -3,13 +3,13 @@
     python bench/gpu_check.py [--quick] [--device cuda] [--real DIR] [--json FILE]
 
 Prepared for a lent H200 (torch with CUDA and Triton there; kornia and imagecodecs
-carried as wheels). The rows, in order:
+carried as wheels). The rows, in order (the issue's goals first, then what helps choose
+the next change):
 1. The compile check (``gpufocus.kernels.compile``) with the Triton installed there.
 2. Each Triton kernel against its torch twin on CUDA (fresh random inputs of odd size):
    equal bit for bit, or the largest difference; with ``pyr_down[luma]``, the alignment's
    first level of the frames' luminance made in one pass, and ``sampling_grid``, where a
    moving frame is resampled.
-2b. ``pyr_down[luma]`` timed for a few output tiles (GB/s against the card's bandwidth).
 3. CUDA against the CPU, defaults: a synthetic moving stack (a tensor, and PNG files:
    decoded into pinned memory) and ``--real`` (petteri_pcb from shared/data/real),
    largest and mean difference in 1/255.
@@ -21,19 +21,20 @@ carried as wheels). The rows, in order:
 4c. The JPEG encoder for the device (nvImageCodec) on a 24 MP image there, metadata
    included, against downloading it for Pillow: milliseconds, and the decoded difference.
 5. Core: 24 MP frames (6000x4000) float32, 100 frames, alignment on and off: the fuse
-   stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up;
-   then aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph;
-   then not aligned with ``GPUFOCUS_TRITON_WARPS=8``: the kernels with 8 warps a program
-   (half the registers a thread; at 4, most take 128, which caps an SM at 16 warps).
+   stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up.
 6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
-6b. 16 16-bit TIFF files (deflate) of 24 MP to a 16-bit TIFF, aligned: decoded on the
-   host, a thread per core; the time waited for the decoders against their busy time.
 7. The whole command, a process of its own, start-up included: the floor first (``import
    torch`` and CUDA's initialisation in a fresh process, median of 3), then ``gpufocus
    fuse -v`` on the same 100 files (alignment on and off) and on ``--real``, each as
    the floor + the rest, with the time it waited for each stage and, for those in
    threads (decode, write), their busy time; then ``gpufocus batch`` of 12 stacks
    (``--real`` 12 times, else synthetic ones): stacks per minute.
+8. Core aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph; core
+   not aligned with ``GPUFOCUS_TRITON_WARPS=8``: every kernel in 8 warps a program (half
+   the registers a thread; at 4, most take 128, which caps an SM at 16 warps).
+9. 16 16-bit TIFF files (deflate) of 24 MP to a 16-bit TIFF, aligned: decoded on the
+   host, a thread per core; the time waited for the decoders against their busy time.
+10. ``pyr_down[luma]`` timed for a few output tiles (GB/s against the card's bandwidth).
 ``--quick`` uses 320x240 and 4 frames, one run each (a batch of 3). ``--device cpu --quick`` is the dry run the
 test suite makes on a machine without CUDA: the same code, CUDA-only rows skipped.
 """
@@ -132,7 +133,7 @@ def kernels_match_twins(device: str, quick: bool = False) -> list[tuple[str, str
 
 
 def luma_tiles(device: str, quick: bool) -> str:
-    """Row 2b: ``pyr_down[luma]`` (the alignment's first step down) on 16 frames of
+    """Row 10: ``pyr_down[luma]`` (the alignment's first step down) on 16 frames of
     24 MP for a few output tiles, milliseconds and GB/s of the bytes it moves (each
     frame read once, its level written); the default tile first."""
     from gpufocus.kernels import _triton_pyramid as fused
@@ -346,7 +347,7 @@ def timed(
 
 
 def sixteen_bit_files(device: str, width: int, height: int, quick: bool) -> tuple[str, str]:
-    """Row 6b: 16-bit TIFF files (deflate) to a 16-bit TIFF, aligned, in the library: the
+    """Row 9: 16-bit TIFF files (deflate) to a 16-bit TIFF, aligned, in the library: the
     frames a GPU cannot decode, decoded on the host in a thread per core into pinned
     memory and uploaded a chunk ahead. The time waited for ``decode`` against its busy
     time says whether the host's decoders keep up with the GPU."""
@@ -457,7 +458,6 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     step("compile check, sm_90", compile_check)
     if device.startswith("cuda"):
         step("kernels vs twins", lambda: kernels_match_twins(device, args.quick))
-        step("pyr_down[luma] tiles", lambda: luma_tiles(device, args.quick))
         step("alignment of a chunk on CUDA", lambda: alignment_without_sync(device))
     step("alignment as a CUDA graph", lambda: cuda_graphs(device, args.quick))
     step("JPEG decoder", lambda: jpeg_decoding(device, width, height, frames, args.quick))
@@ -466,10 +466,13 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     for kind in ("core", "e2e"):
         for align in (True, False):
             step(f"{kind} {align}", lambda: [timed(kind, device, width, height, frames, align, args.quick)])
+    step("whole command", lambda: list(whole_commands(device, width, height, frames, args.real, args.quick)))
+    # what helps choose the next change, after what the issue's goals are measured by
     step("core graphs off", lambda: [timed("core", device, width, height, frames, True, args.quick, graphs=False)])
     step("core 8 warps", lambda: [timed("core", device, width, height, frames, False, args.quick, warps=8)])
     step("16-bit TIFF", lambda: [sixteen_bit_files(device, width, height, args.quick)])
-    step("whole command", lambda: list(whole_commands(device, width, height, frames, args.real, args.quick)))
+    if device.startswith("cuda"):
+        step("pyr_down[luma] tiles", lambda: luma_tiles(device, args.quick))
     print()
     for name, value in rows:
         print(f"| {name} | {value} |")
