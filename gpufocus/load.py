@@ -417,9 +417,9 @@ class FrameStack:
                 def decode(start: int):
                     return pool.submit(timer.worker, "decode", self._decoded_on, start, chunk, device, early)
 
-                if first is not None and first[1] == device:
+                if first is not None and first[1] == device and first[2].exception() is None:
                     pending, begin = first[2], min(first[0], len(self))
-                else:
+                else:  # none, or it failed (the memory then in use by another stack, say): decoded now
                     pending, begin = decode(0), min(chunk, len(self))
                 starts = list(range(begin, len(self), chunk))
                 for n in range(len(starts) + 1):

@@ -404,6 +404,17 @@ def test_a_prefetched_stack_has_its_first_chunk_decoded_on_the_device(tmp_path, 
     assert [len(c) for c in got] == [2, 1, 2] and torch.equal(torch.cat(got), expected)
     assert [(name.split("_")[0], n) for name, n in decoded_by] == [("gpufocus-prefetch", 3), ("gpufocus-decode", 2)]
 
+    def short_of_memory_ahead(data, device):  # the stack before held the GPU's memory
+        if threading.current_thread().name.startswith("gpufocus-prefetch"):
+            raise MemoryError("out of memory")
+        return decode(data, device)
+
+    monkeypatch.setattr(gpufocus.load, "jpeg_decoder", lambda device: JpegDecoder("stand-in", short_of_memory_ahead))
+    decoded_by.clear()
+    stack.prefetch(2, cpu)
+    assert torch.equal(torch.cat(list(stack.chunks_on(2, cpu))), expected)  # decoded again, in its turn
+    assert [name.split("_")[0] for name, _ in decoded_by] == ["gpufocus-decode"] * 3
+
 
 def test_the_device_decoder_is_called_by_one_thread_at_a_time(monkeypatch):
     import threading
