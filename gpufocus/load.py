@@ -370,9 +370,17 @@ class FrameStack:
                 pool.submit(timer.worker, "decode", self._load, i) for i in range(len(early), min(len(self), 2 * chunk))
             ]
             next_index = len(pending)
+
+            def taken(index: int) -> np.ndarray:
+                if index < len(early) and pending[index].exception() is not None:
+                    # read ahead while the stack before held the memory, say: read now (a
+                    # broken file fails again, with its own error)
+                    return timer.worker("decode", self._load, index)
+                return pending[index].result()
+
             for start in range(0, len(self), chunk):
                 with timer.stage("decode"):
-                    batch = [pending[i].result() for i in range(start, min(start + chunk, len(self)))]
+                    batch = [taken(i) for i in range(start, min(start + chunk, len(self)))]
                 for _ in batch:
                     if next_index < len(self):
                         pending.append(pool.submit(timer.worker, "decode", self._load, next_index))

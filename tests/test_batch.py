@@ -71,11 +71,24 @@ def test_the_same_results_in_order_over_workers_and_on_a_cluster(root, tmp_path)
     assert {r.device for r in workers + clustered} == {"cpu"}  # the option reaches every backend
 
 
-def test_prefetched_frames_are_the_frames(root):
+def test_prefetched_frames_are_the_frames(root, monkeypatch):
     stack = FrameStack([root / "s1"])
     stack.prefetch(2, None)
     prefetched = np.concatenate(list(stack.chunks(2)))
     assert np.array_equal(prefetched, np.concatenate(list(FrameStack([root / "s1"]).chunks(1))))
+    # a frame the prefetch could not decode (memory held by the stack before) is decoded in its turn
+    import threading
+
+    load = FrameStack._load
+
+    def short_of_memory_ahead(stack, index):
+        if threading.current_thread().name.startswith("gpufocus-prefetch"):
+            raise MemoryError("out of memory")
+        return load(stack, index)
+
+    monkeypatch.setattr(FrameStack, "_load", short_of_memory_ahead)
+    stack.prefetch(2, None)
+    assert np.array_equal(np.concatenate(list(stack.chunks(2))), prefetched)
 
 
 def test_the_next_stack_is_read_ahead_by_the_engines_chunks(root, tmp_path, monkeypatch):
