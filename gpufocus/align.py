@@ -62,9 +62,9 @@ from torch import Tensor
 
 from .batchmath import cholesky, cholesky_solve, fixed_sum, inverse3x3, matmul3x3
 from .color import luminance
-from .kernels import downsample, downsample_luminance, sampling_grid
 from .errors import GpufocusWarning
 from .graphs import GraphedFunction
+from .kernels import downsample, downsample_luminance, sampling_grid
 from .options import ALIGN_MODELS, AlignOptions
 from .pyramid import binomial_taps, pyr_down, pyr_up, separable_filter
 
