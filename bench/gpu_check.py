@@ -333,7 +333,9 @@ def timed(
     warps: int | None = None,
 ) -> tuple[str, str]:
     repeat, warmup = (1, 0) if quick else (3, 1) if kind == "core" else (2, 1)
-    with _setting("GPUFOCUS_CUDA_GRAPHS", "1" if graphs else "0"), _setting("GPUFOCUS_TRITON_WARPS", str(warps or 4)):
+    with _setting("GPUFOCUS_CUDA_GRAPHS", "1" if graphs else "0"), (
+        _setting("GPUFOCUS_TRITON_WARPS", str(warps)) if warps else contextlib.nullcontext()
+    ):
         r = run_case(Case(kind, device, width, height, frames, "float32", None, "max-energy", align), repeat=repeat,
                      warmup=warmup)
     stages = ", ".join(f"{name} {value:.3f}" for name, value in r["stages"].items() if value)
@@ -372,18 +374,17 @@ def sixteen_bit_files(device: str, width: int, height: int, quick: bool) -> tupl
 
         with ThreadPoolExecutor(os.cpu_count()) as pool:
             paths = list(pool.map(sixteen, range(frames)))
-        runs = []
-        for _ in range(1 if quick else 4):  # the first a warm-up
+        def once() -> StageTimer:  # written from the device: done when the file is
             timer = StageTimer(torch.device(device))
-            start = time.perf_counter()
             image = fuse(FrameStack(paths), device=device, timer=timer, on_device=True)
             with timer.stage("encode"):
                 write_image(folder / "out.tif", image, bits=16, overwrite=True)
-            runs.append((time.perf_counter() - start, timer))
-        measured = sorted(runs[1:] or runs, key=lambda run: run[0])
-        seconds, timer = measured[len(measured) // 2]
+            return timer
+
+        runs = 1 if quick else 3
+        seconds, timer = _median_time(once, runs)
     return (f"e2e: {frames} 16-bit TIFF (deflate) {width}x{height} to a 16-bit TIFF, aligned",
-            f"{seconds:.3f} s (median of {len(measured)}); stages: {timer.report()}")
+            f"{seconds:.3f} s (median of {runs}); stages: {timer.report()} (the last run)")
 
 
 def _stages(stages: dict[str, float]) -> str:

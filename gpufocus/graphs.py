@@ -108,7 +108,7 @@ class GraphedFunction:
             del self._graphs[old]
         if graph is None:
             return self.fn(static, *inputs)
-        if graph == _SEEN:
+        if graph is _SEEN:
             try:
                 graph = self._graphs[key] = self._make(self.fn, static, [t.clone() for t in inputs])
             except torch.cuda.OutOfMemoryError:

@@ -194,7 +194,7 @@ class FrameStack:
             raise GpufocusError(f"{name}: a stack needs at least 2 frames, got {len(self._frames)}")
         self._early: list = []  # frames decoding (or files read) ahead, from prefetch
         self._early_bytes = False  # whether they are files read, for chunks_on
-        self._early_chunk = None  # (frames, device, future of _decoded_on's result): the first, from prefetch
+        self._early_chunk = None  # (chunk, device, future of _decoded_on's result): the first, from prefetch
         self._prefetcher: ThreadPoolExecutor | None = None
         self._files = OpenFiles()
         first = infos[0]
