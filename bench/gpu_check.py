@@ -2,17 +2,17 @@
 
     python bench/gpu_check.py [--quick] [--device cuda] [--real DIR] [--json FILE]
 
-Prepared for a lent H200 (torch with CUDA and Triton there; kornia and imagecodecs
-carried as wheels). The rows, in order (the issue's goals first, then what helps choose
+Prepared for a lent H200 (torch with CUDA and Triton there; kornia, kornia_rs and
+nvImageCodec carried as wheels, not imagecodecs: see the end). The rows, in order (the issue's goals first, then what helps choose
 the next change):
 1. The compile check (``gpufocus.kernels.compile``) with the Triton installed there.
 2. Each Triton kernel against its torch twin on CUDA (fresh random inputs of odd size):
    equal bit for bit, or the largest difference; with ``pyr_down[luma]``, the alignment's
    first level of the frames' luminance made in one pass, and ``sampling_grid``, where a
    moving frame is resampled.
-3. CUDA against the CPU, defaults: a synthetic moving stack (a tensor, and PNG files:
-   decoded into pinned memory) and ``--real`` (petteri_pcb from shared/data/real),
-   largest and mean difference in 1/255.
+3. CUDA against the CPU, defaults: a synthetic moving stack (a tensor, and TIFF files:
+   decoded into pinned memory) and ``--real`` (petteri_pcb from shared/data/real; without
+   it, 4 synthetic JPEG frames of 320x240), largest and mean difference in 1/255.
 4. A chunk's motion estimation on CUDA under ``torch.cuda.set_sync_debug_mode("error")``.
 4a. The estimation replayed as a CUDA graph against ``GPUFOCUS_CUDA_GRAPHS=0``: graphs
    captured (or the fallback's warning), transforms and image equal?
@@ -25,16 +25,23 @@ the next change):
 6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
 7. The whole command, a process of its own, start-up included: the floor first (``import
    torch`` and CUDA's initialisation in a fresh process, median of 3), then ``gpufocus
-   fuse -v`` on the same 100 files (alignment on and off) and on ``--real``, each as
+   fuse`` on the same 100 files (alignment on and off) and on ``--real``, each as
    the floor + the rest, with the time it waited for each stage and, for those in
-   threads (decode, write), their busy time; then ``gpufocus batch`` of 12 stacks
-   (``--real`` 12 times, else synthetic ones): stacks per minute.
+   threads (decode, write), their busy time (a run with ``-v``); then ``gpufocus batch``
+   of ``--real`` 12 times: stacks per minute.
 8. Core aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph; core
    not aligned with ``GPUFOCUS_TRITON_WARPS=8``: every kernel in 8 warps a program (half
    the registers a thread; at 4, most take 128, which caps an SM at 16 warps).
 9. 16 16-bit TIFF files (deflate) of 24 MP to a 16-bit TIFF, aligned: decoded on the
-   host, a thread per core; the time waited for the decoders against their busy time.
+   host, a thread per core; the time waited for the decoders against their busy time
+   (every run timing its stages).
 10. ``pyr_down[luma]`` timed for a few output tiles (GB/s against the card's bandwidth).
+11. Where the time goes: torch's profiler over an aligned run of 32 frames of 24 MP, the
+   kernels that took the most device time.
+Rows 5, 6 and 7 time the whole without ``StageTimer``'s synchronisations (they stop the
+stages from overlapping), and give the stages from runs of their own (``-v`` for a
+command). Frames are written as JPEG and TIFF only, which need no imagecodecs (the GPU
+machine has none).
 ``--quick`` uses 320x240 and 4 frames, one run each (a batch of 3). ``--device cpu --quick`` is the dry run the
 test suite makes on a machine without CUDA: the same code, CUDA-only rows skipped.
 """
@@ -45,6 +52,7 @@ import argparse
 import contextlib
 import json
 import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -158,24 +166,66 @@ def luma_tiles(device: str, quick: bool) -> str:
     return f"{count} x {width}x{height}: " + ", ".join(results)
 
 
-def device_matches_cpu(device: str, real: Path | None) -> list[tuple[str, str]]:
-    """Row 3: the synthetic stack as a tensor, and as PNG files (decoded on the CPU into
+def _frame_files(frames: torch.Tensor, folder: Path, suffix: str) -> list[str]:
+    """``frames`` (``(N, 3, H, W)`` float in [0, 1]) written as ``frame_NNN.<suffix>`` in ``folder``:
+    TIFF by tifffile, JPEG by Pillow, nothing that needs imagecodecs (the GPU machine
+    has none: it is not carried, for the size the carried wheels may take)."""
+    from gpufocus.write import write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [str(write_image(folder / f"frame_{i:03d}.{suffix}", frame, quality=95))
+            for i, frame in enumerate(frames)]
+
+
+def where_time_goes(device: str, width: int, height: int, quick: bool) -> str:
+    """Row 11: torch's profiler over one aligned run of 32 still frames of 24 MP in the
+    library (``--quick``: 4 small ones), after a warm-up: the kernels that took the most
+    device time, with the alignment's graph replayed (on the CPU: the operators' own
+    time). What to make faster next, if the goals are not met."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from gpufocus import StackFuser
+    from gpufocus.benchmark import bench_frames
+
+    cuda = device.startswith("cuda")
+    count, distinct = (4, 4) if quick else (32, 8)
+    pool = bench_frames(height, width, distinct)[torch.arange(min(count, 16)) % distinct].to(device)
+
+    def run() -> None:
+        fuser = StackFuser(device=device)
+        for _ in range(count // len(pool)):
+            fuser.add(pool)
+        fuser.result()
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    run()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as profiled:
+        started = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - started
+    events = profiled.key_averages()
+
+    def own(event) -> float:
+        return event.self_device_time_total if cuda else event.self_cpu_time_total
+
+    top = sorted(events, key=own, reverse=True)[:8]
+    return (f"{count} x {width}x{height}, aligned, chunks of {len(pool)}: {seconds:.3f} s under the profiler; "
+            f"{'kernels' if cuda else 'operators'} by own time, ms of {sum(map(own, events)) / 1e3:.1f}: "
+            + ", ".join(f"{event.key[:60]} {own(event) / 1e3:.1f}" for event in top))
+
+
+def device_matches_cpu(device: str, real: Path) -> list[tuple[str, str]]:
+    """Row 3: the synthetic stack as a tensor, and as TIFF files (decoded on the CPU into
     pinned memory and uploaded ahead); ``--real`` (JPEG: decoded on the GPU)."""
-    import tempfile
-
-    from gpufocus.synth import write_stack
-
-    rows = []
     stack = make_stack(384, 512, 6, breathing=0.003, shift=1.0, max_blur=6.0, seed=1)
-    scratch = tempfile.TemporaryDirectory()
-    files = [str(p) for p in write_stack(stack, Path(scratch.name) / "png")]  # the frames
-    sources = [("synthetic 512x384 x6 (moving)", stack.frames), ("synthetic 512x384 x6 (moving), PNG files", files)]
-    if real is not None and real.is_dir():
-        sources.append((real.name, sorted(str(p) for p in real.iterdir() if p.suffix.lower() in (".jpg", ".png"))))
-    with scratch:
-        for name, source in sources:
-            rows.append(_matches(device, name, source))
-    return rows
+    with tempfile.TemporaryDirectory() as scratch:
+        sources = [
+            ("synthetic 512x384 x6 (moving)", stack.frames),
+            ("synthetic 512x384 x6 (moving), TIFF files", _frame_files(stack.frames, Path(scratch), "tif")),
+            (real.name, sorted(str(p) for p in real.iterdir() if p.suffix.lower() in (".jpg", ".png"))),
+        ]
+        return [_matches(device, name, source) for name, source in sources]
 
 
 def _matches(device: str, name: str, source) -> tuple[str, str]:
@@ -344,8 +394,9 @@ def timed(
     label = f"{kind} {width}x{height} x{frames} float32 {'aligned' if align else 'no-align'}"
     label += "" if graphs else ", CUDA graphs off"
     label += f", kernels in {warps} warps" if warps else ""
-    return label, (f"{r['seconds']:.3f} s (median of {repeat}); fuse stage {fuse_rate:.2f} Gpix-frames/s; "
-                   f"stages s: {stages}" + (f"; peak {peak / 2**30:.1f} GiB" if peak else ""))
+    synchronised = f", {r['staged_seconds']:.3f} s in the runs timing stages" if device.startswith("cuda") else ""
+    return label, (f"{r['seconds']:.3f} s (median of {repeat}{synchronised}); fuse stage {fuse_rate:.2f} "
+                   f"Gpix-frames/s; stages s: {stages}" + (f"; peak {peak / 2**30:.1f} GiB" if peak else ""))
 
 
 def sixteen_bit_files(device: str, width: int, height: int, quick: bool) -> tuple[str, str]:
@@ -353,7 +404,6 @@ def sixteen_bit_files(device: str, width: int, height: int, quick: bool) -> tupl
     frames a GPU cannot decode, decoded on the host in a thread per core into pinned
     memory and uploaded a chunk ahead. The time waited for ``decode`` against its busy
     time says whether the host's decoders keep up with the GPU."""
-    import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -391,12 +441,11 @@ def _stages(stages: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.2f}" for name, value in stages.items() if value)
 
 
-def whole_commands(device: str, width: int, height: int, frames: int, real: Path | None, quick: bool):
+def whole_commands(device: str, width: int, height: int, frames: int, real: Path, quick: bool):
     """Rows 7: the whole command, start-up included, against the floor of ``import torch``
     (and CUDA's initialisation) in a fresh process."""
     import shutil
     import statistics
-    import tempfile
 
     runs = 1 if quick else 3
     floor = statistics.median(torch_start_seconds(device) for _ in range(runs))
@@ -406,55 +455,61 @@ def whole_commands(device: str, width: int, height: int, frames: int, real: Path
         out = Path(scratch)
         cases = [(f"command: {frames} JPEG {width}x{height} {'aligned' if align else 'no-align'}",
                   [*files, "-o", str(out / "out.jpg")] + ([] if align else ["--no-align"])) for align in (True, False)]
-        if real is not None and real.is_dir():
-            cases.append((f"command: {real.name}, defaults", [str(real), "-o", str(out / "real.jpg")]))
+        cases.append((f"command: {real.name}, defaults", [str(real), "-o", str(out / "real.jpg")]))
         for label, args in cases:
-            times = [time_command(["fuse", *args, "-v", "--overwrite", "--device", device]) for _ in range(runs)]
-            seconds, stages = sorted(times)[len(times) // 2]
+            command = ["fuse", *args, "--overwrite", "--device", device]
+            seconds = statistics.median(time_command(command)[0] for _ in range(runs))
+            staged, stages = time_command([*command, "-v"])
             yield label, (f"{seconds:.3f} s = floor + {seconds - floor:.3f} s (median of {runs}); "
-                          f"stages waited (busy) s: {_stages(stages)}")
+                          f"with -v (stages synchronised) {staged:.3f} s, stages waited (busy) s: {_stages(stages)}")
         count = 3 if quick else 12
         root = out / "stacks"
-        if real is not None and real.is_dir():
-            for i in range(count):
-                (root / f"stack_{i:02d}").mkdir(parents=True)
-                for frame in sorted(real.iterdir()):
-                    if frame.is_file():
-                        (root / f"stack_{i:02d}" / frame.name).symlink_to(frame.resolve())
-            what = f"{count} x {real.name}"
-        else:
-            from gpufocus.synth import write_stack
-
-            for i in range(count):
-                write_stack(make_stack(240, 320, 4, breathing=0.002, shift=1.0, seed=100 + i), root / f"s{i:02d}", fmt="jpg")
-            what = f"{count} synthetic stacks of 4 x 320x240"
+        for i in range(count):
+            (root / f"stack_{i:02d}").mkdir(parents=True)
+            for frame in sorted(real.iterdir()):
+                if frame.is_file():
+                    (root / f"stack_{i:02d}" / frame.name).symlink_to(frame.resolve())
+        batch = ["batch", str(root), "-o", str(out / "batch"), "--device", device]
         shutil.rmtree(out / "batch", ignore_errors=True)
-        seconds, stages = time_command(["batch", str(root), "-o", str(out / "batch"), "-v", "--device", device])
-        yield f"command: batch of {what}", (f"{seconds:.2f} s = floor + {seconds - floor:.2f} s; "
-                                             f"{count / seconds * 60:.1f} stacks per minute"
-                                             + (f"; stages waited (busy) s: {_stages(stages)}" if stages else ""))
+        seconds, _ = time_command(batch)
+        shutil.rmtree(out / "batch")
+        staged, stages = time_command([*batch, "-v"])
+        yield f"command: batch of {count} x {real.name}", (f"{seconds:.2f} s = floor + {seconds - floor:.2f} s; "
+                                             f"{count / seconds * 60:.1f} stacks per minute; with -v {staged:.2f} s"
+                                             + (f", stages waited (busy) s: {_stages(stages)}" if stages else ""))
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--real", type=Path, default=None, help="a real stack's folder (petteri_pcb)")
+    parser.add_argument("--real", type=Path, default=None,
+                        help="a real stack's folder (petteri_pcb); default: a small synthetic JPEG stack")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     device = args.device
     width, height, frames = (320, 240, 4) if args.quick else (6000, 4000, 100)
     rows = [("machine", machine_description())]
     started = time.perf_counter()
+    scratch = tempfile.TemporaryDirectory()
+
+    def add(row: tuple[str, str]) -> None:
+        rows.append(row)
+        print(f"| {row[0]} | {row[1]} |  ({time.perf_counter() - started:.0f} s)", flush=True)
 
     def step(name, fn):
+        """``fn()``'s row (a value), or rows (a list, or a generator: each printed as it
+        comes); a check that fails is a row of its own, after those it made."""
         try:
             result = fn()
+            if isinstance(result, str):
+                add((name, result))
+            else:
+                for row in result:
+                    add(row)
         except Exception as error:  # noqa: BLE001 - a broken check is a row, and the rest still run
-            result = f"ERROR {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
-        for row in result if isinstance(result, list) else [(name, result)]:
-            rows.append(row)
-            print(f"| {row[0]} | {row[1]} |  ({time.perf_counter() - started:.0f} s)", flush=True)
+            text = str(error).strip()
+            add((name, f"ERROR {type(error).__name__}: {text.splitlines()[-1] if text else ''}"))
 
     step("compile check, sm_90", compile_check)
     if device.startswith("cuda"):
@@ -463,22 +518,28 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     step("alignment as a CUDA graph", lambda: cuda_graphs(device, args.quick))
     step("JPEG decoder", lambda: jpeg_decoding(device, width, height, frames, args.quick))
     step("JPEG encoder", lambda: jpeg_encoding(device, width, height, args.quick))
-    step("device vs CPU", lambda: device_matches_cpu(device, args.real))
+    real = args.real
+    if real is None:  # a small JPEG stack of our own
+        real = Path(scratch.name) / "synthetic_4x320x240"
+        _frame_files(make_stack(240, 320, 4, breathing=0.002, shift=1.0, seed=100).frames, real, "jpg")
+    step("device vs CPU", lambda: device_matches_cpu(device, real))
     for kind in ("core", "e2e"):
         for align in (True, False):
             step(f"{kind} {align}", lambda: [timed(kind, device, width, height, frames, align, args.quick)])
-    step("whole command", lambda: list(whole_commands(device, width, height, frames, args.real, args.quick)))
+    step("whole command", lambda: whole_commands(device, width, height, frames, real, args.quick))
     # what helps choose the next change, after what the issue's goals are measured by
     step("core graphs off", lambda: [timed("core", device, width, height, frames, True, args.quick, graphs=False)])
     step("core 8 warps", lambda: [timed("core", device, width, height, frames, False, args.quick, warps=8)])
     step("16-bit TIFF", lambda: [sixteen_bit_files(device, width, height, args.quick)])
     if device.startswith("cuda"):
         step("pyr_down[luma] tiles", lambda: luma_tiles(device, args.quick))
+    step("where the time goes", lambda: where_time_goes(device, width, height, args.quick))
     print()
     for name, value in rows:
         print(f"| {name} | {value} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    scratch.cleanup()
     return rows
 
 

@@ -10,8 +10,9 @@ Two kinds of case:
 
 Every case runs in a child process of its own, so that its peak host memory
 (``ru_maxrss``) and peak CUDA memory are its own; one warm-up run, then the median
-of ``repeat`` runs. On CUDA the stages are synchronised (see ``gpufocus.timing``).
-Alignment is listed as a stage but not yet part of the engine (``None``).
+of ``repeat`` runs. On CUDA the stages are synchronised (see ``gpufocus.timing``) in
+runs of their own, and the whole is timed in ``repeat`` runs that synchronise nothing
+between stages. A stage a case does not have (``align`` with alignment off) is ``None``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 
 from .engine import StackFuser, fuse
 from .load import FrameStack
-from .timing import StageTimer
+from .timing import NO_TIMER, StageTimer
 
 __all__ = [
     "STAGES",
@@ -195,11 +196,17 @@ def _e2e_run(case: Case, paths: list[Path], chunk: int | None, out: Path, timer:
 def run_case(case: Case, repeat: int = 3, warmup: int = 1, cache: Path | None = None) -> dict:
     """Run one case in this process and return its measurements.
 
+    On CUDA the stages are timed in runs of their own: ``StageTimer`` synchronises the
+    device at each stage's ends, which stops the stages from overlapping (the next
+    chunk's decode on its own stream with this chunk's fusion), so ``seconds`` comes
+    from ``repeat`` more runs that time nothing but the whole.
+
     Returns:
         The case's fields, plus ``seconds`` (median wall time), ``runs`` (all of them),
-        ``mpix_frames_per_s``, ``stages`` (median seconds per stage, ``None`` for a stage
-        the case does not have), ``peak_cuda_bytes`` (``None`` on the CPU) and
-        ``peak_host_bytes`` (this process's peak resident memory so far).
+        ``staged_seconds`` (the median of the runs that timed the stages: ``seconds`` on
+        the CPU), ``mpix_frames_per_s``, ``stages`` (median seconds per stage, ``None``
+        for a stage the case does not have), ``peak_cuda_bytes`` (``None`` on the CPU)
+        and ``peak_host_bytes`` (this process's peak resident memory so far).
     """
     from .device import default_chunk, resolve_device
 
@@ -228,15 +235,20 @@ def run_case(case: Case, repeat: int = 3, warmup: int = 1, cache: Path | None = 
         once(StageTimer(device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    runs, stage_runs = [], []
-    for _ in range(repeat):
-        timer = StageTimer(device)
+
+    def timed(timer) -> float:
         start = time.perf_counter()
         once(timer)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        runs.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    staged, stage_runs = [], []
+    for _ in range(repeat):
+        timer = StageTimer(device)
+        staged.append(timed(timer))
         stage_runs.append(timer.seconds)
+    runs = [timed(NO_TIMER) for _ in range(repeat)] if device.type == "cuda" else staged
     seconds = statistics.median(runs)
     present = set().union(*stage_runs)
     return {
@@ -245,6 +257,7 @@ def run_case(case: Case, repeat: int = 3, warmup: int = 1, cache: Path | None = 
         "repeat": repeat,
         "seconds": seconds,
         "runs": runs,
+        "staged_seconds": statistics.median(staged),
         "mpix_frames_per_s": case.frames * case.width * case.height / seconds / 1e6,
         "stages": {
             name: statistics.median(r.get(name, 0.0) for r in stage_runs) if name in present else None
