@@ -38,6 +38,8 @@ the next change):
 10. ``pyr_down[luma]`` timed for a few output tiles (GB/s against the card's bandwidth).
 11. Where the time goes: torch's profiler over an aligned run of 32 frames of 24 MP, the
    kernels that took the most device time.
+12. A small stack's command (``--real``) with Triton's kernels and with their torch
+   twins, and its slowest imports: what start-up costs beyond ``import torch``.
 Rows 5, 6 and 7 time the whole without ``StageTimer``'s synchronisations (they stop the
 stages from overlapping), and give the stages from runs of their own (``-v`` for a
 command). Frames are written as JPEG and TIFF only, which need no imagecodecs (the GPU
@@ -479,6 +481,29 @@ def whole_commands(device: str, width: int, height: int, frames: int, real: Path
                                              + (f", stages waited (busy) s: {_stages(stages)}" if stages else ""))
 
 
+def start_up(device: str, real: Path, quick: bool) -> str:
+    """Row 12: what a small stack's command spends beyond its stages: ``gpufocus fuse``
+    on ``--real`` with the Triton kernels and with their torch twins
+    (``GPUFOCUS_TRITON=0``: no Triton to start, more launches), runs interleaved; and
+    the slowest imports of one run (``-X importtime``, cumulative)."""
+    import statistics
+
+    from command_overhead import _WITH_STDERR, import_times
+
+    runs = 1 if quick else 3
+    with tempfile.TemporaryDirectory() as scratch:
+        command = ["fuse", str(real), "-o", str(Path(scratch) / "out.jpg"), "--overwrite", "--device", device]
+        times: dict[str, list[float]] = {"1": [], "0": []}
+        for _ in range(runs):
+            for triton in times:
+                with _setting("GPUFOCUS_TRITON", triton):
+                    times[triton].append(time_command(command)[0])
+        imports = import_times(["-c", _WITH_STDERR, *command], top=6)
+    return (f"{real.name}: {statistics.median(times['1']):.3f} s with Triton's kernels, "
+            f"{statistics.median(times['0']):.3f} s with their torch twins (median of {runs}); slowest imports "
+            f"(cumulative s): " + ", ".join(f"{name} {seconds:.3f}" for name, seconds in imports))
+
+
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -534,6 +559,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     if device.startswith("cuda"):
         step("pyr_down[luma] tiles", lambda: luma_tiles(device, args.quick))
     step("where the time goes", lambda: where_time_goes(device, width, height, args.quick))
+    step("start-up of a small stack's command", lambda: start_up(device, real, args.quick))
     print()
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -46,6 +46,8 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
         assert "fuse " in rows[f"command: {command}"]  # the stages' busy times
     assert "stacks per minute" in rows["command: batch of 3 x synthetic_4x320x240"]
     assert "operators by own time" in rows["where the time goes"]
+    small = rows["start-up of a small stack's command"]
+    assert "with Triton's kernels" in small and "with their torch twins" in small and "gpufocus" in small
     pytest.importorskip("nvidia.nvimgcodec")
     assert "against Pillow: max 0 levels" in rows["JPEG decoder"]  # its CPU-only backend here
     assert "the same bytes; decoded against Pillow's: max 0 levels" in rows["JPEG encoder"]
