@@ -40,6 +40,8 @@ the next change):
    kernels that took the most device time.
 12. A small stack's command (``--real``) with Triton's kernels and with their torch
    twins, and its slowest imports: what start-up costs beyond ``import torch``.
+13. The fuse stage of 32 frames of 24 MP with a few kernel tiles (the same result
+   expected from each).
 Rows 5, 6 and 7 time the whole without ``StageTimer``'s synchronisations (they stop the
 stages from overlapping), and give the stages from runs of their own (``-v`` for a
 command). Frames are written as JPEG and TIFF only, which need no imagecodecs (the GPU
@@ -481,6 +483,46 @@ def whole_commands(device: str, width: int, height: int, frames: int, real: Path
                                              + (f", stages waited (busy) s: {_stages(stages)}" if stages else ""))
 
 
+def fuse_tiles(device: str, width: int, height: int, quick: bool) -> str:
+    """Row 13: the fuse stage (no alignment) of 32 frames of 24 MP (``--quick``: 4 small
+    ones) with a few output tiles for the pyramid, noise and fold kernels and for the
+    window's column pass, after a warm-up (each tile compiles anew): milliseconds, each
+    result against the default tiles' (the results must not depend on them)."""
+    from gpufocus import StackFuser
+    from gpufocus.benchmark import bench_frames
+    from gpufocus.kernels import _triton_noise, _triton_pyramid, _triton_select
+
+    count, distinct = (4, 4) if quick else (32, 8)
+    pool = bench_frames(height, width, distinct)[torch.arange(min(count, 16)) % distinct].to(device)
+
+    def run() -> torch.Tensor:
+        fuser = StackFuser(device=device, align=False)
+        for _ in range(count // len(pool)):
+            fuser.add(pool)
+        image = fuser.result()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        return image
+
+    def use(tile: tuple[int, int], squares: tuple[int, int]) -> None:
+        _triton_pyramid.TILE = _triton_select.TILE = _triton_noise.TILE = tile
+        _triton_select.SQUARES_TILE = squares
+
+    default = (_triton_pyramid.TILE, _triton_select.SQUARES_TILE)
+    results, reference = [], None
+    try:
+        for tile, squares in dict.fromkeys([default, ((4, 64), (8, 64)), ((4, 128), (8, 64)), ((2, 128), (8, 64)),
+                                            ((4, 64), (4, 64))]):
+            use(tile, squares)
+            seconds, image = _median_time(run, 1 if quick else 3)
+            reference = image if reference is None else reference
+            same = "" if torch.equal(image, reference) else ", DIFFERENT"
+            results.append(f"{tile[0]}x{tile[1]} / {squares[0]}x{squares[1]} {seconds * 1e3:.1f} ms{same}")
+    finally:
+        use(*default)
+    return f"{count} x {width}x{height}, tiles / column-pass tiles: " + ", ".join(results)
+
+
 def start_up(device: str, real: Path, quick: bool) -> str:
     """Row 12: what a small stack's command spends beyond its stages: ``gpufocus fuse``
     on ``--real`` with the Triton kernels and with their torch twins
@@ -560,6 +602,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
         step("pyr_down[luma] tiles", lambda: luma_tiles(device, args.quick))
     step("where the time goes", lambda: where_time_goes(device, width, height, args.quick))
     step("start-up of a small stack's command", lambda: start_up(device, real, args.quick))
+    step("fuse stage by tiles", lambda: fuse_tiles(device, width, height, args.quick))
     print()
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -48,6 +48,9 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
     assert "operators by own time" in rows["where the time goes"]
     small = rows["start-up of a small stack's command"]
     assert "with Triton's kernels" in small and "with their torch twins" in small and "gpufocus" in small
+    tiles = rows["fuse stage by tiles"]
+    assert tiles.startswith("4 x 320x240, tiles / column-pass tiles: 8x64 / 16x64 ") and tiles.count(" ms") == 5
+    assert "DIFFERENT" not in tiles
     pytest.importorskip("nvidia.nvimgcodec")
     assert "against Pillow: max 0 levels" in rows["JPEG decoder"]  # its CPU-only backend here
     assert "the same bytes; decoded against Pillow's: max 0 levels" in rows["JPEG encoder"]
