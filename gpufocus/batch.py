@@ -245,7 +245,9 @@ def _run_stack(
             if writer is None:
                 with timer.stage("write"):
                     job.write(timer)
-            else:
+            else:  # torch's part here (``settle``), the encoders' there
+                with timer.stage("write"):
+                    job.settle()
                 pending = writer.submit(timer.worker, "write", job.write)
         result.warnings = [str(w.message) for w in caught if issubclass(w.category, GpufocusWarning)]
     except Exception as error:  # noqa: BLE001 - one broken stack must not stop the batch

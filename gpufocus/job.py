@@ -15,7 +15,7 @@ from .load import FrameStack
 from .memory import failed_allocation, out_of_memory
 from .options import FuseOptions, OptionError, OutputOptions
 from .timing import NO_TIMER, StageTimer
-from .write import Outputs, check_distinct, check_output, check_output_file, output_format
+from .write import Outputs, check_distinct, check_output, check_output_file, output_format, to_array
 
 __all__ = ["Targets", "FusionJob"]
 
@@ -80,6 +80,7 @@ class FusionJob:
         self.fuser = None
         self.image = None
         self.depth = None
+        self._written = None  # the image and depth map as written (``settle``)
 
     def fuse(self, progress=None, timer: StageTimer = NO_TIMER) -> None:
         """Fuse the stack (see ``StackFuser.run``)."""
@@ -92,27 +93,51 @@ class FusionJob:
             with _memory_for("making the depth map"):
                 self.depth = self.fuser.depth_map()
 
-    def write(self, timer: StageTimer = NO_TIMER) -> None:
-        """Write every target, all or none, with the reference frame's EXIF and ICC profile.
+    def settle(self) -> None:
+        """Make the results what their files hold, in the calling thread: the sRGB curve
+        for RAW frames (fused in linear light), the depth map scaled to [0, 1]; results on
+        the CPU made integers (``write`` makes those on a GPU integers there, or encodes
+        them there). ``write`` calls it if nobody has.
 
-        A stack of RAW frames is fused in linear light and written with the sRGB curve.
-        ``timer`` charges the encoders' time to the busy time of ``write`` (``Outputs``).
+        ``gpufocus batch`` calls it before it hands ``write`` to a thread: torch's CPU
+        operations in a second thread start a second OpenMP team, and while that thread
+        lives the fusion's parallel operations in this one ran 2 to 3 times slower
+        (bench/RESULTS.md, Batch).
         """
         if self.image is None:
             raise GpufocusError("write(): fuse() first")
+        if self._written is not None:
+            return
+        with _memory_for("writing the results"):
+            image = linear_to_srgb(self.image) if self.stack.linear else self.image
+            depth = None if self.targets.depth is None else (self.depth / max(len(self.stack) - 1, 1))[None]
+            if image.device.type == "cpu":
+                image = to_array(image, self.bits)
+                depth = None if depth is None else to_array(depth, self._depth_bits())
+            self._written = image, depth
+
+    def _depth_bits(self) -> int:
+        return 8 if output_format(self.targets.depth) == "JPEG" else 16
+
+    def write(self, timer: StageTimer = NO_TIMER) -> None:
+        """Write every target, all or none, with the reference frame's EXIF and ICC profile.
+
+        A stack of RAW frames is fused in linear light and written with the sRGB curve
+        (``settle``). ``timer`` charges the encoders' time to the busy time of ``write``
+        (``Outputs``).
+        """
+        self.settle()
+        image, depth = self._written
         align = self.options.align
         reference = self.stack.infos[align.reference if align else 0]
         with _memory_for("writing the results"), Outputs(timer) as out:
-            image = linear_to_srgb(self.image) if self.stack.linear else self.image
             out.image(
                 self.targets.image, image, bits=self.bits, quality=self.output.quality, exif=reference.exif,
                 icc=reference.icc, overwrite=self.overwrite, role="fused image", compression=self.output.compression,
             )
-            if self.targets.depth is not None:
-                depth = (self.depth / max(len(self.stack) - 1, 1))[None]
-                bits = 8 if output_format(self.targets.depth) == "JPEG" else 16
+            if depth is not None:
                 out.image(
-                    self.targets.depth, depth, bits=bits, overwrite=self.overwrite, role="depth map",
+                    self.targets.depth, depth, bits=self._depth_bits(), overwrite=self.overwrite, role="depth map",
                     compression=self.output.compression,
                 )
             if self.targets.transforms is not None:

@@ -226,6 +226,7 @@ def test_bench_quick_writes_every_field(tmp_path):
     for r in report["results"]:
         assert set(r) == {
             "kind", "device", "width", "height", "frames", "dtype", "chunk", "method", "align", "repeat", "seconds", "runs",
+            "staged_seconds",
             "mpix_frames_per_s", "stages", "peak_cuda_bytes", "peak_host_bytes",
         }
         assert r["seconds"] > 0 and r["mpix_frames_per_s"] > 0 and r["peak_host_bytes"] > 0
@@ -390,7 +391,8 @@ def test_batch_verbose_times_the_stages_of_all_stacks(tmp_path, monkeypatch):
     stages = next(line for line in result.stderr.splitlines() if line.startswith("gpufocus.cli: time per stage: "))
     assert re.search(r"decode [\d.]+ s \(busy [\d.]+ s\)", stages) and re.search(r"write [\d.]+ s \(busy [\d.]+ s\)", stages)
     assert all(f"{stage} " in stages for stage in ("align", "fuse", "collapse"))
-    assert charged.count("collapse") == 3 and charged.count("write") == 3  # each stack's, waited for once each
+    # each stack's: its results made integers on this thread, then the thread's write waited for once
+    assert charged.count("collapse") == 3 and charged.count("write") == 6
     assert "time per stage" not in run("batch", tmp_path / "root", "-o", tmp_path / "out2", "-q").stderr
 
 
