@@ -1,4 +1,6 @@
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,30 @@ def interruptible() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextmanager
+def tensor_operations_off_the_main_thread() -> Iterator[set]:
+    """The tensor operations that gpufocus' own threads (``gpufocus-*``), started in the
+    block, make: ``(pool, operation)`` pairs. A thread that runs torch's CPU operations
+    gets an OpenMP team of its own, which slows the fusion's parallel operations while
+    it lives (bench/RESULTS.md, Batch)."""
+    import threading
+
+    seen = set()
+
+    def watch(frame, event, arg) -> None:
+        thread = threading.current_thread().name
+        if event == "c_call" and thread.startswith("gpufocus-"):
+            name = getattr(arg, "__qualname__", "")
+            if isinstance(getattr(arg, "__self__", None), torch.Tensor) or name.startswith("_VariableFunctionsClass."):
+                seen.add((thread.rsplit("_", 1)[0], name))
+
+    threading.setprofile(watch)
+    try:
+        yield seen
+    finally:
+        threading.setprofile(None)
 
 
 def write_frames(folder: Path, frames: np.ndarray, suffix: str = ".png", **save_options) -> list[Path]:

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import interruptible
+from conftest import interruptible, tensor_operations_off_the_main_thread
 
 from gpufocus.cli import app
 from gpufocus.batch import BatchOutput, find_stacks, run_batch
@@ -115,28 +115,12 @@ def test_the_next_stack_is_read_ahead_by_the_engines_chunks(root, tmp_path, monk
 
 def test_in_one_process_only_the_fusing_thread_runs_tensor_operations(root, tmp_path):
     """The threads that read the next stack, write and encode make no tensor operations
-    on the CPU: torch's in a second thread start a second OpenMP team, and while that
-    thread lives the fusion's parallel operations ran 2-3 times slower (bench/RESULTS.md,
-    Batch). The depth map too: scaled and made integers on the fusing thread."""
-    import threading
-
-    import torch
-
-    seen = set()
-
-    def watch(frame, event, arg) -> None:
-        thread = threading.current_thread().name
-        if event == "c_call" and thread.startswith("gpufocus-"):
-            name = getattr(arg, "__qualname__", "")
-            if isinstance(getattr(arg, "__self__", None), torch.Tensor) or name.startswith("_VariableFunctionsClass."):
-                seen.add((thread.rsplit("_", 1)[0], name))
-
-    threading.setprofile(watch)
-    try:
+    on the CPU (see ``tensor_operations_off_the_main_thread``): the writer's made every
+    stack after the first fuse 2-3 times slower. The depth map too is scaled and made
+    integers on the fusing thread."""
+    with tensor_operations_off_the_main_thread() as seen:
         results = run_batch([root / "s1", root / "s2", root / "s3"], FuseOptions(device="cpu", depth_map=True),
                             BatchOutput(tmp_path / "out", "png"))
-    finally:
-        threading.setprofile(None)
     assert [r.status for r in results] == ["written"] * 3
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "s1.depth.png", "s1.png", "s2.depth.png", "s2.png", "s3.depth.png", "s3.png"]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import exif_of
+from conftest import exif_of, tensor_operations_off_the_main_thread
 from gpufocus import probe_image, read_image, write_image
 from gpufocus.cli import app
 from gpufocus.synth import make_stack, write_stack
@@ -35,6 +35,17 @@ def test_fuse_a_directory(small_stack, tmp_path):
     assert "wrote" in result.stderr and "3 frames" in result.stderr
     with Image.open(out) as image:
         assert image.size == (56, 40) and image.format == "JPEG"
+
+
+def test_fuse_makes_tensor_operations_on_its_own_thread_alone(small_stack, tmp_path):
+    """The decoders' and encoders' threads make no tensor operations on the CPU (see
+    ``tensor_operations_off_the_main_thread``)."""
+    with tensor_operations_off_the_main_thread() as seen:
+        result = run("fuse", *small_stack, "-o", tmp_path / "out.png", "--depth-map", tmp_path / "depth.png",
+                     "--save-transforms", tmp_path / "t.json", "--save-steps", tmp_path / "steps", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out.png").is_file() and (tmp_path / "depth.png").is_file() and any((tmp_path / "steps").iterdir())
+    assert not seen, seen
 
 
 def test_original_spellings_are_aliases(small_stack, tmp_path):
