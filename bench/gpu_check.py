@@ -1,10 +1,10 @@
 """One call on a GPU machine: check the CUDA path, then time what users run. One table.
 
-    python bench/gpu_check.py [--quick] [--device cuda] [--real DIR] [--json FILE]
+    python bench/gpu_check.py [--quick] [--device cuda] [--real DIR] [--json FILE] [--budget S]
 
 Prepared for a lent H200 (torch with CUDA and Triton there; kornia, kornia_rs and
-nvImageCodec carried as wheels, not imagecodecs: see the end). The rows, in order (the issue's goals first, then what helps choose
-the next change):
+nvImageCodec carried as wheels, not imagecodecs: see the end). The rows, in order (the
+issue's goals first, then what helps choose the next change):
 1. The compile check (``gpufocus.kernels.compile``) with the Triton installed there.
 2. Each Triton kernel against its torch twin on CUDA (fresh random inputs of odd size):
    equal bit for bit, or the largest difference; with ``pyr_down[luma]``, the alignment's
@@ -29,19 +29,21 @@ the next change):
    the floor + the rest, with the time it waited for each stage and, for those in
    threads (decode, write), their busy time (a run with ``-v``); then ``gpufocus batch``
    of ``--real`` 12 times: stacks per minute.
-8. Core aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph; core
+Then, while ``--budget`` lasts (450 s: each diagnostic not begun by then is a row that
+says so), what helps choose the next change:
+8. Where the time goes: torch's profiler over an aligned run of 32 frames of 24 MP, the
+   kernels that took the most device time.
+9. A small stack's command (``--real``) with Triton's kernels and with their torch
+   twins, and its slowest imports: what start-up costs beyond ``import torch``.
+10. Core aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph; core
    not aligned with ``GPUFOCUS_TRITON_WARPS=8``: every kernel in 8 warps a program (half
    the registers a thread; at 4, most take 128, which caps an SM at 16 warps).
-9. 16 16-bit TIFF files (deflate) of 24 MP to a 16-bit TIFF, aligned: decoded on the
+11. The fuse stage of 32 frames of 24 MP with a few kernel tiles (the same result
+   expected from each).
+12. 16 16-bit TIFF files (deflate) of 24 MP to a 16-bit TIFF, aligned: decoded on the
    host, a thread per core; the time waited for the decoders against their busy time
    (every run timing its stages).
-10. ``pyr_down[luma]`` timed for a few output tiles (GB/s against the card's bandwidth).
-11. Where the time goes: torch's profiler over an aligned run of 32 frames of 24 MP, the
-   kernels that took the most device time.
-12. A small stack's command (``--real``) with Triton's kernels and with their torch
-   twins, and its slowest imports: what start-up costs beyond ``import torch``.
-13. The fuse stage of 32 frames of 24 MP with a few kernel tiles (the same result
-   expected from each).
+13. ``pyr_down[luma]`` timed for a few output tiles (GB/s against the card's bandwidth).
 Rows 5, 6 and 7 time the whole without ``StageTimer``'s synchronisations (they stop the
 stages from overlapping), and give the stages from runs of their own (``-v`` for a
 command). Frames are written as JPEG and TIFF only, which need no imagecodecs (the GPU
@@ -145,7 +147,7 @@ def kernels_match_twins(device: str, quick: bool = False) -> list[tuple[str, str
 
 
 def luma_tiles(device: str, quick: bool) -> str:
-    """Row 10: ``pyr_down[luma]`` (the alignment's first step down) on 16 frames of
+    """Row 13: ``pyr_down[luma]`` (the alignment's first step down) on 16 frames of
     24 MP for a few output tiles, milliseconds and GB/s of the bytes it moves (each
     frame read once, its level written); the default tile first."""
     from gpufocus.kernels import _triton_pyramid as fused
@@ -182,7 +184,7 @@ def _frame_files(frames: torch.Tensor, folder: Path, suffix: str) -> list[str]:
 
 
 def where_time_goes(device: str, width: int, height: int, quick: bool) -> str:
-    """Row 11: torch's profiler over one aligned run of 32 still frames of 24 MP in the
+    """Row 8: torch's profiler over one aligned run of 32 still frames of 24 MP in the
     library (``--quick``: 4 small ones), after a warm-up: the kernels that took the most
     device time, with the alignment's graph replayed (on the CPU: the operators' own
     time). What to make faster next, if the goals are not met."""
@@ -404,7 +406,7 @@ def timed(
 
 
 def sixteen_bit_files(device: str, width: int, height: int, quick: bool) -> tuple[str, str]:
-    """Row 9: 16-bit TIFF files (deflate) to a 16-bit TIFF, aligned, in the library: the
+    """Row 12: 16-bit TIFF files (deflate) to a 16-bit TIFF, aligned, in the library: the
     frames a GPU cannot decode, decoded on the host in a thread per core into pinned
     memory and uploaded a chunk ahead. The time waited for ``decode`` against its busy
     time says whether the host's decoders keep up with the GPU."""
@@ -484,7 +486,7 @@ def whole_commands(device: str, width: int, height: int, frames: int, real: Path
 
 
 def fuse_tiles(device: str, width: int, height: int, quick: bool) -> str:
-    """Row 13: the fuse stage (no alignment) of 32 frames of 24 MP (``--quick``: 4 small
+    """Row 11: the fuse stage (no alignment) of 32 frames of 24 MP (``--quick``: 4 small
     ones) with a few output tiles for the pyramid, noise and fold kernels and for the
     window's column pass, after a warm-up (each tile compiles anew): milliseconds, each
     result against the default tiles' (the results must not depend on them)."""
@@ -524,7 +526,7 @@ def fuse_tiles(device: str, width: int, height: int, quick: bool) -> str:
 
 
 def start_up(device: str, real: Path, quick: bool) -> str:
-    """Row 12: what a small stack's command spends beyond its stages: ``gpufocus fuse``
+    """Row 9: what a small stack's command spends beyond its stages: ``gpufocus fuse``
     on ``--real`` with the Triton kernels and with their torch twins
     (``GPUFOCUS_TRITON=0``: no Triton to start, more launches), runs interleaved; and
     the slowest imports of one run (``-X importtime``, cumulative)."""
@@ -553,6 +555,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     parser.add_argument("--real", type=Path, default=None,
                         help="a real stack's folder (petteri_pcb); default: a small synthetic JPEG stack")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--budget", type=float, default=450.0,
+                        help="seconds after which the diagnostics not yet begun are skipped (the goals' rows never)")
     args = parser.parse_args(argv)
     device = args.device
     width, height, frames = (320, 240, 4) if args.quick else (6000, 4000, 100)
@@ -594,15 +598,22 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
         for align in (True, False):
             step(f"{kind} {align}", lambda: [timed(kind, device, width, height, frames, align, args.quick)])
     step("whole command", lambda: whole_commands(device, width, height, frames, real, args.quick))
-    # what helps choose the next change, after what the issue's goals are measured by
-    step("core graphs off", lambda: [timed("core", device, width, height, frames, True, args.quick, graphs=False)])
-    step("core 8 warps", lambda: [timed("core", device, width, height, frames, False, args.quick, warps=8)])
-    step("16-bit TIFF", lambda: [sixteen_bit_files(device, width, height, args.quick)])
+    # what helps choose the next change, after what the issue's goals are measured by, while
+    # the budget lasts (the call's limit: rows cut off by it would be lost)
+
+    def diagnostic(name, fn):
+        spent = time.perf_counter() - started
+        step(name, (lambda: f"skipped: {spent:.0f} s of the {args.budget:.0f} s budget gone") if spent > args.budget
+             else fn)
+
+    diagnostic("where the time goes", lambda: where_time_goes(device, width, height, args.quick))
+    diagnostic("start-up of a small stack's command", lambda: start_up(device, real, args.quick))
+    diagnostic("core graphs off", lambda: [timed("core", device, width, height, frames, True, args.quick, graphs=False)])
+    diagnostic("core 8 warps", lambda: [timed("core", device, width, height, frames, False, args.quick, warps=8)])
+    diagnostic("fuse stage by tiles", lambda: fuse_tiles(device, width, height, args.quick))
+    diagnostic("16-bit TIFF", lambda: [sixteen_bit_files(device, width, height, args.quick)])
     if device.startswith("cuda"):
-        step("pyr_down[luma] tiles", lambda: luma_tiles(device, args.quick))
-    step("where the time goes", lambda: where_time_goes(device, width, height, args.quick))
-    step("start-up of a small stack's command", lambda: start_up(device, real, args.quick))
-    step("fuse stage by tiles", lambda: fuse_tiles(device, width, height, args.quick))
+        diagnostic("pyr_down[luma] tiles", lambda: luma_tiles(device, args.quick))
     print()
     for name, value in rows:
         print(f"| {name} | {value} |")
