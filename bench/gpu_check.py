@@ -48,8 +48,18 @@ Rows 5, 6 and 7 time the whole without ``StageTimer``'s synchronisations (they s
 stages from overlapping), and give the stages from runs of their own (``-v`` for a
 command). Frames are written as JPEG and TIFF only, which need no imagecodecs (the GPU
 machine has none).
-``--quick`` uses 320x240 and 4 frames, one run each (a batch of 3). ``--device cpu --quick`` is the dry run the
-test suite makes on a machine without CUDA: the same code, CUDA-only rows skipped.
+``--quick`` uses 320x240 and 4 frames, one run each (a batch of 3). ``--device cpu
+--quick`` is the dry run the test suite makes on a machine without CUDA: the same code,
+CUDA-only rows skipped.
+
+On a lent machine (Python 3.12, torch and Triton there): carry, as a folder that git
+ignores, the cp312 wheels of kornia 0.9.0, kornia_rs 0.2.0, nvidia-nvimgcodec-cu13 and
+nvidia-nvjpeg (about 35 MB: imagecodecs would take the carried tree past its 64 MiB),
+and a copy of petteri_pcb; install them and gpufocus with ``pip install --no-index
+--no-deps --target /tmp/site`` (gpufocus with ``--no-build-isolation``), put /tmp/site
+on ``PYTHONPATH``, and run this script from outside the checkout (so that gpufocus is
+the installed one) under ``timeout`` a little short of the call's limit, its output
+``tee``'d to where the files come back from: the rows print as they finish.
 """
 
 from __future__ import annotations
