@@ -460,10 +460,10 @@ def fuse_command(
                 f"wrote {output} ({width}x{height}, {job.bits}-bit) from {len(stack)} frames, "
                 f"{options.method}, {time.perf_counter() - started:.2f} s"
             )
-        if evaluate:
+        if evaluate:  # the sources as fused: aligned, if they were
             from .metrics import evaluate as score
 
-            _print_scores(score(stack, output))
+            _print_scores(score(stack, output, transforms=job.fuser.transforms))
 
 
 @app.command("batch")

@@ -218,6 +218,20 @@ def test_fuse_eval_prints_the_sharpness_table(small_stack, tmp_path):
     assert result.exit_code == 0 and "average of source images" in result.stdout and "Q^AB/F" in result.stdout
 
 
+def test_fuse_eval_scores_the_frames_as_they_were_fused(tmp_path):
+    """Frames that move: ``fuse --eval`` scores them aligned (as fused); ``eval`` on its
+    own, as they are on disk, where their edges miss the result's (a lower Q^AB/F)."""
+    stack, out = tmp_path / "syn", tmp_path / "fused.png"
+    made = run("synth", stack, "--size", "256x192", "--frames", "4", "--breathing", "0.01", "--shift", "3",
+               "--max-blur", "2", "--seed", "5")
+    assert made.exit_code == 0, made.stderr
+    fused = run("fuse", stack, "-o", out, "--eval")
+    assert fused.exit_code == 0, fused.stderr
+    as_fused = float(re.search(r"Q\^AB/F ([\d.]+)", fused.stdout).group(1))
+    as_they_are = json.loads(run("eval", stack, "-r", out, "--json").stdout)["qabf"]
+    assert as_fused > as_they_are + 0.1, (as_fused, as_they_are)
+
+
 def test_synth_refuses_bad_settings(tmp_path):
     result = run("synth", tmp_path / "s", "--size", "big")
     assert result.exit_code == 1 and "--size big" in result.stderr

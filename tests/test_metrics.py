@@ -65,3 +65,22 @@ def test_evaluate_a_stack_on_disk(tmp_path, rng):
     assert scores["frames"] == 2 and scores["sharpness_gain"] > 1.5
     assert scores["psnr"] == math.inf and scores["ssim"] == pytest.approx(1.0)
     assert 0 < scores["qabf"] < 1
+
+
+def test_evaluate_scores_the_frames_as_aligned_when_given_the_transforms(tmp_path):
+    """Q^AB/F compares edges where they lie: against a result in the reference's
+    geometry, frames that moved score low as they are, and as the fusion aligned them
+    they score as frames that did not move."""
+    from gpufocus import StackFuser
+    from gpufocus.synth import make_stack, write_stack
+    from gpufocus.write import write_image
+
+    stack = make_stack(192, 256, 4, breathing=0.01, shift=3.0, max_blur=2.0, seed=5)
+    paths = write_stack(stack, tmp_path / "stack")
+    fuser = StackFuser(device="cpu")
+    write_image(tmp_path / "fused.png", fuser.run(paths))
+    assert len(fuser.transforms) == 4
+    as_they_are = evaluate(paths, tmp_path / "fused.png")
+    aligned = evaluate(paths, tmp_path / "fused.png", transforms=fuser.transforms)
+    assert aligned["qabf"] > as_they_are["qabf"] + 0.1, (aligned["qabf"], as_they_are["qabf"])
+    assert evaluate(paths, tmp_path / "fused.png", transforms=[]) == as_they_are
