@@ -82,6 +82,7 @@ __all__ = [
     "largest_move",
     "corner_error",
     "transforms_to_json",
+    "transforms_from_json",
     "inner_rectangle",
 ]
 
@@ -165,11 +166,16 @@ def _small_matrix(rows: list[list[float]], device) -> Tensor:
     return m
 
 
+def _pixel_axes(height: int, width: int, device) -> tuple[Tensor, Tensor]:
+    """``C`` with pixel = ``C`` @ canonical for frames of ``height`` x ``width``, and its inverse."""
+    s, cx, cy = max(height, width) / 2, (width - 1) / 2, (height - 1) / 2
+    to_pixels = _small_matrix([[s, 0, cx], [0, s, cy], [0, 0, 1]], device)
+    return to_pixels, _small_matrix([[1 / s, 0, -cx / s], [0, 1 / s, -cy / s], [0, 0, 1]], device)
+
+
 def to_pixel_matrix(matrix: Tensor, height: int, width: int) -> Tensor:
     """A canonical transform (``(3, 3)`` or ``(B, 3, 3)``) in full-resolution pixel coordinates."""
-    s, cx, cy = max(height, width) / 2, (width - 1) / 2, (height - 1) / 2
-    to_pixels = _small_matrix([[s, 0, cx], [0, s, cy], [0, 0, 1]], matrix.device)  # pixel = C @ canonical
-    to_canonical = _small_matrix([[1 / s, 0, -cx / s], [0, 1 / s, -cy / s], [0, 0, 1]], matrix.device)
+    to_pixels, to_canonical = _pixel_axes(height, width, matrix.device)
     return matmul3x3(matmul3x3(to_pixels, matrix.double()), to_canonical)
 
 
@@ -1080,6 +1086,42 @@ def transforms_to_json(
             for i, (name, result) in enumerate(zip(names, results))
         ],
     }
+
+
+def transforms_from_json(report, height: int, width: int) -> list[FrameTransform]:
+    """``transforms_to_json``'s dict read back, for frames of ``height`` x ``width``.
+
+    Raises:
+        ValueError: what is wrong with it, in a few words (not the transforms of frames
+            of this size, a frame's matrix not 3x3 numbers, ...).
+    """
+    if not isinstance(report, dict) or not isinstance(report.get("frames"), list):
+        raise ValueError("not a file of per-frame transforms (gpufocus --save-transforms)")
+    if (report.get("width"), report.get("height")) != (width, height):
+        raise ValueError(f"transforms of {report.get('width')}x{report.get('height')} frames, not {width}x{height}")
+    to_pixels, to_canonical = _pixel_axes(height, width, "cpu")
+
+    def vector(value, index: int, name: str) -> Tensor | None:
+        if value is None:
+            return None
+        try:
+            return torch.tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"frame {index}: its {name} is not a list of numbers") from None
+
+    transforms = []
+    for index, frame in enumerate(report["frames"]):
+        try:
+            matrix = torch.tensor(frame["matrix"], dtype=torch.float64)
+        except (KeyError, TypeError, ValueError):
+            matrix = None
+        if matrix is None or matrix.shape != (3, 3) or not bool(torch.isfinite(matrix).all()):
+            raise ValueError(f"frame {index}: no 3x3 matrix of numbers")
+        transforms.append(FrameTransform(
+            matmul3x3(matmul3x3(to_canonical, matrix), to_pixels), vector(frame.get("gain"), index, "gain"),
+            vector(frame.get("offset"), index, "offset"), frame.get("fallback"),
+        ))
+    return transforms
 
 
 def inner_rectangle(valid: Tensor) -> tuple[int, int, int, int]:

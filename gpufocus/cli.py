@@ -660,6 +660,27 @@ def _watch(root: Path, options: FuseOptions, output, settle: float, marker: str 
             signal.signal(signal.SIGINT, previous)
 
 
+def _read_transforms(path: Path, stack) -> list:
+    """A ``--save-transforms`` file read back for ``stack``'s frames; a ``GpufocusError``
+    naming the file for whatever is wrong with it."""
+    from .align import transforms_from_json
+
+    try:
+        report = json.loads(path.read_text())
+    except OSError as error:
+        raise GpufocusError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise GpufocusError(f"{path}: not JSON") from None
+    height, width = stack.size
+    try:
+        found = transforms_from_json(report, height, width)
+    except ValueError as error:
+        raise GpufocusError(f"{path}: {error}") from None
+    if len(found) != len(stack):
+        raise GpufocusError(f"{path}: transforms of {len(found)} frames, for a stack of {len(stack)}")
+    return found
+
+
 def _print_scores(scores: dict) -> None:
     """The seed program's sharpness table, then the fusion metrics."""
     rows = [
@@ -715,14 +736,21 @@ def eval_command(
         typer.Option("--gt", help="Ground truth image. Default: ground_truth.png in a stack directory, if there is one."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    transforms: Annotated[
+        Optional[Path],
+        typer.Option("--transforms", help="The fusion's --save-transforms file: score the frames aligned, as fused."),
+    ] = None,
 ) -> None:
     """Score a fused image: sharpness against its sources, Q^AB/F, and PSNR/SSIM against a ground truth."""
+    from .load import FrameStack
     from .metrics import evaluate
 
     with _user_errors():
         if ground_truth is None and len(inputs) == 1 and (inputs[0] / "ground_truth.png").is_file():
             ground_truth = inputs[0] / "ground_truth.png"
-        scores = evaluate(inputs, result, ground_truth)
+        stack = FrameStack(inputs)
+        aligned = None if transforms is None else _read_transforms(transforms, stack)
+        scores = evaluate(stack, result, ground_truth, transforms=aligned)
     if as_json:
         # JSON has no infinity: identical images have no finite PSNR.
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in scores.items()}

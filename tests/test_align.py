@@ -351,3 +351,24 @@ def test_two_identical_frames_are_no_motion_not_a_failure():
     assert [str(w.message) for w in caught] == []
     assert fuser.transforms[1].fallback is None and torch.equal(fuser.transforms[1].matrix, torch.eye(3, dtype=torch.float64))
     assert torch.allclose(fused, frame, atol=1 / 255)
+
+
+def test_transforms_read_back_from_their_json():
+    """``transforms_to_json`` and ``transforms_from_json``: the same transforms, through text."""
+    import json
+
+    from gpufocus.align import FrameTransform, transforms_from_json, transforms_to_json
+    from gpufocus.options import AlignOptions
+
+    g = torch.Generator().manual_seed(4)
+    matrices = torch.eye(3, dtype=torch.float64) + 0.01 * torch.randn(3, 3, 3, dtype=torch.float64, generator=g)
+    transforms = [FrameTransform(matrices[0]), FrameTransform(matrices[1], torch.tensor([1.1, 0.9, 1.0], dtype=torch.float64)),
+                  FrameTransform(matrices[2], fallback="no convergence; using no motion")]
+    text = json.dumps(transforms_to_json(transforms, ["a", "b", "c"], 480, 640, AlignOptions()))
+    back = transforms_from_json(json.loads(text), 480, 640)
+    for read, made in zip(back, transforms):
+        torch.testing.assert_close(read.matrix, made.matrix, rtol=1e-12, atol=1e-14)
+        assert (read.gain is None) == (made.gain is None) and read.fallback == made.fallback
+    assert torch.equal(back[1].gain, transforms[1].gain)
+    with pytest.raises(ValueError, match="frames, not 480x640"):
+        transforms_from_json(json.loads(text), 640, 480)

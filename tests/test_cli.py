@@ -225,11 +225,14 @@ def test_fuse_eval_scores_the_frames_as_they_were_fused(tmp_path):
     made = run("synth", stack, "--size", "256x192", "--frames", "4", "--breathing", "0.01", "--shift", "3",
                "--max-blur", "2", "--seed", "5")
     assert made.exit_code == 0, made.stderr
-    fused = run("fuse", stack, "-o", out, "--eval")
+    fused = run("fuse", stack, "-o", out, "--eval", "--save-transforms", tmp_path / "t.json")
     assert fused.exit_code == 0, fused.stderr
     as_fused = float(re.search(r"Q\^AB/F ([\d.]+)", fused.stdout).group(1))
     as_they_are = json.loads(run("eval", stack, "-r", out, "--json").stdout)["qabf"]
     assert as_fused > as_they_are + 0.1, (as_fused, as_they_are)
+    # the transforms saved, read back: the frames scored aligned again
+    aligned = json.loads(run("eval", stack, "-r", out, "--json", "--transforms", tmp_path / "t.json").stdout)["qabf"]
+    assert f"{aligned:.4f}" == f"{as_fused:.4f}"
 
 
 def test_synth_refuses_bad_settings(tmp_path):

@@ -137,6 +137,31 @@ def test_unwritable_transforms_path_writes_nothing(stack, tmp_path):
         (tmp_path / "locked").chmod(0o755)
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (None, "cannot be read"),
+        (lambda t: "{not json", "not JSON"),
+        (lambda t: json.dumps([1, 2]), "not a file of per-frame transforms"),
+        (lambda t: json.dumps({**t, "width": 65}), "transforms of 65x48 frames, not 64x48"),
+        (lambda t: json.dumps({**t, "frames": t["frames"][:2]}), "transforms of 2 frames, for a stack of 3"),
+        (lambda t: json.dumps({**t, "frames": [{**t["frames"][0], "matrix": [[1, 0], [0, 1]]}, *t["frames"][1:]]}),
+         "frame 0: no 3x3 matrix of numbers"),
+        (lambda t: json.dumps({**t, "frames": [{**t["frames"][0], "gain": ["x"]}, *t["frames"][1:]]}),
+         "frame 0: its gain is not a list of numbers"),
+    ],
+)
+def test_eval_names_a_transforms_file_it_cannot_use(stack, tmp_path, damage, message):
+    saved = tmp_path / "t.json"
+    assert run("fuse", stack, "-o", tmp_path / "out.png", "--save-transforms", saved).exit_code == 0
+    given = tmp_path / "given.json"
+    if damage is not None:
+        given.write_text(damage(json.loads(saved.read_text())))
+    before = digests(tmp_path)
+    one_error(run("eval", stack, "-r", tmp_path / "out.png", "--transforms", given), "given.json", message)
+    assert digests(tmp_path) == before
+
+
 def test_a_failed_second_output_leaves_no_first(stack, tmp_path, monkeypatch):
     # The depth map's write fails after the fused image was encoded: neither appears.
     real = Outputs.write
