@@ -193,6 +193,28 @@ def _frame_files(frames: torch.Tensor, folder: Path, suffix: str) -> list[str]:
             for i, frame in enumerate(frames)]
 
 
+def _pool_fusion(device: str, width: int, height: int, quick: bool, align: bool):
+    """Rows 8 and 11: 32 frames of ``width`` x ``height`` (``--quick``: 4), 8 distinct ones
+    in a pool of 16 on ``device``, and ``run()``, which fuses them there (chunks of the
+    pool) and returns the image once the device is done: ``(count, chunk, run)``."""
+    from gpufocus import StackFuser
+    from gpufocus.benchmark import bench_frames
+
+    count, distinct = (4, 4) if quick else (32, 8)
+    pool = bench_frames(height, width, distinct)[torch.arange(min(count, 16)) % distinct].to(device)
+
+    def run() -> torch.Tensor:
+        fuser = StackFuser(device=device, align=align)
+        for _ in range(count // len(pool)):
+            fuser.add(pool)
+        image = fuser.result()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        return image
+
+    return count, len(pool), run
+
+
 def where_time_goes(device: str, width: int, height: int, quick: bool) -> str:
     """Row 8: torch's profiler over one aligned run of 32 still frames of 24 MP in the
     library (``--quick``: 4 small ones), after a warm-up: the kernels that took the most
@@ -200,21 +222,8 @@ def where_time_goes(device: str, width: int, height: int, quick: bool) -> str:
     time). What to make faster next, if the goals are not met."""
     from torch.profiler import ProfilerActivity, profile
 
-    from gpufocus import StackFuser
-    from gpufocus.benchmark import bench_frames
-
     cuda = device.startswith("cuda")
-    count, distinct = (4, 4) if quick else (32, 8)
-    pool = bench_frames(height, width, distinct)[torch.arange(min(count, 16)) % distinct].to(device)
-
-    def run() -> None:
-        fuser = StackFuser(device=device)
-        for _ in range(count // len(pool)):
-            fuser.add(pool)
-        fuser.result()
-        if cuda:
-            torch.cuda.synchronize(device)
-
+    count, chunk, run = _pool_fusion(device, width, height, quick, align=True)
     run()
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as profiled:
         started = time.perf_counter()
@@ -226,7 +235,7 @@ def where_time_goes(device: str, width: int, height: int, quick: bool) -> str:
         return event.self_device_time_total if cuda else event.self_cpu_time_total
 
     top = sorted(events, key=own, reverse=True)[:8]
-    return (f"{count} x {width}x{height}, aligned, chunks of {len(pool)}: {seconds:.3f} s under the profiler; "
+    return (f"{count} x {width}x{height}, aligned, chunks of {chunk}: {seconds:.3f} s under the profiler; "
             f"{'kernels' if cuda else 'operators'} by own time, ms of {sum(map(own, events)) / 1e3:.1f}: "
             + ", ".join(f"{event.key[:60]} {own(event) / 1e3:.1f}" for event in top))
 
@@ -500,21 +509,9 @@ def fuse_tiles(device: str, width: int, height: int, quick: bool) -> str:
     ones) with a few output tiles for the pyramid, noise and fold kernels and for the
     window's column pass, after a warm-up (each tile compiles anew): milliseconds, each
     result against the default tiles' (the results must not depend on them)."""
-    from gpufocus import StackFuser
-    from gpufocus.benchmark import bench_frames
     from gpufocus.kernels import _triton_noise, _triton_pyramid, _triton_select
 
-    count, distinct = (4, 4) if quick else (32, 8)
-    pool = bench_frames(height, width, distinct)[torch.arange(min(count, 16)) % distinct].to(device)
-
-    def run() -> torch.Tensor:
-        fuser = StackFuser(device=device, align=False)
-        for _ in range(count // len(pool)):
-            fuser.add(pool)
-        image = fuser.result()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-        return image
+    count, _, run = _pool_fusion(device, width, height, quick, align=False)
 
     def use(tile: tuple[int, int], squares: tuple[int, int]) -> None:
         _triton_pyramid.TILE = _triton_select.TILE = _triton_noise.TILE = tile

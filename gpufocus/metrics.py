@@ -162,11 +162,11 @@ def evaluate(
     result = _centre(result, height, width)
     accumulator = QabfAccumulator(border_crop(result))
     source_gradients = []
+    if transforms:
+        from .align import apply_transform
     for index, chunk in enumerate(stack.chunks(1)):
         source = as_unit_float(chunk[0, ..., : stack.channels])  # alpha left out
         if transforms:
-            from .align import apply_transform
-
             source = apply_transform(source[None], transforms[index])[0][0]
         source = _centre(source, height, width)
         accumulator.add(border_crop(source))
