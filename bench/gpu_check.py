@@ -6,6 +6,8 @@ Prepared for a lent H200 (torch with CUDA and Triton there; kornia, kornia_rs an
 nvImageCodec carried as wheels, not imagecodecs: see the end). The rows, in order (the
 issue's goals first, then what helps choose the next change):
 1. The compile check (``gpufocus.kernels.compile``) with the Triton installed there.
+1a. The card's copy bandwidth (a device-to-device copy of 4 GiB), measured: the ceiling
+   row 5 holds each stage's bytes against, whichever card is lent.
 2. Each Triton kernel against its torch twin on CUDA (fresh random inputs of odd size):
    equal bit for bit, or the largest difference; with ``pyr_down[luma]``, the alignment's
    first level of the frames' luminance made in one pass, and ``sampling_grid``, where a
@@ -22,6 +24,8 @@ issue's goals first, then what helps choose the next change):
    included, against downloading it for Pillow: milliseconds, and the decoded difference.
 5. Core: 24 MP frames (6000x4000) float32, 100 frames, alignment on and off: the fuse
    stage's Gpix-frames/s, per-stage times, peak GPU memory; median of 3 after a warm-up.
+   Then, per stage, the bytes ``gpufocus.traffic`` counts for the same run, the time
+   they take at row 1a's bandwidth and the share of the measured time that is.
 6. End to end: 100 JPEG files of 24 MP to a written JPEG, alignment on and off.
 7. The whole command, a process of its own, start-up included: the floor first (``import
    torch`` and CUDA's initialisation in a fresh process, median of 3), then ``gpufocus
@@ -403,10 +407,50 @@ def jpeg_encoding(device: str, width: int, height: int, quick: bool) -> str:
             f"; decoded against Pillow's: max {difference.max()} levels, mean {difference.mean():.5f}")
 
 
+def copy_bandwidth(device: str, quick: bool) -> float:
+    """Row 1a: the bytes a second (read + written) of a device-to-device copy of 4 GiB
+    (``--quick``: 64 MiB), several times the L2: the ceiling each stage's counted bytes
+    are held against (``bytes_against_time``), whichever card is lent."""
+    size = (64 if quick else 4096) << 20
+    source = torch.empty(size, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+
+    def copies() -> None:
+        for _ in range(5):
+            target.copy_(source)
+        if source.is_cuda:
+            torch.cuda.synchronize(source.device)
+
+    seconds, _ = _median_time(copies, 5)
+    del source, target
+    if device.startswith("cuda"):  # the engine sizes its chunks by the memory free on the card
+        torch.cuda.empty_cache()
+    return 5 * 2 * size / seconds
+
+
+def bytes_against_time(stages: dict[str, float | None], traffic: dict, bandwidth: float) -> str:
+    """Each timed stage against the time its bytes take at ``bandwidth``: what
+    ``gpufocus.traffic.count_traffic`` counts for the same run (the align stage with
+    what its CUDA graph replays), and the share of the measured time that is."""
+    parts = []
+    for stage, measured in stages.items():
+        counted = [t for name, t in traffic.items() if name == stage or name.startswith(f"{stage}, ")]
+        if not measured or not counted:
+            continue
+        moved = sum(t.bytes for t in counted)
+        work = sum(t.operations + t.launches for t in counted)
+        floor = moved / bandwidth
+        parts.append(f"{stage} {moved / 1e9:.3g} GB in {work} operations: {floor * 1e3:.1f} ms at that bandwidth, "
+                     f"{measured * 1e3:.1f} ms measured ({floor / measured:.0%})")
+    return "; ".join(parts)
+
+
 def timed(
     kind: str, device: str, width: int, height: int, frames: int, align: bool, quick: bool, graphs: bool = True,
-    warps: int | None = None,
-) -> tuple[str, str]:
+    warps: int | None = None, bandwidth: float | None = None,
+):
+    """Rows 5 and 6 (and 10): a ``run_case`` row; for a core case, with ``bandwidth``
+    measured (row 1a), a second row: its stages against their bytes (``bytes_against_time``)."""
     repeat, warmup = (1, 0) if quick else (3, 1) if kind == "core" else (2, 1)
     with _setting("GPUFOCUS_CUDA_GRAPHS", "1" if graphs else "0"), (
         _setting("GPUFOCUS_TRITON_WARPS", str(warps)) if warps else contextlib.nullcontext()
@@ -420,8 +464,15 @@ def timed(
     label += "" if graphs else ", CUDA graphs off"
     label += f", kernels in {warps} warps" if warps else ""
     synchronised = f", {r['staged_seconds']:.3f} s in the runs timing stages" if device.startswith("cuda") else ""
-    return label, (f"{r['seconds']:.3f} s (median of {repeat}{synchronised}); fuse stage {fuse_rate:.2f} "
-                   f"Gpix-frames/s; stages s: {stages}" + (f"; peak {peak / 2**30:.1f} GiB" if peak else ""))
+    yield label, (f"{r['seconds']:.3f} s (median of {repeat}{synchronised}); fuse stage {fuse_rate:.2f} "
+                  f"Gpix-frames/s; stages s: {stages}" + (f"; peak {peak / 2**30:.1f} GiB" if peak else ""))
+    if kind == "core" and bandwidth:
+        from gpufocus.options import FuseOptions
+        from gpufocus.traffic import count_traffic
+
+        traffic = count_traffic(height, width, frames, r["chunk"], FuseOptions(align=FuseOptions().align if align else None))
+        yield (f"{label}: bytes against time",
+               f"at {bandwidth / 1e12:.2f} TB/s (row 1a): " + bytes_against_time(r["stages"], traffic, bandwidth))
 
 
 def sixteen_bit_files(device: str, width: int, height: int, quick: bool) -> tuple[str, str]:
@@ -590,6 +641,15 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
             add((name, f"ERROR {type(error).__name__}: {text.splitlines()[-1] if text else ''}"))
 
     step("compile check, sm_90", compile_check)
+    bandwidth = None
+
+    def measure_bandwidth() -> str:
+        nonlocal bandwidth
+        bandwidth = copy_bandwidth(device, args.quick)
+        size = "64 MiB" if args.quick else "4 GiB"
+        return f"{bandwidth / 1e12:.3f} TB/s (a copy of {size} on {device}, read + written; median of 5 runs of 5)"
+
+    step("copy bandwidth", measure_bandwidth)
     if device.startswith("cuda"):
         step("kernels vs twins", lambda: kernels_match_twins(device, args.quick))
         step("alignment of a chunk on CUDA", lambda: alignment_without_sync(device))
@@ -603,7 +663,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     step("device vs CPU", lambda: device_matches_cpu(device, real))
     for kind in ("core", "e2e"):
         for align in (True, False):
-            step(f"{kind} {align}", lambda: [timed(kind, device, width, height, frames, align, args.quick)])
+            step(f"{kind} {align}", lambda: timed(kind, device, width, height, frames, align, args.quick,
+                                                  bandwidth=bandwidth))
     step("whole command", lambda: whole_commands(device, width, height, frames, real, args.quick))
     # what helps choose the next change, after what the issue's goals are measured by, while
     # the budget lasts (the call's limit: rows cut off by it would be lost)
@@ -615,8 +676,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
 
     diagnostic("where the time goes", lambda: where_time_goes(device, width, height, args.quick))
     diagnostic("start-up of a small stack's command", lambda: start_up(device, real, args.quick))
-    diagnostic("core graphs off", lambda: [timed("core", device, width, height, frames, True, args.quick, graphs=False)])
-    diagnostic("core 8 warps", lambda: [timed("core", device, width, height, frames, False, args.quick, warps=8)])
+    diagnostic("core graphs off", lambda: timed("core", device, width, height, frames, True, args.quick, graphs=False))
+    diagnostic("core 8 warps", lambda: timed("core", device, width, height, frames, False, args.quick, warps=8))
     diagnostic("fuse stage by tiles", lambda: fuse_tiles(device, width, height, args.quick))
     diagnostic("16-bit TIFF", lambda: [sixteen_bit_files(device, width, height, args.quick)])
     if device.startswith("cuda"):

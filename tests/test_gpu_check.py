@@ -29,11 +29,16 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
     rows = dict(json.loads(out.read_text()))
     assert not [name for name, value in rows.items() if str(value).startswith("ERROR")], rows
     assert "all kernels compiled" in rows["compile check, sm_90"]
+    assert rows["copy bandwidth"].endswith("TB/s (a copy of 64 MiB on cpu, read + written; median of 5 runs of 5)")
     for source in ("synthetic 512x384 x6 (moving)", "synthetic 512x384 x6 (moving), TIFF files", "synthetic_4x320x240"):
         assert rows[f"cpu vs CPU, defaults: {source} (1/255)"] == "max 0.000, mean 0.0000"
     for kind in ("core", "e2e"):
         for align in ("aligned", "no-align"):
             assert "Gpix-frames/s" in rows[f"{kind} 320x240 x4 float32 {align}"]
+        bytes_row = rows.get(f"core 320x240 x4 float32 {align}: bytes against time", "")
+        assert kind == "e2e" or (" TB/s (row 1a): upload " in bytes_row and "; fuse " in bytes_row), bytes_row
+    aligned = rows["core 320x240 x4 float32 aligned: bytes against time"]
+    assert "; align " in aligned and "no-align: bytes" not in aligned
     assert rows["alignment as a CUDA graph"] == "graphs captured: 0; transforms equal; image max difference 0.000 (1/255)"
     assert "Gpix-frames/s" in rows["core 320x240 x4 float32 aligned, CUDA graphs off"]
     assert "Gpix-frames/s" in rows["core 320x240 x4 float32 no-align, kernels in 8 warps"]
