@@ -38,7 +38,9 @@ says so), what helps choose the next change:
 8. Where the time goes: torch's profiler over an aligned run of 32 frames of 24 MP, the
    kernels that took the most device time.
 9. A small stack's command (``--real``) with Triton's kernels and with their torch
-   twins, and its slowest imports: what start-up costs beyond ``import torch``.
+   twins, the first run on a new machine (an empty Triton cache: what compiling the
+   kernels costs, and the note it prints), and its slowest imports: what start-up
+   costs beyond ``import torch``.
 10. Core aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph; core
    not aligned with ``GPUFOCUS_TRITON_WARPS=8``: every kernel in 8 warps a program (half
    the registers a thread; at 4, most take 128, which caps an SM at 16 warps).
@@ -583,11 +585,27 @@ def fuse_tiles(device: str, width: int, height: int, quick: bool) -> str:
     return f"{count} x {width}x{height}, tiles / column-pass tiles: " + ", ".join(results)
 
 
+def _noted_command(args: list[str]) -> tuple[float, list[str]]:
+    """``python -m gpufocus ARGS`` timed from outside, and the notes it printed
+    (``note: ...``: a first run compiling the kernels)."""
+    import subprocess
+    import sys
+
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "gpufocus", *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"gpufocus {args[0]} failed: {done.stderr.strip()[-300:]}")
+    return seconds, [line for line in done.stderr.splitlines() if line.startswith("note: ")]
+
+
 def start_up(device: str, real: Path, quick: bool) -> str:
     """Row 9: what a small stack's command spends beyond its stages: ``gpufocus fuse``
     on ``--real`` with the Triton kernels and with their torch twins
-    (``GPUFOCUS_TRITON=0``: no Triton to start, more launches), runs interleaved; and
-    the slowest imports of one run (``-X importtime``, cumulative)."""
+    (``GPUFOCUS_TRITON=0``: no Triton to start, more launches), runs interleaved, and
+    how many of them said they compiled kernels (none should: the cache is warm); the
+    first run on a new machine (an empty Triton cache: every kernel compiled) and what
+    it said; and the slowest imports of one run (``-X importtime``, cumulative)."""
     import statistics
 
     from command_overhead import _WITH_STDERR, import_times
@@ -596,13 +614,20 @@ def start_up(device: str, real: Path, quick: bool) -> str:
     with tempfile.TemporaryDirectory() as scratch:
         command = ["fuse", str(real), "-o", str(Path(scratch) / "out.jpg"), "--overwrite", "--device", device]
         times: dict[str, list[float]] = {"1": [], "0": []}
+        noted = 0
         for _ in range(runs):
             for triton in times:
                 with _setting("GPUFOCUS_TRITON", triton):
-                    times[triton].append(time_command(command)[0])
+                    seconds, notes = _noted_command(command)
+                times[triton].append(seconds)
+                noted += bool(notes)
+        with _setting("TRITON_CACHE_DIR", str(Path(scratch) / "triton-cache")):
+            first, notes = _noted_command(command)
         imports = import_times(["-c", _WITH_STDERR, *command], top=6)
+    said = f"said {' / '.join(notes)!r}" if notes else "said nothing"
     return (f"{real.name}: {statistics.median(times['1']):.3f} s with Triton's kernels, "
-            f"{statistics.median(times['0']):.3f} s with their torch twins (median of {runs}); slowest imports "
+            f"{statistics.median(times['0']):.3f} s with their torch twins (median of {runs}; a note in {noted} of "
+            f"{2 * runs} runs); {first:.3f} s with an empty Triton cache, {said}; slowest imports "
             f"(cumulative s): " + ", ".join(f"{name} {seconds:.3f}" for name, seconds in imports))
 
 

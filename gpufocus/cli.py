@@ -342,28 +342,37 @@ def _progress(quiet: bool):
     )
 
 
+class _Notes(logging.Handler):
+    """The library's notices (its ``logging`` warnings: a first run compiling the GPU
+    kernels), a line each as they come: ``note: ...``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _say(f"note: {record.getMessage()}")
+
+
 @contextmanager
-def _verbose(on: bool, options: FuseOptions):
+def _verbose(on: bool, options: FuseOptions, quiet: bool = False):
     """With ``-v``: the library's log on stderr (``gpufocus.engine: ...``) while the block
     runs, and a timer of the stages (``NO_TIMER`` without). Timing synchronises a CUDA
-    device at every stage."""
+    device at every stage. Without: the library's notices (``_Notes``), unless ``quiet``."""
     from .timing import NO_TIMER, StageTimer
 
-    if not on:
-        yield NO_TIMER
-        return
-    from .device import resolve_device
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    logger = logging.getLogger("gpufocus")
+    logger, timer, handler = logging.getLogger("gpufocus"), NO_TIMER, None if quiet else _Notes(logging.WARNING)
     level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    if on:
+        from .device import resolve_device
+
+        timer = StageTimer(resolve_device(options.device))
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.setLevel(logging.INFO)
+    if handler is not None:
+        logger.addHandler(handler)
     try:
-        yield StageTimer(resolve_device(options.device))
+        yield timer
     finally:
-        logger.removeHandler(handler)
+        if handler is not None:
+            logger.removeHandler(handler)
         logger.setLevel(level)
 
 
@@ -447,7 +456,7 @@ def fuse_command(
             steps = StepWriter(save_steps, len(stack), stack.stems)
         job = FusionJob(stack, targets, options, out, overwrite, steps)
         started = time.perf_counter()
-        with _verbose(verbose, options) as timer:
+        with _verbose(verbose, options, quiet) as timer:
             with _progress(quiet) as progress:
                 job.fuse(progress=_stage_bar(progress), timer=timer)
             with timer.stage("write"):
@@ -515,7 +524,7 @@ def batch_command(
     _fusion_imported()
     from .write import check_output_file, write_json
 
-    with _user_errors(), _verbose(verbose, options) as timer:
+    with _user_errors(), _verbose(verbose, options, quiet) as timer:
         devices = [d.strip() for d in fusion_values["device"].split(",") if d.strip()]
         for device in devices[1:]:
             FuseOptions(device=device)  # each one checked, as the first is
@@ -595,7 +604,7 @@ def align_command(
             raise OptionError("format", fmt, "use png or tif")
         align = AlignOptions(align_model.value, reference, match_exposure, size=align_size, global_align=global_align)
         options = FuseOptions(device=device, chunk=chunk, align=align)
-        scope.enter_context(_verbose(verbose, options))
+        scope.enter_context(_verbose(verbose, options, quiet))
         stack = FrameStack(inputs)
         targets = [outdir / f"{stem}.{fmt}" for stem in stack.stems]
         if len(set(targets)) < len(targets):

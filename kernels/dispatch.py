@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -16,7 +18,15 @@ __all__ = ["use_triton", "triton_or_torch", "launch", "planning", "KernelFallbac
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 _failed: list[str] = []  # the kernel that failed, once one has
+# A first launch that takes longer than this compiled its kernel (a launch is
+# asynchronous: what takes time before it returns is Triton compiling, or loading what
+# it compiled before from its cache).
+COMPILING_SECONDS = 0.25
+_launched: set[tuple] = set()  # each kernel and its constants, once launched in this process
+_told: list[float] = []  # the first compile's seconds, once it was told
 # While planning (``planning``): who hears of each launch, instead of the GPU.
 _planner: list[Callable[[str, int, int], None]] = []
 
@@ -103,4 +113,23 @@ def launch(
         _planner[-1](name, *traffic())
         return
     warps = int(os.environ.get("GPUFOCUS_TRITON_WARPS", warps))
+    key = (name, warps, *sorted(constexprs.items()))
+    started = time.perf_counter()
     kernel[grid](*args, **constexprs, num_warps=warps, enable_fp_fusion=False)
+    if key not in _launched:
+        _launched.add(key)
+        _tell_if_compiled(time.perf_counter() - started)
+
+
+def _tell_if_compiled(seconds: float) -> None:
+    """Say once (a ``logging`` warning) that the kernels are being compiled, when a first
+    launch took ``COMPILING_SECONDS`` or more: on a new card, Triton or gpufocus version,
+    a run starts with some seconds of compiling, which would otherwise look like a hang.
+    Not under Triton's interpreter, whose launches are slow anyway."""
+    if _told or seconds < COMPILING_SECONDS or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    _told.append(seconds)
+    log.warning(
+        "compiling the GPU kernels for this card (%.1f s for the first); once only: Triton keeps them in its cache",
+        seconds,
+    )

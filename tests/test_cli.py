@@ -48,6 +48,31 @@ def test_fuse_makes_tensor_operations_on_its_own_thread_alone(small_stack, tmp_p
     assert not seen, seen
 
 
+def test_the_librarys_notices_are_shown_as_they_come_unless_quiet(small_stack, tmp_path, monkeypatch):
+    """A first run that compiles the GPU kernels says so in a line (``note: ...``, from
+    ``gpufocus.kernels.dispatch``); ``-q`` does not; ``-v`` shows it in its log. Made
+    to happen here as on a GPU: the first fused chunk is told to have taken 2 s."""
+    from gpufocus.engine import StackFuser
+    from gpufocus.kernels import dispatch
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    add = StackFuser.add
+
+    def slow_first_launch(self, *args, **kwargs):
+        dispatch._tell_if_compiled(2.0)
+        return add(self, *args, **kwargs)
+
+    monkeypatch.setattr(StackFuser, "add", slow_first_launch)
+    said = "compiling the GPU kernels for this card (2.0 s for the first); once only: Triton keeps them in its cache"
+    for flags, shown in (([], f"note: {said}"), (["-q"], None), (["-v"], f"gpufocus.kernels.dispatch: {said}")):
+        monkeypatch.setattr(dispatch, "_told", [])
+        result = run("fuse", *small_stack, "-o", tmp_path / "out.png", "--overwrite", "--no-align", *flags)
+        assert result.exit_code == 0, result.stderr
+        lines = result.stderr.splitlines()
+        assert (shown in lines) if shown else not any("compiling" in line for line in lines), lines
+        assert sum("compiling" in line for line in lines) == (1 if shown else 0)
+
+
 def test_original_spellings_are_aliases(small_stack, tmp_path):
     pairs = [(["--naive"], ["--method", "max-log"]), (["-d", "2"], ["--levels", "2"]), (["-k", "3"], ["--kernel-size", "3"])]
     for i, (short, long) in enumerate(pairs):

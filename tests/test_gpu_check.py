@@ -53,6 +53,8 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
     assert "operators by own time" in rows["where the time goes"]
     small = rows["start-up of a small stack's command"]
     assert "with Triton's kernels" in small and "with their torch twins" in small and "gpufocus" in small
+    assert "(median of 1; a note in 0 of 2 runs); " in small  # no kernel to compile on the CPU
+    assert " s with an empty Triton cache, said nothing; " in small
     tiles = rows["fuse stage by tiles"]
     assert tiles.startswith("4 x 320x240, tiles / column-pass tiles: 8x64 / 16x64 ") and tiles.count(" ms") == 5
     assert "DIFFERENT" not in tiles

@@ -5,8 +5,10 @@ Tiny tensors only: the interpreter runs a kernel at about 100k elements a second
 """
 
 import importlib
+import logging
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -270,6 +272,54 @@ def test_a_kernel_that_cannot_run_falls_back_with_one_warning(interpreted, monke
     assert len(fallbacks) == 1 and "no such instruction" in str(fallbacks[0].message)
     assert torch.equal(got, expected) and torch.equal(again, expected)
     assert not dispatch.use_triton(stack.frames.float())  # off for the rest of the process
+
+
+class _SlowKernel:
+    """Stands for a Triton JIT function, ``kernel[grid](*args, **options)``: each call
+    recorded, and taking ``seconds`` (as a first launch that compiles does)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls = seconds, []
+
+    def __getitem__(self, grid):
+        def run(*args, **options):
+            self.calls.append((grid, args, options))
+            time.sleep(self.seconds)
+
+        return run
+
+
+def test_a_first_launch_that_compiles_is_told_once(monkeypatch, caplog):
+    """A first launch that takes long (Triton compiling the kernel: a new card, Triton
+    or cache) is said once in the process, as a logging warning; fast first launches,
+    launches made before and the interpreter's are not."""
+    monkeypatch.setattr(dispatch, "_launched", set())
+    monkeypatch.setattr(dispatch, "_told", [])
+    monkeypatch.setattr(dispatch, "COMPILING_SECONDS", 0.05)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("GPUFOCUS_TRITON_WARPS", raising=False)
+    caplog.set_level(logging.WARNING, logger=dispatch.log.name)
+    fast, slow = _SlowKernel(0.0), _SlowKernel(0.1)
+
+    def launch(kernel, name, **constexprs):
+        dispatch.launch(name, kernel, (3, 2), ("x",), constexprs, lambda: (0, 0))
+
+    launch(fast, "fast", A=1)
+    assert not caplog.records
+    launch(slow, "fast", A=1)  # the same kernel and constants again: not a first launch
+    assert not caplog.records
+    launch(slow, "slow", A=1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "compiling the GPU kernels for this card (0.1 s for the first); once only: Triton keeps them in its cache"]
+    launch(slow, "slow", A=2)  # another specialization compiles too: told once is enough
+    assert len(caplog.records) == 1
+    assert all(c == ((3, 2), ("x",), {**c[2], "num_warps": 4, "enable_fp_fusion": False}) for c in fast.calls + slow.calls)
+    assert len(fast.calls) == 1 and len(slow.calls) == 3
+    monkeypatch.setattr(dispatch, "_launched", set())
+    monkeypatch.setattr(dispatch, "_told", [])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # every launch interpreted, slow: nothing compiles
+    launch(slow, "slow", A=1)
+    assert len(caplog.records) == 1
 
 
 def test_the_torch_twin_is_the_default_on_the_cpu(monkeypatch):
