@@ -58,14 +58,26 @@ machine has none).
 --quick`` is the dry run the test suite makes on a machine without CUDA: the same code,
 CUDA-only rows skipped.
 
-On a lent machine (Python 3.12, torch and Triton there): carry, as a folder that git
-ignores, the cp312 wheels of kornia 0.9.0, kornia_rs 0.2.0, nvidia-nvimgcodec-cu13 and
-nvidia-nvjpeg (about 35 MB: imagecodecs would take the carried tree past its 64 MiB),
-and a copy of petteri_pcb; install them and gpufocus with ``pip install --no-index
---no-deps --target /tmp/site`` (gpufocus with ``--no-build-isolation``), put /tmp/site
-on ``PYTHONPATH``, and run this script from outside the checkout (so that gpufocus is
-the installed one) under ``timeout`` a little short of the call's limit, its output
-``tee``'d to where the files come back from: the rows print as they finish.
+On a lent machine (Python 3.12, torch and Triton there; the issue's goals are an
+H200's, so name that kind): carry, as a folder that git ignores, the cp312 wheels of
+kornia 0.9.0, kornia_rs 0.2.0, nvidia-nvimgcodec-cu13 and nvidia-nvjpeg (about 35 MB:
+imagecodecs would take the carried tree past its 64 MiB), and a copy of petteri_pcb;
+install the wheels with ``python3 -m pip install --no-index --no-deps --target
+/tmp/site``, copy ``gpufocus/`` there and ``kernels/`` into it as
+``gpufocus/kernels`` (what the wheel holds; no build step, so no setuptools needed),
+put /tmp/site on ``PYTHONPATH``, and run this script from outside the checkout under
+``timeout`` a little short of the call's limit, its output ``tee``'d to where the files
+come back from: the rows print as they finish::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+      && cp -r gpufocus /tmp/site/ && cp -r kernels /tmp/site/gpufocus/kernels \
+      && export PYTHONPATH=/tmp/site && cp -r .gpudata /tmp/gd && R=$PWD && cd /tmp \
+      && timeout 570 python3 $R/bench/gpu_check.py --real /tmp/gd/petteri_pcb \
+         --json $OUT/gpu_check.json | tee $OUT/gpu_check.log
+
+Rehearsed on the CPU (2026-12-05): that command, with ``--device cpu --quick`` added,
+in a fresh clone, a venv of torch, Triton 3.6.0, typer 0.27.2, tifffile, numpy and
+Pillow alone (no setuptools, no imagecodecs) and the cp311 wheels in ``.whl``.
 """
 
 from __future__ import annotations
