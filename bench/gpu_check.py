@@ -131,14 +131,15 @@ def kernels_match_twins(device: str, quick: bool = False) -> list[tuple[str, str
     g = torch.rand(4, 3, height, width, device=device)
     rows = []
 
-    def both(fn):
-        kernel = fn()
+    def by_twin(fn):
         os.environ["GPUFOCUS_TRITON"] = "0"
         try:
-            twin = fn()
+            return fn()
         finally:
             os.environ.pop("GPUFOCUS_TRITON")
-        return kernel, twin
+
+    def both(fn):
+        return fn(), by_twin(fn)
 
     coarse, coarse_twin = both(lambda: downsample(g))
     rows.append(("kernel pyr_down vs twin", _compare(coarse, coarse_twin)))
@@ -167,6 +168,12 @@ def kernels_match_twins(device: str, quick: bool = False) -> list[tuple[str, str
     got, want = both(lambda: select.halo_fold(None, None, None, level, coarse_energy, taps, usable, 0, 0.2, 0.5))
     rows.append(("kernel fold[halo] vs twin (best, alternative, own values)",
                  ", ".join(_compare(a.value, b.value) for a, b in zip(got, want))))
+    # and against the twin on the CPU: on CUDA, torch divides by a scalar as a product
+    # with its reciprocal (the own values' 1 + t_mid); the kernel and the CPU divide
+    on_cpu = Level(g.cpu(), coarse.cpu(), lambda: measured.cpu(), lambda: detail(g.cpu(), coarse.cpu(), DETAIL))
+    want = by_twin(lambda: select.halo_fold(None, None, None, on_cpu, coarse_energy.cpu(), taps, usable.cpu(), 0, 0.2, 0.5))
+    rows.append(("kernel fold[halo] vs the CPU's twin (best, alternative, own values)",
+                 ", ".join(_compare(a.value.cpu(), b.value) for a, b in zip(got, want))))
     from gpufocus.halo import noise_level
 
     rows.append(("noise level on CUDA (Triton samples, median from a sort) vs CPU",

@@ -245,7 +245,8 @@ def test_the_gpu_checks_kernel_rows_hold_under_the_interpreter(interpreted):
     assert tiles.startswith("2 x 50x34: 4x64 ") and tiles.count(" ms (") == 5, tiles
     rows = dict(gpu_check.kernels_match_twins("cpu", quick=True))
     assert rows["kernel pyr_down[luma] vs twin"] == "equal"
-    assert len(rows) == 9 and set(rows.values()) == {"equal", "equal, equal", "equal, equal, equal, equal",
+    assert rows["kernel fold[halo] vs the CPU's twin (best, alternative, own values)"] == "equal, equal, equal"
+    assert len(rows) == 10 and set(rows.values()) == {"equal", "equal, equal", "equal, equal, equal, equal",
                                                      "equal, equal, equal"}, rows
 
 
