@@ -39,8 +39,9 @@ says so), what helps choose the next change:
    kernels that took the most device time.
 9. A small stack's command (``--real``) with Triton's kernels and with their torch
    twins, the first run on a new machine (an empty Triton cache: what compiling the
-   kernels costs, and the note it prints), and its slowest imports: what start-up
-   costs beyond ``import torch``.
+   kernels costs, and the note it prints), Triton's key to its cache (once a process:
+   its own library hashed), and its slowest imports: what start-up costs beyond
+   ``import torch``.
 10. Core aligned with ``GPUFOCUS_CUDA_GRAPHS=0``: the align stage without its graph; core
    not aligned with ``GPUFOCUS_TRITON_WARPS=8``: every kernel in 8 warps a program (half
    the registers a thread; at 4, most take 128, which caps an SM at 16 warps).
@@ -604,6 +605,12 @@ def fuse_tiles(device: str, width: int, height: int, quick: bool) -> str:
     return f"{count} x {width}x{height}, tiles / column-pass tiles: " + ", ".join(results)
 
 
+# Triton keys its cache with a hash of its own files, libtriton's hundreds of MB
+# included: computed at a process's first launch, cache or not.
+_TRITON_KEY = ("import time; from triton.runtime.cache import triton_key; started = time.perf_counter(); "
+               "triton_key(); print(f'{time.perf_counter() - started:.3f}')")
+
+
 def _noted_command(args: list[str]) -> tuple[float, list[str]]:
     """``python -m gpufocus ARGS`` timed from outside, and the notes it printed
     (``note: ...``: a first run compiling the kernels)."""
@@ -626,6 +633,8 @@ def start_up(device: str, real: Path, quick: bool) -> str:
     first run on a new machine (an empty Triton cache: every kernel compiled) and what
     it said; and the slowest imports of one run (``-X importtime``, cumulative)."""
     import statistics
+    import subprocess
+    import sys
 
     from command_overhead import _WITH_STDERR, import_times
 
@@ -643,11 +652,14 @@ def start_up(device: str, real: Path, quick: bool) -> str:
         with _setting("TRITON_CACHE_DIR", str(Path(scratch) / "triton-cache")):
             first, notes = _noted_command(command)
         imports = import_times(["-c", _WITH_STDERR, *command], top=6)
+    key = subprocess.run([sys.executable, "-c", _TRITON_KEY], capture_output=True, text=True)
     said = f"said {' / '.join(notes)!r}" if notes else "said nothing"
     return (f"{real.name}: {statistics.median(times['1']):.3f} s with Triton's kernels, "
             f"{statistics.median(times['0']):.3f} s with their torch twins (median of {runs}; a note in {noted} of "
-            f"{2 * runs} runs); {first:.3f} s with an empty Triton cache, {said}; slowest imports "
+            f"{2 * runs} runs); {first:.3f} s with an empty Triton cache, {said}; Triton's key to its cache, "
+            f"once a process (its library hashed): {key.stdout.strip() or 'failed'} s; slowest imports "
             f"(cumulative s): " + ", ".join(f"{name} {seconds:.3f}" for name, seconds in imports))
+
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:

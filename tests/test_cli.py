@@ -51,7 +51,7 @@ def test_fuse_makes_tensor_operations_on_its_own_thread_alone(small_stack, tmp_p
 def test_the_librarys_notices_are_shown_as_they_come_unless_quiet(small_stack, tmp_path, monkeypatch):
     """A first run that compiles the GPU kernels says so in a line (``note: ...``, from
     ``gpufocus.kernels.dispatch``); ``-q`` does not; ``-v`` shows it in its log. Made
-    to happen here as on a GPU: the first fused chunk is told to have taken 2 s."""
+    to happen here as on a GPU: each chunk tells of a launch that took 2 s."""
     from gpufocus.engine import StackFuser
     from gpufocus.kernels import dispatch
 
@@ -63,7 +63,7 @@ def test_the_librarys_notices_are_shown_as_they_come_unless_quiet(small_stack, t
         return add(self, *args, **kwargs)
 
     monkeypatch.setattr(StackFuser, "add", slow_first_launch)
-    said = "compiling the GPU kernels for this card (2.0 s for the first); once only: Triton keeps them in its cache"
+    said = "compiling the GPU kernels for this card: once, later runs find them in Triton's cache"
     for flags, shown in (([], f"note: {said}"), (["-q"], None), (["-v"], f"gpufocus.kernels.dispatch: {said}")):
         monkeypatch.setattr(dispatch, "_told", [])
         result = run("fuse", *small_stack, "-o", tmp_path / "out.png", "--overwrite", "--no-align", *flags)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
     assert "with Triton's kernels" in small and "with their torch twins" in small and "gpufocus" in small
     assert "(median of 1; a note in 0 of 2 runs); " in small  # no kernel to compile on the CPU
     assert " s with an empty Triton cache, said nothing; " in small
+    assert re.search(r"Triton's key to its cache, once a process \(its library hashed\): \d+\.\d{3} s; ", small), small
     tiles = rows["fuse stage by tiles"]
     assert tiles.startswith("4 x 320x240, tiles / column-pass tiles: 8x64 / 16x64 ") and tiles.count(" ms") == 5
     assert "DIFFERENT" not in tiles
