@@ -1000,6 +1000,7 @@ def info_command() -> None:
         f"tifffile {tifffile.__version__}, imagecodecs {imagecodecs.__version__}, rawpy {_version_of('rawpy')}, "
         f"typer {typer.__version__}",
         f"cpu: {platform.machine()}, {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads",
+        _triton_line(),
     ]
     if torch.cuda.is_available():
         from .encode import jpeg_encoder
@@ -1014,6 +1015,17 @@ def info_command() -> None:
     else:
         lines.append("cuda: not available")
     typer.echo("\n".join(lines))
+
+
+def _triton_line() -> str:
+    """Triton's version and where it keeps the kernels it compiled (without importing it)."""
+    from .kernels.dispatch import triton_cache_dir
+
+    triton = _version_of("triton")
+    if triton == "not installed":
+        return "triton not installed: on CUDA, the kernels' torch twins run"
+    off = "; off (GPUFOCUS_TRITON=0)" if os.environ.get("GPUFOCUS_TRITON") == "0" else ""
+    return f"triton {triton}: the GPU kernels, compiled once per card into {triton_cache_dir()}{off}"
 
 
 def _version_of(package: str) -> str:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["use_triton", "triton_or_torch", "launch", "planning", "KernelFallbackWarning"]
+__all__ = ["use_triton", "triton_or_torch", "launch", "planning", "triton_cache_dir", "KernelFallbackWarning"]
 
 T = TypeVar("T")
 
@@ -134,4 +134,12 @@ def _tell_if_compiled(seconds: float) -> None:
     if _told or seconds < COMPILING_SECONDS or os.environ.get("TRITON_INTERPRET") == "1":
         return
     _told.append(True)
-    log.warning("compiling the GPU kernels for this card: once, later runs find them in Triton's cache")
+    log.warning("compiling the GPU kernels for this card: once, later runs find them in Triton's cache (%s)",
+                triton_cache_dir())
+
+
+def triton_cache_dir() -> str:
+    """Where Triton keeps what it compiled: ``TRITON_CACHE_DIR``, else ``.triton/cache``
+    under ``TRITON_HOME`` or the user's home (Triton's own rule, without importing it)."""
+    home = os.environ.get("TRITON_HOME") or os.path.expanduser("~")
+    return os.environ.get("TRITON_CACHE_DIR") or os.path.join(home, ".triton", "cache")

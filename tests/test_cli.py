@@ -63,7 +63,8 @@ def test_the_librarys_notices_are_shown_as_they_come_unless_quiet(small_stack, t
         return add(self, *args, **kwargs)
 
     monkeypatch.setattr(StackFuser, "add", slow_first_launch)
-    said = "compiling the GPU kernels for this card: once, later runs find them in Triton's cache"
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    said = f"compiling the GPU kernels for this card: once, later runs find them in Triton's cache ({tmp_path / 'cache'})"
     for flags, shown in (([], f"note: {said}"), (["-q"], None), (["-v"], f"gpufocus.kernels.dispatch: {said}")):
         monkeypatch.setattr(dispatch, "_told", [])
         result = run("fuse", *small_stack, "-o", tmp_path / "out.png", "--overwrite", "--no-align", *flags)
@@ -197,9 +198,20 @@ def test_demo_writes_frames_result_and_comparison(tmp_path):
     assert fused_db > frame_db + 3
 
 
-def test_info():
+def test_info(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     result = run("info")
     assert result.exit_code == 0 and "torch" in result.stdout and "gpufocus" in result.stdout
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        triton = f"triton {version('triton')}: the GPU kernels, compiled once per card into {tmp_path}"
+    except PackageNotFoundError:
+        assert "triton not installed: on CUDA, the kernels' torch twins run" in result.stdout.splitlines()
+        return
+    assert triton in result.stdout.splitlines(), result.stdout
+    monkeypatch.setenv("GPUFOCUS_TRITON", "0")
+    assert f"{triton}; off (GPUFOCUS_TRITON=0)" in run("info").stdout.splitlines()
 
 
 def test_script_in_a_checkout_reports_errors_without_traceback(small_stack, tmp_path):

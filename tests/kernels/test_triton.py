@@ -290,7 +290,7 @@ class _SlowKernel:
         return run
 
 
-def test_a_first_launch_that_compiles_is_told_once(monkeypatch, caplog):
+def test_a_first_launch_that_compiles_is_told_once(monkeypatch, caplog, tmp_path):
     """A kernel's first launch that takes long (Triton compiling it: a new card, Triton
     or cache) is said once in the process, as a logging warning; the process's first
     launch (Triton's own set-up), fast first launches, launches made before and the
@@ -299,6 +299,7 @@ def test_a_first_launch_that_compiles_is_told_once(monkeypatch, caplog):
     monkeypatch.setattr(dispatch, "_told", [])
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("GPUFOCUS_TRITON_WARPS", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     caplog.set_level(logging.WARNING, logger=dispatch.log.name)
     fast, slow = _SlowKernel(0.0), _SlowKernel(dispatch.COMPILING_SECONDS + 0.05)
 
@@ -312,7 +313,7 @@ def test_a_first_launch_that_compiles_is_told_once(monkeypatch, caplog):
     assert not caplog.records
     launch(slow, "slow", A=1)
     assert [r.getMessage() for r in caplog.records] == [
-        "compiling the GPU kernels for this card: once, later runs find them in Triton's cache"]
+        f"compiling the GPU kernels for this card: once, later runs find them in Triton's cache ({tmp_path})"]
     launch(slow, "slow", A=2)  # another specialization compiles too: told once is enough
     assert len(caplog.records) == 1
     assert all(c == ((3, 2), ("x",), {**c[2], "num_warps": 4, "enable_fp_fusion": False}) for c in fast.calls + slow.calls)
@@ -322,6 +323,21 @@ def test_a_first_launch_that_compiles_is_told_once(monkeypatch, caplog):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # every launch interpreted, slow: nothing compiles
     launch(slow, "slow", A=1)
     assert len(caplog.records) == 1
+
+
+def test_tritons_cache_is_found_as_triton_finds_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    assert dispatch.triton_cache_dir() == str(tmp_path / "me" / ".triton" / "cache")
+    monkeypatch.setenv("TRITON_HOME", str(tmp_path / "home"))
+    assert dispatch.triton_cache_dir() == str(tmp_path / "home" / ".triton" / "cache")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    assert dispatch.triton_cache_dir() == str(tmp_path / "cache")
+    knobs = pytest.importorskip("triton.knobs")  # Triton's own answer, where this Triton has its knobs
+    assert knobs.cache.dir == dispatch.triton_cache_dir()
+    monkeypatch.delenv("TRITON_CACHE_DIR")
+    assert knobs.cache.dir == dispatch.triton_cache_dir()
 
 
 def test_the_torch_twin_is_the_default_on_the_cpu(monkeypatch):
