@@ -60,6 +60,23 @@ def _say(text: str) -> None:
     _console().print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+class _Notes(logging.Handler):
+    """The library's notices (its ``logging`` warnings: a first run compiling the GPU
+    kernels), a line each as they come, ``note: ...``, for every command; ``-q`` and
+    ``-v`` (whose log shows them) turn them off for their block (``_verbose``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.shown = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.shown:
+            _say(f"note: {record.getMessage()}")
+
+
+_NOTES = _Notes()
+
+
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"gpufocus {__version__}")
@@ -76,9 +93,13 @@ def _start(
     # Libraries log what they find in bad files (Pillow: "More samples per pixel than
     # can be decoded"); with no handler, Python prints such records on stderr. The
     # verdict on a file is the command's one line: give the root logger a handler.
+    # Our own library's notices are shown, as they come (_Notes).
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.NullHandler())
+    library = logging.getLogger("gpufocus")
+    if _NOTES not in library.handlers:
+        library.addHandler(_NOTES)
 
 
 # -- every option, declared once -----------------------------------------------------
@@ -342,38 +363,35 @@ def _progress(quiet: bool):
     )
 
 
-class _Notes(logging.Handler):
-    """The library's notices (its ``logging`` warnings: a first run compiling the GPU
-    kernels), a line each as they come: ``note: ...``."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        _say(f"note: {record.getMessage()}")
-
-
 @contextmanager
 def _verbose(on: bool, options: FuseOptions, quiet: bool = False):
-    """With ``-v``: the library's log on stderr (``gpufocus.engine: ...``) while the block
-    runs, and a timer of the stages (``NO_TIMER`` without). Timing synchronises a CUDA
-    device at every stage. Without: the library's notices (``_Notes``), unless ``quiet``."""
+    """With ``-v``: the library's log on stderr (``gpufocus.engine: ...``, its notices
+    among it) while the block runs, and a timer of the stages (``NO_TIMER`` without).
+    Timing synchronises a CUDA device at every stage. With ``quiet``: no notices."""
     from .timing import NO_TIMER, StageTimer
 
-    logger, timer, handler = logging.getLogger("gpufocus"), NO_TIMER, None if quiet else _Notes(logging.WARNING)
-    level = logger.level
-    if on:
-        from .device import resolve_device
+    shown = _NOTES.shown
+    _NOTES.shown = not (on or quiet)
+    if not on:
+        try:
+            yield NO_TIMER
+        finally:
+            _NOTES.shown = shown
+        return
+    from .device import resolve_device
 
-        timer = StageTimer(resolve_device(options.device))
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        logger.setLevel(logging.INFO)
-    if handler is not None:
-        logger.addHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logger = logging.getLogger("gpufocus")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        yield timer
+        yield StageTimer(resolve_device(options.device))
     finally:
-        if handler is not None:
-            logger.removeHandler(handler)
+        logger.removeHandler(handler)
         logger.setLevel(level)
+        _NOTES.shown = shown
 
 
 def _log_stages(timer) -> None:

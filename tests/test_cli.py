@@ -50,8 +50,9 @@ def test_fuse_makes_tensor_operations_on_its_own_thread_alone(small_stack, tmp_p
 
 def test_the_librarys_notices_are_shown_as_they_come_unless_quiet(small_stack, tmp_path, monkeypatch):
     """A first run that compiles the GPU kernels says so in a line (``note: ...``, from
-    ``gpufocus.kernels.dispatch``); ``-q`` does not; ``-v`` shows it in its log. Made
-    to happen here as on a GPU: each chunk tells of a launch that took 2 s."""
+    ``gpufocus.kernels.dispatch``); ``-q`` does not; ``-v`` shows it in its log; the
+    demo, which has neither, shows it too. Made to happen here as on a GPU: each chunk
+    tells of a launch that took 2 s."""
     from gpufocus.engine import StackFuser
     from gpufocus.kernels import dispatch
 
@@ -72,6 +73,10 @@ def test_the_librarys_notices_are_shown_as_they_come_unless_quiet(small_stack, t
         lines = result.stderr.splitlines()
         assert (shown in lines) if shown else not any("compiling" in line for line in lines), lines
         assert sum("compiling" in line for line in lines) == (1 if shown else 0)
+    monkeypatch.setattr(dispatch, "_told", [])  # the quick start's first command, on a GPU the first run there
+    result = run("demo", tmp_path / "demo")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines()[0] == f"note: {said}"
 
 
 def test_original_spellings_are_aliases(small_stack, tmp_path):
