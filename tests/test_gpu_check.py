@@ -51,6 +51,14 @@ def test_the_gpu_check_runs_on_the_cpu_and_prints_every_row(tmp_path):
         assert "with -v (stages synchronised) " in rows[f"command: {command}"]
         assert "fuse " in rows[f"command: {command}"]  # the stages' busy times
     assert "stacks per minute" in rows["command: batch of 3 x synthetic_4x320x240"]
+    goals = {name: value for name, value in rows.items() if name.startswith("goal: ")}
+    assert list(goals) == ["goal: 4 JPEG files of 320x240 to a JPEG in the library, aligned",
+                           "goal: the align stage of 4 still frames of 320x240",
+                           "goal: the whole command on the 4 files, over the floor",
+                           "goal: synthetic_4x320x240's command, over the floor"], goals
+    assert all(re.fullmatch(r"\d+\.\d{3} s, at most [\d.]+ s: (met|NOT met) \(--quick\)", v) for v in goals.values())
+    library = float(goals["goal: 4 JPEG files of 320x240 to a JPEG in the library, aligned"].split(" s")[0])
+    assert f"{library:.3f} s (median of 1)" in rows["e2e 320x240 x4 float32 aligned"]
     assert "operators by own time" in rows["where the time goes"]
     small = rows["start-up of a small stack's command"]
     assert "with Triton's kernels" in small and "with their torch twins" in small and "gpufocus" in small
