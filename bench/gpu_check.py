@@ -97,7 +97,8 @@ import torch
 
 from gpufocus import fuse
 from gpufocus.benchmark import (
-    DEFAULT_CACHE, Case, machine_description, run_case, stack_files, time_command, torch_start_seconds,
+    DEFAULT_CACHE, Case, machine_description, run_case, run_command, stack_files, time_command,
+    torch_start_seconds,
 )
 from gpufocus.synth import make_stack, procedural_scene
 
@@ -622,17 +623,10 @@ _TRITON_KEY = ("import time; from triton.runtime.cache import triton_key; starte
 
 
 def _noted_command(args: list[str]) -> tuple[float, list[str]]:
-    """``python -m gpufocus ARGS`` timed from outside, and the notes it printed
-    (``note: ...``: a first run compiling the kernels)."""
-    import subprocess
-    import sys
-
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "gpufocus", *args], capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        raise RuntimeError(f"gpufocus {args[0]} failed: {done.stderr.strip()[-300:]}")
-    return seconds, [line for line in done.stderr.splitlines() if line.startswith("note: ")]
+    """``run_command``'s seconds, and the notes the command printed (``note: ...``: a
+    first run compiling the kernels)."""
+    seconds, stderr = run_command(args)
+    return seconds, [line for line in stderr.splitlines() if line.startswith("note: ")]
 
 
 def start_up(device: str, real: Path, quick: bool) -> str:

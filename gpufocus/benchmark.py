@@ -52,6 +52,7 @@ __all__ = [
     "to_markdown",
     "draw_chart",
     "machine_description",
+    "run_command",
     "time_command",
     "torch_start_seconds",
     "split_at_dashes",
@@ -111,18 +112,24 @@ def bench_frames(height: int, width: int, count: int, seed: int = 0) -> torch.Te
     return frames
 
 
-def time_command(args: list[str]) -> tuple[float, dict[str, float]]:
-    """Run ``python -m gpufocus ARGS`` (give it ``-v``) and time it from outside, start-up
-    included: ``(seconds, stages)``, the stages as its ``-v`` line reports them: the
-    time the command spent in each, and ``"<stage> busy"`` for a stage that runs ahead
-    in worker threads (``gpufocus.timing``). A failed command raises ``RuntimeError``
+def run_command(args: list[str]) -> tuple[float, str]:
+    """Run ``python -m gpufocus ARGS`` and time it from outside, start-up included:
+    ``(seconds, what it wrote on stderr)``. A failed command raises ``RuntimeError``
     with its last words."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "gpufocus", *args], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"gpufocus {' '.join(args[:1])} failed: {done.stderr.strip()[-300:]}")
-    line = next((line for line in done.stderr.splitlines() if "time per stage:" in line), "")
+    return seconds, done.stderr
+
+
+def time_command(args: list[str]) -> tuple[float, dict[str, float]]:
+    """``run_command`` (give it ``-v``): ``(seconds, stages)``, the stages as its ``-v``
+    line reports them: the time the command spent in each, and ``"<stage> busy"`` for a
+    stage that runs ahead in worker threads (``gpufocus.timing``)."""
+    seconds, stderr = run_command(args)
+    line = next((line for line in stderr.splitlines() if "time per stage:" in line), "")
     stages = {}
     reported = line.partition("time per stage:")[2]
     for name, value, busy in re.findall(r"(\w+) ([\d.]+) s(?: \(busy ([\d.]+) s\))?", reported):
