@@ -370,26 +370,22 @@ def _verbose(on: bool, options: FuseOptions, quiet: bool = False):
     Timing synchronises a CUDA device at every stage. With ``quiet``: no notices."""
     from .timing import NO_TIMER, StageTimer
 
-    shown = _NOTES.shown
-    _NOTES.shown = not (on or quiet)
-    if not on:
-        try:
-            yield NO_TIMER
-        finally:
-            _NOTES.shown = shown
-        return
-    from .device import resolve_device
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    shown, _NOTES.shown = _NOTES.shown, not (on or quiet)
     logger = logging.getLogger("gpufocus")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    level, handler, timer = logger.level, None, NO_TIMER
     try:
-        yield StageTimer(resolve_device(options.device))
+        if on:
+            from .device import resolve_device
+
+            timer = StageTimer(resolve_device(options.device))
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+        yield timer
     finally:
-        logger.removeHandler(handler)
+        if handler is not None:
+            logger.removeHandler(handler)
         logger.setLevel(level)
         _NOTES.shown = shown
 
