@@ -4,7 +4,8 @@ GPU, on any machine: no GPU is needed (Triton brings its own ``ptxas``).
     python -m gpufocus.kernels.compile --target sm_90 [--target sm_80]
 
 Prints one line per kernel and specialization (warps a program, registers, spilled
-bytes, shared memory) and exits non-zero if any fails. The arguments of each
+bytes, shared memory, and the time ``triton.compile`` took: compiling, or finding it in
+Triton's cache) and exits non-zero if any fails. The arguments of each
 specialization come from the same functions that build the real launches
 (``*_launch``), fed with tensors on the meta device, so this checks what runs: Triton's
 interpreter accepts Python the compiled language does not (lists, say), and only a
@@ -18,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,10 +153,13 @@ def compile_one(spec: Specialization, arch: int) -> str:
     signature, attrs = spec.signature()
     source = ASTSource(fn=spec.kernel, signature=signature, constexprs=spec.constexprs, attrs=attrs)
     options = {"enable_fp_fusion": False, "num_warps": spec.warps}
+    started = time.perf_counter()
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    seconds = time.perf_counter() - started
     if not compiled.asm.get("cubin"):
         raise RuntimeError("no cubin")
-    return f"{spec.name}: {spec.warps} warps, {_resources(compiled.asm['ptx'], arch)}, shared {compiled.metadata.shared} B"
+    return (f"{spec.name}: {spec.warps} warps, {_resources(compiled.asm['ptx'], arch)}, "
+            f"shared {compiled.metadata.shared} B, {seconds * 1e3:.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

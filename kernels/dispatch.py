@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 _failed: list[str] = []  # the kernel that failed, once one has
 # A kernel's first launch that takes longer than this compiled it (a launch is
-# asynchronous; Triton compiled 21 of the 22 specializations in 107 ms to 1 s each on
+# asynchronous; Triton compiled 21 of the 22 specializations in 0.1 to 1 s each on
 # this project's 2-core CPU, and found them in its cache in 1 to 4 ms: bench/RESULTS.md).
 # The process's first launch is not judged: it carries Triton's set-up (0.4 s here,
 # cache or not, most of it hashing its own library to key the cache).
